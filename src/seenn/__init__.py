@@ -8,7 +8,9 @@ Two ways in, one data model:
   Seenn-compatible backend.
 """
 
+from seenn._client import AsyncJobs, AsyncSeennClient, Jobs, SeennClient
 from seenn._models import ChildrenStats, JobError, JobResult, ParentInfo, Queue, Stage
+from seenn._rest import AsyncJob, BatchResult, Job, JobFamily, JobPage
 from seenn._version import __version__
 from seenn.errors import (
     APIConnectionError,
@@ -25,15 +27,24 @@ from seenn.errors import (
 __all__ = [
     "APIConnectionError",
     "APITimeoutError",
+    "AsyncJob",
+    "AsyncJobs",
+    "AsyncSeennClient",
     "AuthenticationError",
+    "BatchResult",
     "ChildrenStats",
     "ConflictError",
+    "Job",
     "JobError",
+    "JobFamily",
+    "JobPage",
     "JobResult",
+    "Jobs",
     "NotFoundError",
     "ParentInfo",
     "Queue",
     "RateLimitError",
+    "SeennClient",
     "SeennError",
     "ServerError",
     "Stage",

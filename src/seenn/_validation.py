@@ -115,7 +115,8 @@ def check_metadata(value: object, field: str = "metadata") -> dict[str, Any] | N
 def _fields(field: str, value: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     for key in value:
         if key not in allowed:
-            fail(f"{field}.{key}", f"is not a field of {field} (expected one of {', '.join(allowed)})")
+            expected = ", ".join(allowed)
+            fail(f"{field}.{key}", f"is not a field of {field} (expected one of {expected})")
 
 
 def coerce_stage(value: object, field: str = "stage") -> Stage:

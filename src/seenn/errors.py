@@ -139,9 +139,25 @@ class RateLimitError(SeennError):
 
 
 class ServerError(SeennError):
-    """The backend failed (HTTP 5xx or 408) and kept failing through every retry."""
+    """The backend failed (HTTP 5xx) and kept failing through every retry.
+
+    Attributes:
+        retry_after: Seconds the backend asked us to wait (``Retry-After`` on a 503), if any.
+    """
 
     default_code = "SERVER_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        details: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code, status_code=status_code, details=details)
+        self.retry_after = retry_after
 
 
 class APIConnectionError(SeennError):

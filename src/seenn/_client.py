@@ -1,0 +1,515 @@
+"""The REST clients: :class:`SeennClient` and :class:`AsyncSeennClient`.
+
+Both speak the wire protocol of Seenn Cloud and of self-hosted backends
+(see ``docs/client.md``), with the same surface; the async one is awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from seenn._http import DEFAULT_BASE_PATH, AsyncHTTP, BaseClient, SyncHTTP, quote_id
+from seenn._models import ChildProgressMode, Queue, Stage
+from seenn._rest import AsyncJob, BatchResult, Job, JobFamily, JobPage, start_body
+from seenn._validation import (
+    MAX_LIST_LIMIT,
+    MAX_TITLE,
+    MAX_TOTAL_CHILDREN,
+    check_int,
+    check_text,
+    fail,
+)
+from seenn.errors import SeennError
+
+__all__ = ["AsyncJobs", "AsyncSeennClient", "Jobs", "SeennClient"]
+
+_BATCH_CONCURRENCY = 8
+
+
+def _list_params(user_id: str, limit: int | None, cursor: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"userId": check_text("user_id", user_id, max_len=255)}
+    if limit is not None:
+        params["limit"] = check_int("limit", limit, minimum=1, maximum=MAX_LIST_LIMIT)
+    if cursor is not None:
+        params["cursor"] = check_text("cursor", cursor, max_len=4096)
+    return params
+
+
+def _page_parts(data: object) -> tuple[builtins.list[Mapping[str, Any]], str | None]:
+    if not isinstance(data, Mapping) or not isinstance(data.get("jobs"), builtins.list):
+        raise SeennError("the backend sent a job list without 'jobs'", code="INVALID_RESPONSE")
+    cursor = data.get("nextCursor")
+    return data["jobs"], cursor if isinstance(cursor, str) and cursor else None
+
+
+def _family_parts(data: object) -> tuple[Mapping[str, Any], builtins.list[Mapping[str, Any]]]:
+    if not isinstance(data, Mapping) or not isinstance(data.get("children"), builtins.list):
+        raise SeennError("the backend sent a family without 'children'",
+                         code="INVALID_RESPONSE")
+    return data.get("parent"), data["children"]  # type: ignore[return-value]
+
+
+def _parent_body(job_type: str, *, user_id: str, title: str, child_count: int,
+                 child_progress_mode: ChildProgressMode | None,
+                 metadata: Mapping[str, Any] | None, ttl_seconds: int | None,
+                 job_id: str | None) -> dict[str, Any]:
+    return start_body(job_type=job_type, user_id=user_id, title=title, job_id=job_id,
+                      metadata=metadata, ttl_seconds=ttl_seconds,
+                      total_children=check_int("child_count", child_count, minimum=1,
+                                               maximum=MAX_TOTAL_CHILDREN),
+                      child_progress_mode=child_progress_mode)
+
+
+def _check_batch(child_titles: Sequence[str]) -> builtins.list[str]:
+    if isinstance(child_titles, str) or not isinstance(child_titles, Sequence):
+        fail("child_titles", "must be a list of titles")
+    if not 1 <= len(child_titles) <= MAX_TOTAL_CHILDREN:
+        fail("child_titles", f"must hold 1 to {MAX_TOTAL_CHILDREN} titles, "
+                             f"got {len(child_titles)}")
+    return [check_text(f"child_titles[{i}]", title, max_len=MAX_TITLE)
+            for i, title in enumerate(child_titles)]
+
+
+class Jobs:
+    """The jobs resource of :class:`SeennClient` (``client.jobs``)."""
+
+    def __init__(self, http: SyncHTTP) -> None:
+        self._http = http
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._http.request("POST", "/jobs" + path, json=body)
+
+    def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        return self._http.request("GET", "/jobs" + path, params=params)
+
+    def start(
+        self,
+        job_type: str,
+        *,
+        user_id: str,
+        title: str,
+        job_id: str | None = None,
+        workflow_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: Queue | Mapping[str, Any] | None = None,
+        stage: Stage | Mapping[str, Any] | None = None,
+        estimated_completion_at: datetime | str | None = None,
+        estimated_duration: float | timedelta | None = None,
+        ttl_seconds: int | None = None,
+        parent_job_id: str | None = None,
+        child_index: int | None = None,
+        total_children: int | None = None,
+        child_progress_mode: ChildProgressMode | None = None,
+    ) -> Job:
+        """Start a job (``POST /jobs``).
+
+        Args:
+            job_type: The kind of job, 1–100 characters, e.g. ``"video-generation"``.
+            user_id: The user who waits for it, 1–255 characters.
+            title: A human-readable title, 1–200 characters.
+            job_id: Choose the job's id instead of letting the backend make one.
+            workflow_id: The workflow used for ETA statistics (defaults to the job type).
+            metadata: JSON metadata, at most 10 KB.
+            queue: The job's initial place in a queue.
+            stage: The job's initial stage.
+            estimated_completion_at: An ETA (datetime or ISO 8601 string).
+            estimated_duration: An expected duration (milliseconds or a timedelta).
+            ttl_seconds: How long the backend keeps the job (60 s to 30 days).
+            parent_job_id: Make this job a child of that parent.
+            child_index: This child's 0-based index (needs ``parent_job_id``).
+            total_children: Make this job a parent of that many children (1–1000).
+            child_progress_mode: How a parent's progress follows its children.
+
+        Returns:
+            The job as the backend stored it.
+
+        Raises:
+            ValidationError: An argument is invalid; nothing was sent.
+            SeennError: The backend refused the call or could not be reached.
+        """
+        body = start_body(
+            job_type=job_type, user_id=user_id, title=title, job_id=job_id,
+            workflow_id=workflow_id, metadata=metadata, queue=queue, stage=stage,
+            estimated_completion_at=estimated_completion_at,
+            estimated_duration=estimated_duration, ttl_seconds=ttl_seconds,
+            parent_job_id=parent_job_id, child_index=child_index,
+            total_children=total_children, child_progress_mode=child_progress_mode)
+        return Job(self._post("", body), self)
+
+    def get(self, job_id: str) -> Job:
+        """Read one job (``GET /jobs/{id}``); raises :class:`~seenn.NotFoundError` if absent."""
+        return Job(self._get("/" + quote_id(check_text("job_id", job_id, max_len=255))), self)
+
+    def list(self, user_id: str, *, limit: int | None = None,
+             cursor: str | None = None) -> JobPage[Job]:
+        """Read one page of a user's jobs, newest first (``GET /jobs?userId=``).
+
+        Args:
+            user_id: Whose jobs.
+            limit: Page size, 1–100 (the backend's default when omitted).
+            cursor: The ``next_cursor`` of the previous page.
+
+        Returns:
+            The page: ``page.jobs`` and ``page.next_cursor``.
+        """
+        jobs, next_cursor = _page_parts(self._get("", _list_params(user_id, limit, cursor)))
+        return JobPage([Job(job, self) for job in jobs], next_cursor)
+
+    def iter(self, user_id: str, *, page_size: int | None = None) -> Iterator[Job]:
+        """Walk every job of a user, newest first, fetching pages as the loop needs them."""
+        _list_params(user_id, page_size, None)
+        cursor: str | None = None
+        while True:
+            page = self.list(user_id, limit=page_size, cursor=cursor)
+            yield from page.jobs
+            if page.next_cursor is None or page.next_cursor == cursor:
+                return
+            cursor = page.next_cursor
+
+    def children(self, parent_id: str) -> JobFamily[Job]:
+        """Read a parent job with its children (``GET /jobs/{id}/children``)."""
+        path = f"/{quote_id(check_text('parent_id', parent_id, max_len=255))}/children"
+        parent, children = _family_parts(self._get(path))
+        return JobFamily(Job(parent, self), [Job(child, self) for child in children])
+
+    def create_parent(
+        self,
+        job_type: str,
+        *,
+        user_id: str,
+        title: str,
+        child_count: int,
+        child_progress_mode: ChildProgressMode | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        """Start a parent job that expects ``child_count`` children (1–1000)."""
+        body = _parent_body(job_type, user_id=user_id, title=title, child_count=child_count,
+                            child_progress_mode=child_progress_mode, metadata=metadata,
+                            ttl_seconds=ttl_seconds, job_id=job_id)
+        return Job(self._post("", body), self)
+
+    def create_child(
+        self,
+        job_type: str,
+        *,
+        parent_job_id: str,
+        child_index: int,
+        user_id: str,
+        title: str,
+        metadata: Mapping[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        """Start child number ``child_index`` (from 0) of the parent ``parent_job_id``."""
+        return self.start(job_type, user_id=user_id, title=title, job_id=job_id,
+                          metadata=metadata, ttl_seconds=ttl_seconds,
+                          parent_job_id=parent_job_id, child_index=child_index)
+
+    def create_batch(
+        self,
+        job_type: str,
+        *,
+        user_id: str,
+        parent_title: str,
+        child_titles: Sequence[str],
+        child_progress_mode: ChildProgressMode | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> BatchResult[Job]:
+        """Start a parent and one child per title, then refresh the parent.
+
+        Every argument (each child title included) is checked before the first call.
+        """
+        titles = _check_batch(child_titles)
+        parent_body = _parent_body(job_type, user_id=user_id, title=parent_title,
+                                   child_count=len(titles),
+                                   child_progress_mode=child_progress_mode,
+                                   metadata=metadata, ttl_seconds=ttl_seconds, job_id=None)
+        parent = Job(self._post("", parent_body), self)
+        children = [self.create_child(job_type, parent_job_id=parent.id, child_index=i,
+                                      user_id=user_id, title=title, ttl_seconds=ttl_seconds)
+                    for i, title in enumerate(titles)]
+        parent.refresh()
+        return BatchResult(parent, children)
+
+
+class AsyncJobs:
+    """The jobs resource of :class:`AsyncSeennClient`; the same calls as :class:`Jobs`, awaited."""
+
+    def __init__(self, http: AsyncHTTP) -> None:
+        self._http = http
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        return await self._http.request("POST", "/jobs" + path, json=body)
+
+    async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        return await self._http.request("GET", "/jobs" + path, params=params)
+
+    async def start(
+        self,
+        job_type: str,
+        *,
+        user_id: str,
+        title: str,
+        job_id: str | None = None,
+        workflow_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: Queue | Mapping[str, Any] | None = None,
+        stage: Stage | Mapping[str, Any] | None = None,
+        estimated_completion_at: datetime | str | None = None,
+        estimated_duration: float | timedelta | None = None,
+        ttl_seconds: int | None = None,
+        parent_job_id: str | None = None,
+        child_index: int | None = None,
+        total_children: int | None = None,
+        child_progress_mode: ChildProgressMode | None = None,
+    ) -> AsyncJob:
+        """Start a job; see :meth:`Jobs.start`."""
+        body = start_body(
+            job_type=job_type, user_id=user_id, title=title, job_id=job_id,
+            workflow_id=workflow_id, metadata=metadata, queue=queue, stage=stage,
+            estimated_completion_at=estimated_completion_at,
+            estimated_duration=estimated_duration, ttl_seconds=ttl_seconds,
+            parent_job_id=parent_job_id, child_index=child_index,
+            total_children=total_children, child_progress_mode=child_progress_mode)
+        return AsyncJob(await self._post("", body), self)
+
+    async def get(self, job_id: str) -> AsyncJob:
+        """Read one job; see :meth:`Jobs.get`."""
+        path = "/" + quote_id(check_text("job_id", job_id, max_len=255))
+        return AsyncJob(await self._get(path), self)
+
+    async def list(self, user_id: str, *, limit: int | None = None,
+                   cursor: str | None = None) -> JobPage[AsyncJob]:
+        """Read one page of a user's jobs; see :meth:`Jobs.list`."""
+        data = await self._get("", _list_params(user_id, limit, cursor))
+        jobs, next_cursor = _page_parts(data)
+        return JobPage([AsyncJob(job, self) for job in jobs], next_cursor)
+
+    async def iter(self, user_id: str, *, page_size: int | None = None) -> AsyncIterator[AsyncJob]:
+        """Walk every job of a user (``async for``); see :meth:`Jobs.iter`."""
+        _list_params(user_id, page_size, None)
+        cursor: str | None = None
+        while True:
+            page = await self.list(user_id, limit=page_size, cursor=cursor)
+            for job in page.jobs:
+                yield job
+            if page.next_cursor is None or page.next_cursor == cursor:
+                return
+            cursor = page.next_cursor
+
+    async def children(self, parent_id: str) -> JobFamily[AsyncJob]:
+        """Read a parent job with its children; see :meth:`Jobs.children`."""
+        path = f"/{quote_id(check_text('parent_id', parent_id, max_len=255))}/children"
+        parent, children = _family_parts(await self._get(path))
+        return JobFamily(AsyncJob(parent, self), [AsyncJob(child, self) for child in children])
+
+    async def create_parent(
+        self,
+        job_type: str,
+        *,
+        user_id: str,
+        title: str,
+        child_count: int,
+        child_progress_mode: ChildProgressMode | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+        job_id: str | None = None,
+    ) -> AsyncJob:
+        """Start a parent job; see :meth:`Jobs.create_parent`."""
+        body = _parent_body(job_type, user_id=user_id, title=title, child_count=child_count,
+                            child_progress_mode=child_progress_mode, metadata=metadata,
+                            ttl_seconds=ttl_seconds, job_id=job_id)
+        return AsyncJob(await self._post("", body), self)
+
+    async def create_child(
+        self,
+        job_type: str,
+        *,
+        parent_job_id: str,
+        child_index: int,
+        user_id: str,
+        title: str,
+        metadata: Mapping[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+        job_id: str | None = None,
+    ) -> AsyncJob:
+        """Start a child job; see :meth:`Jobs.create_child`."""
+        return await self.start(job_type, user_id=user_id, title=title, job_id=job_id,
+                                metadata=metadata, ttl_seconds=ttl_seconds,
+                                parent_job_id=parent_job_id, child_index=child_index)
+
+    async def create_batch(
+        self,
+        job_type: str,
+        *,
+        user_id: str,
+        parent_title: str,
+        child_titles: Sequence[str],
+        child_progress_mode: ChildProgressMode | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl_seconds: int | None = None,
+    ) -> BatchResult[AsyncJob]:
+        """Start a parent and its children, a few at a time; see :meth:`Jobs.create_batch`."""
+        titles = _check_batch(child_titles)
+        parent_body = _parent_body(job_type, user_id=user_id, title=parent_title,
+                                   child_count=len(titles),
+                                   child_progress_mode=child_progress_mode,
+                                   metadata=metadata, ttl_seconds=ttl_seconds, job_id=None)
+        parent = AsyncJob(await self._post("", parent_body), self)
+        gate = asyncio.Semaphore(_BATCH_CONCURRENCY)
+
+        async def child(index: int, title: str) -> AsyncJob:
+            async with gate:
+                return await self.create_child(job_type, parent_job_id=parent.id,
+                                               child_index=index, user_id=user_id,
+                                               title=title, ttl_seconds=ttl_seconds)
+
+        children = await asyncio.gather(*(child(i, t) for i, t in enumerate(titles)))
+        await parent.refresh()
+        return BatchResult(parent, builtins.list(children))
+
+
+def _options(base_url: str | None, base_path: str, timeout: float, max_retries: int,
+             deadline: float | None, debug: bool) -> dict[str, Any]:
+    return {"base_url": base_url, "base_path": base_path, "timeout": timeout,
+            "max_retries": max_retries, "deadline": deadline, "debug": debug}
+
+
+class _ClientInfo:
+    _http: BaseClient
+
+    @property
+    def base_url(self) -> str:
+        """The backend's base URL, without the base path."""
+        return self._http.base_url
+
+    @property
+    def base_path(self) -> str:
+        """The path prefix of every call, ``/v1`` by default."""
+        return self._http.base_path
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one attempt may take."""
+        return self._http.timeout
+
+    @property
+    def max_retries(self) -> int:
+        """How many times a failed call is retried (0: never)."""
+        return self._http.max_retries
+
+    @property
+    def deadline(self) -> float | None:
+        """Seconds one call may take, all attempts and waits included (``None``: no limit)."""
+        return self._http.deadline
+
+    def __repr__(self) -> str:
+        return repr(self._http).replace(type(self._http).__name__, type(self).__name__, 1)
+
+
+class SeennClient(_ClientInfo):
+    """A blocking client for the Seenn REST API (Seenn Cloud or a self-hosted backend).
+
+    Every call retries connection errors, timeouts, 408, 429 and 5xx answers with
+    exponential backoff and full jitter, honours ``Retry-After`` (up to 60 s),
+    stops at the call's deadline, and sends one ``Idempotency-Key`` per POST,
+    the same on every attempt, so a retry never applies a change twice.
+
+    Args:
+        api_key: A secret key (``sk_live_…``/``sk_test_…``); defaults to ``SEENN_API_KEY``.
+            Seenn Cloud needs a secret key; a self-hosted backend takes any non-empty key.
+        base_url: The backend; defaults to ``SEENN_BASE_URL``, then ``https://api.seenn.io``.
+        base_path: The path prefix of the API.
+        timeout: Seconds one attempt may take.
+        max_retries: Retries after the first attempt; 0 turns retries off.
+        deadline: Seconds one call may take in all, retries and waits included;
+            ``None`` for no overall limit.
+        debug: Log one line per attempt to the ``seenn`` logger (never the key).
+        http_client: An ``httpx.Client`` to send with (it is not closed by :meth:`close`).
+
+    Raises:
+        ValidationError: No key, a bad option, or a public key against Seenn Cloud.
+
+    Example:
+        >>> with SeennClient(api_key="sk_test_...") as client:  # doctest: +SKIP
+        ...     job = client.jobs.start("video-generation", user_id="u1", title="Video")
+        ...     job.set_progress(50, message="Rendering")
+        ...     job.complete(result={"type": "video", "url": "https://..."})
+    """
+
+    _http: SyncHTTP
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        base_path: str = DEFAULT_BASE_PATH,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        deadline: float | None = 120.0,
+        debug: bool = False,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        self._http = SyncHTTP(api_key, http_client=http_client,
+                              **_options(base_url, base_path, timeout, max_retries, deadline,
+                                         debug))
+        self.jobs = Jobs(self._http)
+
+    def close(self) -> None:
+        """Close the connections this client opened."""
+        self._http.close()
+
+    def __enter__(self) -> SeennClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncSeennClient(_ClientInfo):
+    """The asyncio twin of :class:`SeennClient`: the same options, calls and guarantees.
+
+    Use it with ``async with``, or call :meth:`aclose` when done.
+    """
+
+    _http: AsyncHTTP
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        base_path: str = DEFAULT_BASE_PATH,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        deadline: float | None = 120.0,
+        debug: bool = False,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._http = AsyncHTTP(api_key, http_client=http_client,
+                               **_options(base_url, base_path, timeout, max_retries, deadline,
+                                          debug))
+        self.jobs = AsyncJobs(self._http)
+
+    async def aclose(self) -> None:
+        """Close the connections this client opened."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncSeennClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()

@@ -1,0 +1,568 @@
+"""The REST model of a job, and the request bodies of its calls.
+
+A backend's job object is camelCase JSON; :class:`Job` reads it into typed
+snake_case attributes, leniently: unknown fields are kept in ``extra`` and a
+field of the wrong shape reads as ``None`` rather than raising, so a newer
+backend never breaks an older client.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from seenn._http import quote_id
+from seenn._models import (
+    TERMINAL_STATUSES,
+    ChildrenStats,
+    JobError,
+    JobResult,
+    ParentInfo,
+    Queue,
+    Stage,
+)
+from seenn._validation import (
+    CHILD_PROGRESS_MODES,
+    MAX_JOB_TYPE,
+    MAX_MESSAGE,
+    MAX_TITLE,
+    MAX_TOTAL_CHILDREN,
+    MAX_TTL_SECONDS,
+    MAX_USER_ID,
+    MIN_TTL_SECONDS,
+    check_bool,
+    check_choice,
+    check_datetime,
+    check_duration_ms,
+    check_int,
+    check_json,
+    check_metadata,
+    check_opt_text,
+    check_progress,
+    check_text,
+    coerce_error,
+    coerce_queue,
+    coerce_result,
+    coerce_stage,
+    fail,
+    parse_datetime,
+)
+from seenn.errors import SeennError
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
+
+if TYPE_CHECKING:
+    from seenn._client import AsyncJobs, Jobs
+
+__all__ = ["AsyncJob", "BatchResult", "Job", "JobFamily", "JobPage"]
+
+_KNOWN_FIELDS = frozenset({
+    "id", "appId", "userId", "jobType", "title", "workflowId", "status", "progress",
+    "message", "queue", "stage", "result", "error", "metadata", "estimatedCompletionAt",
+    "etaConfidence", "etaBasedOn", "createdAt", "updatedAt", "startedAt", "completedAt",
+    "parent", "children", "childProgressMode",
+})
+_MAX_PUSH_BYTES = 4096
+
+JobT = TypeVar("JobT", bound="BaseJob")
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class BaseJob:
+    """The fields of a job as the backend stored it (shared by :class:`Job` and :class:`AsyncJob`).
+
+    Attributes:
+        id: The job's id.
+        app_id: The app (key pair) the job belongs to.
+        user_id: The user the job belongs to.
+        job_type: The kind of job, e.g. ``"video-generation"``.
+        title: The human-readable title.
+        workflow_id: The workflow used for ETA statistics, if any.
+        status: ``pending``, ``queued``, ``running``, ``completed``, ``failed`` or
+            ``cancelled`` (any other string a backend sends is kept as is).
+        progress: 0 to 100.
+        message: The latest status message.
+        queue: The job's place in a queue.
+        stage: The job's current stage.
+        result: What the job produced, once completed.
+        error: Why the job failed, once failed.
+        metadata: Free-form JSON metadata.
+        estimated_completion_at: When the backend expects the job to finish.
+        eta_confidence: The backend's confidence in that estimate, 0.0 to 1.0.
+        created_at: When the job was created.
+        updated_at: When the job last changed.
+        started_at: When the job started running.
+        completed_at: When the job reached a terminal state.
+        parent: The parent of a child job.
+        children: The children counts of a parent job.
+        child_progress_mode: How a parent's progress derives from its children.
+        extra: Fields the backend sent that this version of seenn does not know.
+    """
+
+    __slots__ = (
+        "_jobs",
+        "_raw",
+        "app_id",
+        "child_progress_mode",
+        "children",
+        "completed_at",
+        "created_at",
+        "error",
+        "estimated_completion_at",
+        "eta_confidence",
+        "extra",
+        "id",
+        "job_type",
+        "message",
+        "metadata",
+        "parent",
+        "progress",
+        "queue",
+        "result",
+        "stage",
+        "started_at",
+        "status",
+        "title",
+        "updated_at",
+        "user_id",
+        "workflow_id",
+    )
+
+    id: str
+    app_id: str | None
+    user_id: str | None
+    job_type: str | None
+    title: str | None
+    workflow_id: str | None
+    status: str
+    progress: int
+    message: str | None
+    queue: Queue | None
+    stage: Stage | None
+    result: JobResult | None
+    error: JobError | None
+    metadata: dict[str, Any] | None
+    estimated_completion_at: datetime | None
+    eta_confidence: float | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    parent: ParentInfo | None
+    children: ChildrenStats | None
+    child_progress_mode: str | None
+    extra: dict[str, Any]
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._update(data)
+
+    def _update(self, data: object) -> None:
+        if not isinstance(data, Mapping) or not isinstance(data.get("id"), str):
+            raise SeennError("the backend sent a job without an id", code="INVALID_RESPONSE")
+        self._raw = dict(data)
+        self.id = data["id"]
+        self.app_id = _str(data.get("appId"))
+        self.user_id = _str(data.get("userId"))
+        self.job_type = _str(data.get("jobType"))
+        self.title = _str(data.get("title"))
+        self.workflow_id = _str(data.get("workflowId"))
+        self.status = _str(data.get("status")) or "pending"
+        progress = _number(data.get("progress"))
+        self.progress = int(progress) if progress is not None else 0
+        self.message = _str(data.get("message"))
+        self.queue = Queue.from_wire(data.get("queue"))
+        self.stage = Stage.from_wire(data.get("stage"))
+        self.result = JobResult.from_wire(data.get("result"))
+        self.error = JobError.from_wire(data.get("error"))
+        metadata = data.get("metadata")
+        self.metadata = dict(metadata) if isinstance(metadata, Mapping) else None
+        self.estimated_completion_at = parse_datetime(data.get("estimatedCompletionAt"))
+        self.eta_confidence = _number(data.get("etaConfidence"))
+        self.created_at = parse_datetime(data.get("createdAt"))
+        self.updated_at = parse_datetime(data.get("updatedAt"))
+        self.started_at = parse_datetime(data.get("startedAt"))
+        self.completed_at = parse_datetime(data.get("completedAt"))
+        self.parent = ParentInfo.from_wire(data.get("parent"))
+        self.children = ChildrenStats.from_wire(data.get("children"))
+        self.child_progress_mode = _str(data.get("childProgressMode"))
+        self.extra = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS}
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the job has finished (completed, failed or cancelled)."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_parent(self) -> bool:
+        """Whether the job is a parent of child jobs."""
+        return self.children is not None
+
+    @property
+    def is_child(self) -> bool:
+        """Whether the job is a child of a parent job."""
+        return self.parent is not None
+
+    @property
+    def eta_remaining(self) -> timedelta | None:
+        """Time left until the estimated completion (never negative), or ``None`` without one."""
+        if self.estimated_completion_at is None:
+            return None
+        left = self.estimated_completion_at - datetime.now(timezone.utc)
+        return max(left, timedelta(0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the job as the backend sent it (camelCase JSON, unknown fields included)."""
+        return dict(self._raw)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(id={self.id!r}, job_type={self.job_type!r}, "
+                f"status={self.status!r}, progress={self.progress})")
+
+
+class Job(BaseJob):
+    """A job on the backend, with blocking methods that update it.
+
+    Each method sends one call and updates this object from the backend's answer.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, data: Mapping[str, Any], jobs: Jobs) -> None:
+        super().__init__(data)
+        self._jobs = jobs
+
+    def set_progress(
+        self,
+        progress: float,
+        /,
+        *,
+        message: str | None = None,
+        stage: Stage | Mapping[str, Any] | None = None,
+        queue: Queue | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        estimated_completion_at: datetime | str | None = None,
+        push: bool | Mapping[str, Any] | None = None,
+    ) -> Self:
+        """Report progress (0–100, sent as an integer) and optionally message, stage, queue.
+
+        Args:
+            progress: Percentage done, an int or float from 0 to 100.
+            message: A status line for the people waiting.
+            stage: The current stage (a :class:`~seenn.Stage` or a dict).
+            queue: The job's place in a queue (a :class:`~seenn.Queue` or a dict).
+            metadata: Metadata to merge into the stored metadata (at most 10 KB).
+            estimated_completion_at: A new ETA (datetime or ISO 8601 string).
+            push: Push-notification options passed through to the backend.
+
+        Returns:
+            This job, updated from the backend's answer.
+
+        Raises:
+            ValidationError: An argument is invalid; nothing was sent.
+        """
+        body = progress_body(progress, message=message, stage=stage, queue=queue,
+                             metadata=metadata, estimated_completion_at=estimated_completion_at,
+                             push=push)
+        self._update(self._jobs._post(f"/{quote_id(self.id)}/progress", body))
+        return self
+
+    def complete(
+        self,
+        *,
+        result: JobResult | Mapping[str, Any] | None = None,
+        message: str | None = None,
+        push: bool | Mapping[str, Any] | None = None,
+        live_activity: bool | Mapping[str, Any] | None = None,
+    ) -> Self:
+        """Mark the job completed (progress 100), with an optional result and message.
+
+        Args:
+            result: What the job produced (a :class:`~seenn.JobResult` or a dict), ≤ 100 KB.
+            message: A final status line.
+            push: Push-notification options passed through to the backend.
+            live_activity: Live Activity options passed through to the backend.
+
+        Returns:
+            This job, updated from the backend's answer.
+
+        Raises:
+            ValidationError: An argument is invalid; nothing was sent.
+        """
+        body = complete_body(result=result, message=message, push=push,
+                             live_activity=live_activity)
+        self._update(self._jobs._post(f"/{quote_id(self.id)}/complete", body))
+        return self
+
+    def fail(
+        self,
+        *,
+        error: JobError | Mapping[str, Any],
+        retryable: bool | None = None,
+        push: bool | Mapping[str, Any] | None = None,
+    ) -> Self:
+        """Mark the job failed with an error code and message.
+
+        Args:
+            error: Why it failed (a :class:`~seenn.JobError` or a dict with code and message).
+            retryable: Whether trying again may succeed.
+            push: Push-notification options passed through to the backend.
+
+        Returns:
+            This job, updated from the backend's answer.
+
+        Raises:
+            ValidationError: An argument is invalid; nothing was sent.
+        """
+        body = fail_body(error=error, retryable=retryable, push=push)
+        self._update(self._jobs._post(f"/{quote_id(self.id)}/fail", body))
+        return self
+
+    def refresh(self) -> Self:
+        """Read the job again from the backend and update this object."""
+        self._update(self._jobs._get(f"/{quote_id(self.id)}"))
+        return self
+
+
+class AsyncJob(BaseJob):
+    """A job on the backend, with awaitable methods that update it (see :class:`Job`)."""
+
+    __slots__ = ()
+
+    def __init__(self, data: Mapping[str, Any], jobs: AsyncJobs) -> None:
+        super().__init__(data)
+        self._jobs = jobs
+
+    async def set_progress(
+        self,
+        progress: float,
+        /,
+        *,
+        message: str | None = None,
+        stage: Stage | Mapping[str, Any] | None = None,
+        queue: Queue | Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        estimated_completion_at: datetime | str | None = None,
+        push: bool | Mapping[str, Any] | None = None,
+    ) -> Self:
+        """Report progress; see :meth:`Job.set_progress`."""
+        body = progress_body(progress, message=message, stage=stage, queue=queue,
+                             metadata=metadata, estimated_completion_at=estimated_completion_at,
+                             push=push)
+        self._update(await self._jobs._post(f"/{quote_id(self.id)}/progress", body))
+        return self
+
+    async def complete(
+        self,
+        *,
+        result: JobResult | Mapping[str, Any] | None = None,
+        message: str | None = None,
+        push: bool | Mapping[str, Any] | None = None,
+        live_activity: bool | Mapping[str, Any] | None = None,
+    ) -> Self:
+        """Mark the job completed; see :meth:`Job.complete`."""
+        body = complete_body(result=result, message=message, push=push,
+                             live_activity=live_activity)
+        self._update(await self._jobs._post(f"/{quote_id(self.id)}/complete", body))
+        return self
+
+    async def fail(
+        self,
+        *,
+        error: JobError | Mapping[str, Any],
+        retryable: bool | None = None,
+        push: bool | Mapping[str, Any] | None = None,
+    ) -> Self:
+        """Mark the job failed; see :meth:`Job.fail`."""
+        body = fail_body(error=error, retryable=retryable, push=push)
+        self._update(await self._jobs._post(f"/{quote_id(self.id)}/fail", body))
+        return self
+
+    async def refresh(self) -> Self:
+        """Read the job again from the backend and update this object."""
+        self._update(await self._jobs._get(f"/{quote_id(self.id)}"))
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage(Generic[JobT]):
+    """One page of a job listing.
+
+    Attributes:
+        jobs: The jobs on this page, newest first.
+        next_cursor: Pass it as ``cursor=`` to get the next page; ``None`` on the last page.
+    """
+
+    jobs: list[JobT]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobFamily(Generic[JobT]):
+    """A parent job with its children, as ``GET /jobs/{id}/children`` returns them.
+
+    Attributes:
+        parent: The parent job.
+        children: Its children, in ``child_index`` order.
+    """
+
+    parent: JobT
+    children: list[JobT]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult(Generic[JobT]):
+    """What :meth:`~seenn.SeennClient.jobs.create_batch` made.
+
+    Attributes:
+        parent: The parent job, refreshed after its children were created.
+        children: The child jobs, in the order of their titles.
+    """
+
+    parent: JobT
+    children: list[JobT]
+
+
+# Request bodies: validated here, before anything is sent. --------------------------
+
+def _push(value: object, field: str) -> object:
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, Mapping):
+        fail(field, f"must be a bool or a mapping, not {type(value).__name__}")
+    return check_json(field, dict(value), max_bytes=_MAX_PUSH_BYTES)
+
+
+def start_body(
+    *,
+    job_type: str,
+    user_id: str,
+    title: str,
+    job_id: str | None = None,
+    workflow_id: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    queue: Queue | Mapping[str, Any] | None = None,
+    stage: Stage | Mapping[str, Any] | None = None,
+    estimated_completion_at: datetime | str | None = None,
+    estimated_duration: float | timedelta | None = None,
+    ttl_seconds: int | None = None,
+    parent_job_id: str | None = None,
+    child_index: int | None = None,
+    total_children: int | None = None,
+    child_progress_mode: str | None = None,
+) -> dict[str, Any]:
+    """Validate the arguments of a job start and return the ``POST /jobs`` body."""
+    body: dict[str, Any] = {
+        "jobType": check_text("job_type", job_type, max_len=MAX_JOB_TYPE),
+        "userId": check_text("user_id", user_id, max_len=MAX_USER_ID),
+        "title": check_text("title", title, max_len=MAX_TITLE),
+    }
+    if job_id is not None:
+        body["id"] = check_text("job_id", job_id, max_len=MAX_USER_ID)
+    if workflow_id is not None:
+        body["workflowId"] = check_text("workflow_id", workflow_id, max_len=MAX_JOB_TYPE)
+    if metadata is not None:
+        body["metadata"] = check_metadata(metadata)
+    if queue is not None:
+        body["queue"] = coerce_queue(queue).to_wire()
+    if stage is not None:
+        body["stage"] = coerce_stage(stage).to_wire()
+    if estimated_completion_at is not None:
+        body["estimatedCompletionAt"] = check_datetime(estimated_completion_at,
+                                                       "estimated_completion_at")
+    if estimated_duration is not None:
+        body["estimatedDuration"] = check_duration_ms(estimated_duration, "estimated_duration")
+    if ttl_seconds is not None:
+        body["ttlSeconds"] = check_int("ttl_seconds", ttl_seconds, minimum=MIN_TTL_SECONDS,
+                                       maximum=MAX_TTL_SECONDS)
+    if parent_job_id is not None:
+        body["parentJobId"] = check_text("parent_job_id", parent_job_id, max_len=MAX_USER_ID)
+    if child_index is not None:
+        if parent_job_id is None:
+            fail("child_index", "needs parent_job_id")
+        body["childIndex"] = check_int("child_index", child_index, minimum=0,
+                                       maximum=MAX_TOTAL_CHILDREN - 1)
+    if total_children is not None:
+        body["totalChildren"] = check_int("total_children", total_children, minimum=1,
+                                          maximum=MAX_TOTAL_CHILDREN)
+    if child_progress_mode is not None:
+        body["childProgressMode"] = check_choice(child_progress_mode, "child_progress_mode",
+                                                 CHILD_PROGRESS_MODES)
+    return body
+
+
+def progress_body(
+    progress: float,
+    *,
+    message: str | None,
+    stage: Stage | Mapping[str, Any] | None,
+    queue: Queue | Mapping[str, Any] | None,
+    metadata: Mapping[str, Any] | None,
+    estimated_completion_at: datetime | str | None,
+    push: bool | Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Validate the arguments of a progress call and return its body."""
+    body: dict[str, Any] = {"progress": check_progress(progress)}
+    if message is not None:
+        body["message"] = check_opt_text("message", message, max_len=MAX_MESSAGE)
+    if stage is not None:
+        body["stage"] = coerce_stage(stage).to_wire()
+    if queue is not None:
+        body["queue"] = coerce_queue(queue).to_wire()
+    if metadata is not None:
+        body["metadata"] = check_metadata(metadata)
+    if estimated_completion_at is not None:
+        body["estimatedCompletionAt"] = check_datetime(estimated_completion_at,
+                                                       "estimated_completion_at")
+    if push is not None:
+        body["push"] = _push(push, "push")
+    return body
+
+
+def complete_body(
+    *,
+    result: JobResult | Mapping[str, Any] | None,
+    message: str | None,
+    push: bool | Mapping[str, Any] | None,
+    live_activity: bool | Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Validate the arguments of a complete call and return its body."""
+    body: dict[str, Any] = {}
+    if result is not None:
+        body["result"] = coerce_result(result).to_wire()
+    if message is not None:
+        body["message"] = check_opt_text("message", message, max_len=MAX_MESSAGE)
+    if push is not None:
+        body["push"] = _push(push, "push")
+    if live_activity is not None:
+        body["liveActivity"] = _push(live_activity, "live_activity")
+    return body
+
+
+def fail_body(
+    *,
+    error: JobError | Mapping[str, Any],
+    retryable: bool | None,
+    push: bool | Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Validate the arguments of a fail call and return its body."""
+    body: dict[str, Any] = {"error": coerce_error(error).to_wire()}
+    if retryable is not None:
+        body["retryable"] = check_bool(retryable, "retryable")
+    if push is not None:
+        body["push"] = _push(push, "push")
+    return body

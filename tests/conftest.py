@@ -1,0 +1,63 @@
+"""Shared fixtures: a real loopback HTTP server and clients whose waits are instant."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+import seenn
+from tests.server import RecordingServer
+
+SECRET = "sk_test_s3cr3t-key-do-not-leak"
+
+
+class FakeClock:
+    """A monotonic clock that only moves when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+
+@pytest.fixture
+def server() -> Iterator[RecordingServer]:
+    """A recording server on a free loopback port."""
+    srv = RecordingServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock the clients wait on, so retry tests never wait for real."""
+    return FakeClock()
+
+
+@pytest.fixture
+def client(server: RecordingServer, clock: FakeClock) -> Iterator[seenn.SeennClient]:
+    """A SeennClient against the recording server, waiting on the fake clock."""
+    with seenn.SeennClient(SECRET, base_url=server.url) as c:
+        c._http._sleep = clock.sleep
+        c._http._monotonic = clock.monotonic
+        yield c
+
+
+@pytest.fixture
+async def aclient(server: RecordingServer,
+                  clock: FakeClock) -> AsyncIterator[seenn.AsyncSeennClient]:
+    """An AsyncSeennClient against the recording server, waiting on the fake clock."""
+    async with seenn.AsyncSeennClient(SECRET, base_url=server.url) as c:
+        c._http._sleep = clock.async_sleep
+        c._http._monotonic = clock.monotonic
+        yield c
