@@ -342,6 +342,18 @@ def test_slow_backend_raises_timeout_error(server: RecordingServer) -> None:
     assert caught.value.code == "TIMEOUT"
 
 
+def test_timeouts_are_retried(server: RecordingServer, clock: FakeClock) -> None:
+    """An attempt that times out is retried, and the retry's answer is returned."""
+    release = threading.Event()
+    server.reply(200, JOB, hold=release)
+    server.reply(200, {**JOB, "id": "second"})
+    with SeennClient(SECRET, base_url=server.url, timeout=0.2, max_retries=1) as client:
+        client._http._sleep = clock.sleep
+        assert client.jobs.get("job_1").id == "second"
+    release.set()
+    assert len(server.requests) == 2
+
+
 def test_pagination_lists_and_walks_every_page(client: SeennClient,
                                                server: RecordingServer) -> None:
     """list() passes userId, limit and cursor; iter() follows next_cursor to the end."""
