@@ -87,6 +87,8 @@ def _json_size(field: str, value: object) -> int:
         encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         fail(field, f"must be JSON-serialisable ({exc})")
+    except RecursionError:
+        fail(field, "is nested too deeply")
     return len(encoded.encode("utf-8"))
 
 

@@ -1,0 +1,260 @@
+"""SQLite storage of the reference backend: apps (key pairs), jobs, idempotency records.
+
+One connection per thread (SQLite connections must not be shared across
+threads without a lock), WAL mode so readers never wait for the writer, and
+``BEGIN IMMEDIATE`` for every write so a read-modify-write of a job is atomic.
+A job is stored as its protocol JSON document plus the columns that queries
+and the TTL need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS apps (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL UNIQUE,
+    public_hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    parent_id TEXT,
+    child_index INTEGER,
+    start_hash TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    data TEXT NOT NULL,
+    UNIQUE (app_id, id)
+);
+CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (app_id, user_id, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (app_id, parent_id, child_index);
+CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at);
+CREATE TABLE IF NOT EXISTS idempotency (
+    app_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (app_id, key)
+);
+"""
+
+IDEMPOTENCY_TTL = 24 * 3600.0
+
+
+def key_hash(key: str) -> str:
+    """Hash an API key for storage and lookup (keys themselves are never stored)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def canonical_hash(value: object) -> str:
+    """Hash a JSON value independently of key order."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredJob:
+    """A job row: its document and the columns around it."""
+
+    seq: int
+    data: dict[str, Any]
+    start_hash: str
+    expires_at: float
+
+
+class Transaction:
+    """Reads and writes inside one ``BEGIN IMMEDIATE`` transaction (or a plain read)."""
+
+    def __init__(self, conn: sqlite3.Connection, app_id: str, now: float) -> None:
+        self._conn = conn
+        self.app_id = app_id
+        self.now = now
+
+    def get(self, job_id: str) -> StoredJob | None:
+        """The live (unexpired) job with this id in this app."""
+        row = self._conn.execute(
+            "SELECT seq, data, start_hash, expires_at FROM jobs "
+            "WHERE app_id = ? AND id = ? AND expires_at > ?",
+            (self.app_id, job_id, self.now)).fetchone()
+        if row is None:
+            return None
+        return StoredJob(row[0], json.loads(row[1]), row[2], row[3])
+
+    def insert(self, job: dict[str, Any], *, start_hash: str, expires_at: float) -> None:
+        """Store a new job; any expired row with the same id is replaced."""
+        self._conn.execute("DELETE FROM jobs WHERE app_id = ? AND id = ?",
+                           (self.app_id, job["id"]))
+        parent = job.get("parent") or {}
+        self._conn.execute(
+            "INSERT INTO jobs (app_id, id, user_id, parent_id, child_index, start_hash, "
+            "expires_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.app_id, job["id"], job["userId"], parent.get("parentJobId"),
+             parent.get("childIndex"), start_hash, expires_at, _dump(job)))
+
+    def update(self, job: dict[str, Any]) -> None:
+        """Save a changed job document."""
+        self._conn.execute("UPDATE jobs SET data = ? WHERE app_id = ? AND id = ?",
+                           (_dump(job), self.app_id, job["id"]))
+
+    def children(self, parent_id: str) -> list[dict[str, Any]]:
+        """The live children of a parent, in child-index order."""
+        rows = self._conn.execute(
+            "SELECT data FROM jobs WHERE app_id = ? AND parent_id = ? AND expires_at > ? "
+            "ORDER BY child_index", (self.app_id, parent_id, self.now)).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def child_index_taken(self, parent_id: str, child_index: int) -> bool:
+        """Whether a live child of the parent already has this index."""
+        row = self._conn.execute(
+            "SELECT 1 FROM jobs WHERE app_id = ? AND parent_id = ? AND child_index = ? "
+            "AND expires_at > ?", (self.app_id, parent_id, child_index, self.now)).fetchone()
+        return row is not None
+
+    def list_user(self, user_id: str, *, before_seq: int | None,
+                  limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """Up to ``limit`` live jobs of a user, newest first, older than ``before_seq``."""
+        rows = self._conn.execute(
+            "SELECT seq, data FROM jobs WHERE app_id = ? AND user_id = ? AND seq < ? "
+            "AND expires_at > ? ORDER BY seq DESC LIMIT ?",
+            (self.app_id, user_id, before_seq if before_seq is not None else 2 ** 62,
+             self.now, limit)).fetchall()
+        return [(row[0], json.loads(row[1])) for row in rows]
+
+    def idempotent(self, key: str) -> tuple[str, int, str] | None:
+        """The stored (request hash, status, body) of an earlier call with this key."""
+        row = self._conn.execute(
+            "SELECT request_hash, status, body FROM idempotency WHERE app_id = ? AND key = ? "
+            "AND created_at > ?", (self.app_id, key, self.now - IDEMPOTENCY_TTL)).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def remember(self, key: str, request_hash: str, status: int, body: str) -> None:
+        """Store the answer of a call made with an idempotency key."""
+        self._conn.execute(
+            "INSERT OR REPLACE INTO idempotency (app_id, key, request_hash, status, body, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (self.app_id, key, request_hash, status, body, self.now))
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Store:
+    """The database of one ``seenn serve``; safe to use from many threads."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._last_purge = 0.0
+        # The time source of TTLs and timestamps; tests move it forward.
+        self.clock = time.time
+        conn = self._conn()
+        conn.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: transactions are begun explicitly, never implicitly.
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this store opened."""
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def read(self, app_id: str) -> Iterator[Transaction]:
+        """A consistent read (one snapshot) of an app's jobs."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield Transaction(conn, app_id, self.clock())
+        finally:
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def write(self, app_id: str) -> Iterator[Transaction]:
+        """An atomic read-modify-write of an app's jobs."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield Transaction(conn, app_id, self.clock())
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # Apps and keys ------------------------------------------------------------------
+
+    def apps(self) -> dict[str, tuple[str, str]]:
+        """Key hash -> (app id, ``"secret"`` or ``"public"``) for every app."""
+        rows = self._conn().execute("SELECT id, secret_hash, public_hash FROM apps").fetchall()
+        keys: dict[str, tuple[str, str]] = {}
+        for app_id, secret_hash, public_hash in rows:
+            keys[secret_hash] = (app_id, "secret")
+            keys[public_hash] = (app_id, "public")
+        return keys
+
+    def add_app(self, app_id: str, secret_key: str, public_key: str) -> str:
+        """Register a key pair as an app (or return the app that already has the secret key)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT id FROM apps WHERE secret_hash = ?",
+                               (key_hash(secret_key),)).fetchone()
+            if row is None:
+                conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at) "
+                             "VALUES (?, ?, ?, ?)",
+                             (app_id, key_hash(secret_key), key_hash(public_key), time.time()))
+            else:
+                app_id = row[0]
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return app_id
+
+    def purge(self, interval: float = 60.0) -> int:
+        """Delete expired jobs and idempotency records, at most once per ``interval``."""
+        now = self.clock()
+        if now - self._last_purge < interval:
+            return 0
+        self._last_purge = now
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            purged = conn.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,)).rowcount
+            conn.execute("DELETE FROM idempotency WHERE created_at <= ?",
+                         (now - IDEMPOTENCY_TTL,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return purged
