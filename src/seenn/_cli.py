@@ -56,16 +56,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError(f"serve: cannot listen on {args.host}:{args.port}: "
                        f"{error.strerror or error}") from None
     out = sys.stdout
-    if app.created_keys is not None:
-        secret, public = app.created_keys
-        out.write("Created an app with this key pair. It is shown once: store it now.\n"
-                  f"  secret key (read and write): {secret}\n"
-                  f"  public key (read only):      {public}\n")
-    rate = f", {rate_limit} requests/s per key" if rate_limit else ""
-    out.write(f"seenn serve {__version__}: listening on {server.url}/v1 "
-              f"(database {args.db}{rate}); Ctrl-C stops\n")
-    out.flush()
     try:
+        if app.created_keys is not None:
+            secret, public = app.created_keys
+            out.write("Created an app with this key pair. It is shown once: store it now.\n"
+                      f"  secret key (read and write): {secret}\n"
+                      f"  public key (read only):      {public}\n")
+        rate = f", {rate_limit} requests/s per key" if rate_limit else ""
+        out.write(f"seenn serve {__version__}: listening on {server.url}/v1 "
+                  f"(database {args.db}{rate}); Ctrl-C stops\n")
+        out.flush()
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         out.write("seenn serve: stopped\n")

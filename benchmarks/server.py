@@ -1,0 +1,153 @@
+"""Throughput of `seenn serve` on loopback: polling and progress writes per second.
+
+Starts ``python -m seenn serve`` in a subprocess on a free port with a fresh
+database, then drives it from N client threads (keep-alive ``http.client``
+connections, lighter than httpx so the server is what is measured) for a fixed
+time per case. ``GET /healthz`` (no database, no auth) is the baseline measured
+in the same run; the other cases are reported as requests per second and as a
+ratio to it.
+
+    python benchmarks/server.py [--seconds 2] [--threads 1,2,4,8]
+
+On a 2-core machine the load generator and the server share the cores, so
+absolute figures are a floor; the ratios are what to compare between changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+Request = Callable[[http.client.HTTPConnection, int], None]
+
+
+def start_server(db: Path) -> tuple[subprocess.Popen[str], str, int, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "seenn", "serve", "--port", "0", "--db",
+                             str(db)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    out = proc.stdout
+    threading.Thread(target=lambda: [lines.put(line) for line in out], daemon=True).start()
+    secret = ""
+    while True:
+        line = lines.get(timeout=60)
+        if "secret key" in line:
+            secret = line.split()[-1]
+        match = re.search(r"http://([\d.]+):(\d+)/v1", line)
+        if match:
+            return proc, match.group(1), int(match.group(2)), secret
+
+
+def measure(host: str, port: int, threads: int, seconds: float, request: Request) -> float:
+    """Requests per second completed by ``threads`` clients in ``seconds``."""
+    counts = [0] * threads
+    start = threading.Barrier(threads + 1)
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection(host, port, timeout=30)
+        start.wait()
+        n = 0
+        while not stop.is_set():
+            request(conn, index)
+            n += 1
+        counts[index] = n
+        conn.close()
+
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    began = time.perf_counter()
+    stop.wait(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / (time.perf_counter() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--threads", default="1,2,4,8")
+    args = parser.parse_args()
+    thread_counts = [int(n) for n in args.threads.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, host, port, secret = start_server(Path(tmp) / "bench.db")
+        auth = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+        try:
+            setup = http.client.HTTPConnection(host, port)
+            job_ids = []
+            for i in range(max(thread_counts)):
+                body = json.dumps({"jobType": "bench", "userId": "u", "title": f"job {i}"})
+                setup.request("POST", "/v1/jobs", body=body, headers=auth)
+                job_ids.append(json.loads(setup.getresponse().read())["id"])
+            setup.request("GET", f"/v1/jobs/{job_ids[0]}", headers=auth)
+            response = setup.getresponse()
+            response.read()
+            etag = response.headers["ETag"]
+            setup.close()
+
+            def healthz(conn: http.client.HTTPConnection, i: int) -> None:
+                conn.request("GET", "/healthz")
+                conn.getresponse().read()
+
+            def poll_304(conn: http.client.HTTPConnection, i: int) -> None:
+                conn.request("GET", f"/v1/jobs/{job_ids[0]}",
+                             headers={**auth, "If-None-Match": etag})
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 304
+
+            def poll_200(conn: http.client.HTTPConnection, i: int) -> None:
+                conn.request("GET", f"/v1/jobs/{job_ids[i]}", headers=auth)
+                conn.getresponse().read()
+
+            progress_body = json.dumps({"progress": 50, "message": "working"})
+
+            def progress(conn: http.client.HTTPConnection, i: int) -> None:
+                conn.request("POST", f"/v1/jobs/{job_ids[i]}/progress", body=progress_body,
+                             headers=auth)
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 200
+
+            cases = [("GET /healthz (baseline)", healthz),
+                     ("GET /jobs/{id} + If-None-Match -> 304", poll_304),
+                     ("GET /jobs/{id} -> 200", poll_200),
+                     ("POST /jobs/{id}/progress", progress)]
+            print(f"seenn serve on {host}:{port}, {args.seconds:.1f} s per cell, "
+                  f"{os.cpu_count()} cores; requests/second (ratio to the baseline)")
+            header = f"{'case':<40}" + "".join(f"{f'{n} thr':>18}" for n in thread_counts)
+            print(header)
+            print("-" * len(header))
+            baseline: dict[int, float] = {}
+            for name, request in cases:
+                cells = []
+                for n in thread_counts:
+                    rate = measure(host, port, n, args.seconds, request)
+                    if request is healthz:
+                        baseline[n] = rate
+                    cells.append(f"{rate:>9.0f} ({rate / baseline[n]:.2f}x)")
+                print(f"{name:<40}" + "".join(f"{cell:>18}" for cell in cells))
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

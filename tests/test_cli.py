@@ -1,0 +1,265 @@
+"""The `seenn` command line: serve, jobs get/list/watch, and its one-line errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import seenn
+import seenn.server
+from seenn._cli import main
+from seenn._cli_jobs import watch
+from seenn.server import RunningServer
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[RunningServer]:
+    """A `seenn serve` on a free loopback port."""
+    with seenn.server.running(tmp_path / "cli.db") as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(backend: RunningServer) -> Iterator[seenn.SeennClient]:
+    """A client of the backend."""
+    with seenn.SeennClient(backend.api_key, base_url=backend.url) as c:
+        yield c
+
+
+def _conn(backend: RunningServer) -> list[str]:
+    return ["--base-url", backend.url, "--api-key", backend.api_key]
+
+
+class _Server:
+    """`python -m seenn serve` in a subprocess, its stdout read line by line on a thread."""
+
+    def __init__(self, db: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "seenn", "serve", "--port", "0", "--db", str(db)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def line(self, pattern: str) -> str:
+        """The next stdout line matching ``pattern`` (bounded: 60 s)."""
+        while True:
+            line = self.lines.get(timeout=60)
+            self.seen.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def url(self) -> str:
+        """The base URL from the "listening" line."""
+        match = re.search(r"http://\S+?(?=/v1)", self.line("listening"))
+        assert match is not None
+        return match.group(0)
+
+    def stop(self) -> tuple[int, str]:
+        """Ctrl-C the server; return its exit status and stderr."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+        assert self.proc.stderr is not None
+        return self.proc.returncode, self.proc.stderr.read()
+
+
+def test_serve_prints_a_key_pair_once_and_stops_cleanly(tmp_path: Path) -> None:
+    """First start prints the new key pair; Ctrl-C exits 0; the next start prints no keys."""
+    db = tmp_path / "serve.db"
+    server = _Server(db)
+    try:
+        secret = server.line(r"secret key").split()[-1]
+        public = server.line(r"public key").split()[-1]
+        url = server.url()
+        assert secret.startswith("sk_test_")
+        assert public.startswith("pk_test_")
+        assert main(["conformance", "--base-url", url, "--api-key", secret,
+                     "--public-key", public]) == 0
+    finally:
+        status, err = server.stop()
+    assert status == 0, err
+    assert "Traceback" not in err
+    server.line("stopped")
+    second = _Server(db)
+    try:
+        second.url()
+    finally:
+        status, _ = second.stop()
+    assert status == 0
+    assert not any("secret key" in line for line in second.seen)
+
+
+def test_serve_reports_a_busy_port_in_one_line(tmp_path: Path) -> None:
+    """A port already in use is one clear error line and exit status 1."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "seenn", "serve", "--port", str(port),
+                              "--db", str(tmp_path / "b.db")], capture_output=True, text=True,
+                             timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"seenn: serve: cannot listen on 127.0.0.1:{port}")
+    assert out.stderr.count("\n") == 1
+
+
+def test_serve_takes_keys_from_the_environment(tmp_path: Path) -> None:
+    """SEENN_SERVER_API_KEY and SEENN_SERVER_PUBLIC_KEY set the app's key pair."""
+    server = _Server(tmp_path / "e.db", {"SEENN_SERVER_API_KEY": "sk_test_envkey",
+                                          "SEENN_SERVER_PUBLIC_KEY": "pk_test_envkey"})
+    try:
+        url = server.url()
+        with seenn.SeennClient("sk_test_envkey", base_url=url) as c:
+            job = c.jobs.start("t", user_id="u", title="t")
+        assert main(["jobs", "get", job.id, "--base-url", url, "--api-key",
+                     "pk_test_envkey"]) == 0
+    finally:
+        server.stop()
+    assert not any("secret key" in line for line in server.seen)
+
+
+def test_jobs_get_prints_a_table_or_json(backend: RunningServer, client: seenn.SeennClient,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """`seenn jobs get` shows the job's fields for people, or the raw JSON with --json."""
+    job = client.jobs.start("video", user_id="alice", title="Cat video")
+    job.set_progress(45, message="Rendering", stage={"name": "render", "current": 2,
+                                                     "total": 4})
+    assert main(["jobs", "get", job.id, *_conn(backend)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^status\s+running$", out, re.M)
+    assert re.search(r"^progress\s+45%$", out, re.M)
+    assert re.search(r"^stage\s+render \(2/4\)$", out, re.M)
+    assert main(["jobs", "get", job.id, "--json", *_conn(backend)]) == 0
+    assert json.loads(capsys.readouterr().out)["progress"] == 45
+
+
+def test_jobs_list_pages_newest_first(backend: RunningServer, client: seenn.SeennClient,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`seenn jobs list` prints a table, newest first, and how to get the next page."""
+    ids = [client.jobs.start("video", user_id="bob", title=f"Video {i}").id for i in range(3)]
+    assert main(["jobs", "list", "bob", "--limit", "2", *_conn(backend)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["ID", "TYPE", "STATUS", "PROGRESS"]
+    assert [line.split()[0] for line in lines[1:3]] == [ids[2], ids[1]]
+    assert lines[3].startswith("more: seenn jobs list bob --cursor ")
+    assert main(["jobs", "list", "bob", "--json", *_conn(backend)]) == 0
+    page = json.loads(capsys.readouterr().out)
+    assert [j["id"] for j in page["jobs"]] == ids[::-1]
+    assert page["nextCursor"] is None
+    assert main(["jobs", "list", "nobody", *_conn(backend)]) == 0
+    assert "(no jobs for nobody)" in capsys.readouterr().out
+
+
+def test_jobs_watch_exit_status_follows_the_outcome(backend: RunningServer,
+                                                    client: seenn.SeennClient,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`seenn jobs watch` exits 0 for a completed job and 1 for a failed one."""
+    done = client.jobs.start("v", user_id="u", title="t")
+    done.complete(result={"type": "video", "url": "https://cdn/x.mp4"})
+    assert main(["jobs", "watch", done.id, *_conn(backend)]) == 0
+    assert "completed: https://cdn/x.mp4" in capsys.readouterr().out
+    bad = client.jobs.start("v", user_id="u", title="t")
+    bad.fail(error={"code": "GPU", "message": "out of memory"})
+    assert main(["jobs", "watch", bad.id, *_conn(backend)]) == 1
+    assert "failed: GPU: out of memory" in capsys.readouterr().out
+
+
+class _Lines(io.StringIO):
+    """An output that lets a test wait for a given text to be written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = threading.Condition()
+
+    def write(self, text: str) -> int:
+        with self.changed:
+            n = super().write(text)
+            self.changed.notify_all()
+        return n
+
+    def wait_for(self, text: str) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: text in self.getvalue(), timeout=30), text
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_jobs_watch_follows_a_live_job(client: seenn.SeennClient, tty: bool) -> None:
+    """watch draws each change (a bar on a TTY, plain lines otherwise) until the job ends."""
+    job = client.jobs.start("video", user_id="u", title="t")
+    out = _Lines()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(
+        watch(client, job.id, interval=0.01, out=out, tty=tty)))
+    thread.start()
+    out.wait_for("  0%")
+    job.set_progress(30, message="Rendering", stage={"name": "render", "current": 2,
+                                                     "total": 4})
+    out.wait_for(" 30%")
+    job.complete()
+    thread.join(timeout=30)
+    assert result == [0]
+    text = out.getvalue()
+    assert "render (2/4)  Rendering" in text
+    assert ("\r\x1b[2K" in text) is tty
+    if not tty:
+        assert text.splitlines()[-1] == "completed"
+
+
+def test_errors_are_one_line_without_traceback(backend: RunningServer,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Missing jobs, missing settings and unreachable backends each give one stderr line."""
+    monkeypatch.delenv("SEENN_API_KEY", raising=False)
+    monkeypatch.delenv("SEENN_BASE_URL", raising=False)
+    assert main(["jobs", "get", "job_missing", *_conn(backend)]) == 1
+    assert capsys.readouterr().err == "seenn: [404 NOT_FOUND] job job_missing not found\n"
+    assert main(["jobs", "get", "x"]) == 2
+    assert "SEENN_BASE_URL" in capsys.readouterr().err
+    assert main(["jobs", "get", "x", "--base-url", "http://127.0.0.1:9"]) == 2
+    assert "SEENN_API_KEY" in capsys.readouterr().err
+    assert main(["jobs", "list", "u", "--limit", "0", *_conn(backend)]) == 1
+    assert capsys.readouterr().err.startswith("seenn: [VALIDATION_ERROR] limit:")
+    out = subprocess.run([sys.executable, "-m", "seenn", "jobs", "list", "u", "--base-url",
+                          "http://127.0.0.1:9", "--api-key", "sk_test_x"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.startswith("seenn: [CONNECTION_ERROR] could not reach")
+    assert out.stderr.count("\n") == 1
+    assert "sk_test_x" not in out.stderr
+
+
+def test_environment_supplies_url_and_key(backend: RunningServer, client: seenn.SeennClient,
+                                          capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """SEENN_BASE_URL and SEENN_API_KEY are used when the flags are absent."""
+    job = client.jobs.start("v", user_id="u", title="t")
+    monkeypatch.setenv("SEENN_BASE_URL", backend.url)
+    monkeypatch.setenv("SEENN_API_KEY", backend.api_key)
+    assert main(["jobs", "get", job.id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == job.id
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """`seenn` alone prints the help, listing the commands."""
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    for command in ("serve", "jobs", "conformance"):
+        assert command in out
