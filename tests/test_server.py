@@ -487,3 +487,25 @@ def test_public_module_surface() -> None:
     assert sorted(seenn.server.__all__) == ["RunningServer", "SeennServerApp", "WSGIServer",
                                             "create_app", "running"]
     assert json.loads(json.dumps({"ok": True})) == {"ok": True}
+
+
+def test_database_handles_do_not_pile_up_with_connections(backend: RunningServer) -> None:
+    """Clients that connect afresh for every request do not leave database handles behind."""
+    db = str(Path(backend.app.store.path).resolve())
+
+    def open_handles() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if _target(fd) == db)
+
+    for _ in range(60):
+        with httpx.Client() as fresh:
+            fresh.get(backend.url + "/v1/jobs?userId=u",
+                      headers={"Authorization": f"Bearer {backend.api_key}"})
+    assert open_handles() <= 16
+
+
+def _target(fd: Path) -> str:
+    try:
+        return str(fd.readlink())
+    except OSError:
+        return ""

@@ -156,66 +156,81 @@ def _dump(value: object) -> str:
 class Store:
     """The database of one ``seenn serve``; safe to use from many threads."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, max_idle: int = 16) -> None:
         self.path = path
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        # A pool rather than one connection per thread: a threaded server makes a
+        # thread per client connection, and per-thread handles would pile up.
+        self._idle: list[sqlite3.Connection] = []
+        self._max_idle = max_idle
         self._lock = threading.Lock()
+        self._closed = False
         self._last_purge = 0.0
         # The time source of TTLs and timestamps; tests move it forward.
         self.clock = time.time
-        conn = self._conn()
-        conn.executescript(SCHEMA)
+        with self._connection() as conn:
+            conn.executescript(SCHEMA)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            # isolation_level=None: transactions are begun explicitly, never implicitly.
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are begun explicitly, never implicitly.
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
         return conn
 
-    def close(self) -> None:
-        """Close every connection this store opened."""
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            for conn in self._connections:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                keep = not self._closed and len(self._idle) < self._max_idle
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
                 conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+
+    def close(self) -> None:
+        """Close the idle connections; connections in use close when released."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     @contextmanager
     def read(self, app_id: str) -> Iterator[Transaction]:
         """A consistent read (one snapshot) of an app's jobs."""
-        conn = self._conn()
-        conn.execute("BEGIN")
-        try:
-            yield Transaction(conn, app_id, self.clock())
-        finally:
-            conn.execute("COMMIT")
+        with self._connection() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield Transaction(conn, app_id, self.clock())
+            finally:
+                conn.execute("COMMIT")
 
     @contextmanager
     def write(self, app_id: str) -> Iterator[Transaction]:
         """An atomic read-modify-write of an app's jobs."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield Transaction(conn, app_id, self.clock())
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(conn, app_id, self.clock())
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     # Apps and keys ------------------------------------------------------------------
 
     def apps(self) -> dict[str, tuple[str, str]]:
         """Key hash -> (app id, ``"secret"`` or ``"public"``) for every app."""
-        rows = self._conn().execute("SELECT id, secret_hash, public_hash FROM apps").fetchall()
+        with self._connection() as conn:
+            rows = conn.execute("SELECT id, secret_hash, public_hash FROM apps").fetchall()
         keys: dict[str, tuple[str, str]] = {}
         for app_id, secret_hash, public_hash in rows:
             keys[secret_hash] = (app_id, "secret")
@@ -224,21 +239,14 @@ class Store:
 
     def add_app(self, app_id: str, secret_key: str, public_key: str) -> str:
         """Register a key pair as an app (or return the app that already has the secret key)."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT id FROM apps WHERE secret_hash = ?",
-                               (key_hash(secret_key),)).fetchone()
-            if row is None:
-                conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at) "
+        with self.write("") as tx:
+            row = tx._conn.execute("SELECT id FROM apps WHERE secret_hash = ?",
+                                   (key_hash(secret_key),)).fetchone()
+            if row is not None:
+                return str(row[0])
+            tx._conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at) "
                              "VALUES (?, ?, ?, ?)",
-                             (app_id, key_hash(secret_key), key_hash(public_key), time.time()))
-            else:
-                app_id = row[0]
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+                             (app_id, key_hash(secret_key), key_hash(public_key), tx.now))
         return app_id
 
     def purge(self, interval: float = 60.0) -> int:
@@ -247,14 +255,9 @@ class Store:
         if now - self._last_purge < interval:
             return 0
         self._last_purge = now
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            purged = conn.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,)).rowcount
-            conn.execute("DELETE FROM idempotency WHERE created_at <= ?",
-                         (now - IDEMPOTENCY_TTL,))
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self.write("") as tx:
+            purged: int = tx._conn.execute("DELETE FROM jobs WHERE expires_at <= ?",
+                                           (now,)).rowcount
+            tx._conn.execute("DELETE FROM idempotency WHERE created_at <= ?",
+                             (now - IDEMPOTENCY_TTL,))
         return purged
