@@ -121,6 +121,16 @@ def test_serve_reports_a_busy_port_in_one_line(tmp_path: Path) -> None:
     assert out.stderr.count("\n") == 1
 
 
+def test_serve_reports_an_unusable_database_in_one_line(tmp_path: Path) -> None:
+    """A database path in a missing folder is one clear error line, not a traceback."""
+    out = subprocess.run([sys.executable, "-m", "seenn", "serve", "--port", "0", "--db",
+                          str(tmp_path / "missing" / "x.db")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.startswith("seenn: serve: cannot open database")
+    assert out.stderr.count("\n") == 1
+
+
 def test_serve_takes_keys_from_the_environment(tmp_path: Path) -> None:
     """SEENN_SERVER_API_KEY and SEENN_SERVER_PUBLIC_KEY set the app's key pair."""
     server = _Server(tmp_path / "e.db", {"SEENN_SERVER_API_KEY": "sk_test_envkey",

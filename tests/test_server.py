@@ -509,3 +509,16 @@ def _target(fd: Path) -> str:
         return str(fd.readlink())
     except OSError:
         return ""
+
+
+def test_restart_with_a_new_public_key_replaces_the_old_one(tmp_path: Path) -> None:
+    """Giving the same secret key with another public key updates the app's public key."""
+    db = tmp_path / "keys.db"
+    seenn.server.create_app(db, api_key="sk_test_same", public_key="pk_test_old").close()
+    restarted = seenn.server.create_app(db, api_key="sk_test_same")
+    assert restarted.created_keys is None
+    restarted.close()
+    with seenn.server.running(db, api_key="sk_test_same", public_key="pk_test_new") as srv:
+        url = f"{srv.url}/v1/jobs?userId=u"
+        assert httpx.get(url, headers={"Authorization": "Bearer pk_test_new"}).status_code == 200
+        assert httpx.get(url, headers={"Authorization": "Bearer pk_test_old"}).status_code == 401

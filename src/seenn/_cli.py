@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 
@@ -47,7 +48,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                          rate_limit=rate_limit)
     except SeennError as error:
         raise CLIError(f"serve: {error.message}", 2) from None
-    except OSError as error:
+    except (OSError, sqlite3.Error) as error:
         raise CLIError(f"serve: cannot open database {args.db}: {error}") from None
     try:
         server = WSGIServer((args.host, args.port), app, access_log=args.access_log)

@@ -194,7 +194,8 @@ class SeennServerApp:
         if public_key is not None and api_key is None:
             fail("api_key", "is required when public_key is given")
         if api_key is not None:
-            if public_key is None:
+            known = key_hash(api_key) in self.store.apps()
+            if public_key is None and not known:
                 public_key = new_key("pk")
                 self.created_keys = (api_key, public_key)
             self.store.add_app(f"app_{key_hash(api_key)[:12]}", api_key, public_key)

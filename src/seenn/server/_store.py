@@ -237,13 +237,21 @@ class Store:
             keys[public_hash] = (app_id, "public")
         return keys
 
-    def add_app(self, app_id: str, secret_key: str, public_key: str) -> str:
-        """Register a key pair as an app (or return the app that already has the secret key)."""
+    def add_app(self, app_id: str, secret_key: str, public_key: str | None) -> str:
+        """Register a key pair as an app, or update the public key of the secret key's app.
+
+        With ``public_key=None`` an existing app keeps its public key; a new app needs one.
+        """
         with self.write("") as tx:
             row = tx._conn.execute("SELECT id FROM apps WHERE secret_hash = ?",
                                    (key_hash(secret_key),)).fetchone()
             if row is not None:
+                if public_key is not None:
+                    tx._conn.execute("UPDATE apps SET public_hash = ? WHERE id = ?",
+                                     (key_hash(public_key), row[0]))
                 return str(row[0])
+            if public_key is None:
+                raise ValueError("a new app needs a public key")
             tx._conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at) "
                              "VALUES (?, ?, ?, ?)",
                              (app_id, key_hash(secret_key), key_hash(public_key), tx.now))

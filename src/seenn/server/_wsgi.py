@@ -44,6 +44,8 @@ class _Input(io.RawIOBase):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"seenn/{__version__}"
+    # Idle keep-alive connections each hold a thread: let them go after a while.
+    timeout = 120
     server: WSGIServer
 
     def setup(self) -> None:
