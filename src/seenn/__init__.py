@@ -9,8 +9,12 @@ Two ways in, one data model:
 """
 
 from seenn._client import AsyncJobs, AsyncSeennClient, Jobs, SeennClient
+from seenn._events import JobEvent
 from seenn._models import ChildrenStats, JobError, JobResult, ParentInfo, Queue, Stage
 from seenn._rest import AsyncJob, BatchResult, Job, JobFamily, JobPage
+from seenn._stages import StageScope
+from seenn._tracked_job import TrackedJob
+from seenn._tracker import Tracker
 from seenn._version import __version__
 from seenn.errors import (
     APIConnectionError,
@@ -36,6 +40,7 @@ __all__ = [
     "ConflictError",
     "Job",
     "JobError",
+    "JobEvent",
     "JobFamily",
     "JobPage",
     "JobResult",
@@ -48,6 +53,31 @@ __all__ = [
     "SeennError",
     "ServerError",
     "Stage",
+    "StageScope",
+    "TrackedJob",
+    "Tracker",
     "ValidationError",
     "__version__",
+    "configure",
+    "current_job",
+    "force_flush",
+    "iterate",
+    "job",
+    "shutdown",
+    "stage",
+    "track",
+    "with_current_job",
 ]
+
+# The facade: bound methods of one default tracker. configure() changes this
+# tracker in place, so a `from seenn import track` made earlier stays valid.
+_default_tracker = Tracker()
+configure = _default_tracker.configure
+track = _default_tracker.track
+job = _default_tracker.job
+stage = _default_tracker.stage
+iterate = _default_tracker.iterate
+current_job = _default_tracker.current_job
+with_current_job = _default_tracker.with_current_job
+force_flush = _default_tracker.force_flush
+shutdown = _default_tracker.shutdown

@@ -1,0 +1,155 @@
+"""``ConsoleExporter``: job events as readable lines (or JSON lines) on stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, TextIO
+
+from seenn._pipeline import ExportResult
+
+if TYPE_CHECKING:
+    from seenn._events import JobEvent
+
+__all__ = ["ConsoleExporter"]
+
+_BAR_WIDTH = 24
+_CLEAR_LINE = "\r\x1b[2K"
+
+
+class ConsoleExporter:
+    """Writes job events to a stream, stderr by default.
+
+    In text format each event is a line such as::
+
+        [seenn] video-generation job_01J9... 40% render (2/4) Rendering frames
+
+    with child jobs indented under their parent. On a terminal (``live``),
+    progress redraws one line with a bar instead of printing a line per
+    update. ``format="json"`` writes one JSON object per event
+    (:meth:`JobEvent.to_dict`), for log collectors.
+
+    Only ASCII is written in text format, so any stream encoding works.
+
+    Args:
+        stream: Where to write; ``None`` means ``sys.stderr`` as it is at each
+            export (so output capture in tests works).
+        format: ``"text"`` or ``"json"``.
+        live: Redraw progress in place; ``None`` means "if the stream is a TTY".
+            Ignored for JSON.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *,
+                 format: Literal["text", "json"] = "text", live: bool | None = None) -> None:
+        if format not in ("text", "json"):
+            raise ValueError(f"format must be 'text' or 'json', not {format!r}")
+        self._stream = stream
+        self._format = format
+        self._live = live
+        self._lock = threading.Lock()
+        self._depth: dict[str, int] = {}
+        self._started_at: dict[str, float] = {}
+        self._bar_shown = False
+
+    def _target(self) -> TextIO:
+        return self._stream if self._stream is not None else sys.stderr
+
+    def export(self, events: Sequence[JobEvent]) -> ExportResult:
+        """Write ``events``; a stream that fails to write makes it a ``FAILURE``."""
+        stream = self._target()
+        try:
+            with self._lock:
+                if self._format == "json":
+                    text = "".join(json.dumps(event.to_dict(), default=str) + "\n"
+                                   for event in events)
+                else:
+                    live = self._live
+                    if live is None:
+                        isatty = getattr(stream, "isatty", None)
+                        live = bool(isatty()) if isatty is not None else False
+                    text = _ascii("".join(self._render(event, live) for event in events))
+                stream.write(text)
+                stream.flush()
+        except (OSError, ValueError):
+            return ExportResult.FAILURE
+        return ExportResult.SUCCESS
+
+    def _render(self, event: JobEvent, live: bool) -> str:
+        job_id = event.job_id
+        if event.kind == "started":
+            depth = self._depth.get(event.parent_id, -1) + 1 if event.parent_id else 0
+            self._depth[job_id] = depth
+            self._started_at[job_id] = event.timestamp
+        depth = self._depth.get(job_id, 0)
+        head = f"[seenn] {'  ' * depth}{event.job_type} {job_id}"
+        if event.kind == "progress":
+            detail = self._describe_progress(event)
+            if live:
+                self._bar_shown = True
+                filled = _BAR_WIDTH * event.progress // 100
+                bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
+                return f"{_CLEAR_LINE}{head} [{bar}] {detail}"
+            return f"{head} {detail}\n"
+        prefix = ""
+        if live and self._bar_shown:
+            prefix = _CLEAR_LINE
+            self._bar_shown = False
+        if event.kind == "started":
+            parts = ["started"]
+            if event.title:
+                parts.append(repr(event.title))
+            if event.user_id:
+                parts.append(f"for {event.user_id}")
+            if event.parent_id:
+                parts.append(f"(child {event.child_index} of {event.parent_id})")
+            return f"{prefix}{head} {' '.join(parts)}\n"
+        started = self._started_at.pop(job_id, None)
+        self._depth.pop(job_id, None)
+        took = f" in {event.timestamp - started:.2f}s" if started is not None else ""
+        if event.kind == "completed":
+            tail = ""
+            result = event.result
+            if result is not None and (result.type or result.url):
+                tail = ": " + " ".join(part for part in (result.type, result.url) if part)
+            return f"{prefix}{head} completed{took}{tail}\n"
+        error = event.error
+        reason = f": {error.code}: {error.message}" if error is not None else ""
+        retry = " (retryable)" if event.retryable else ""
+        return f"{prefix}{head} failed{took}{reason}{retry}\n"
+
+    @staticmethod
+    def _describe_progress(event: JobEvent) -> str:
+        parts = [f"{event.progress:3d}%"]
+        stage = event.stage
+        if stage is not None:
+            parts.append(f"{stage.name} ({stage.current}/{stage.total})")
+        if event.queue is not None and event.status == "queued":
+            queue = event.queue
+            total = f"/{queue.total}" if queue.total is not None else ""
+            parts.append(f"queued {queue.position}{total}")
+        if event.message:
+            parts.append(event.message)
+        return " ".join(parts)
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Flush the stream."""
+        try:
+            self._target().flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """End a live progress line, if one is shown."""
+        with self._lock:
+            if self._bar_shown:
+                self._bar_shown = False
+                with contextlib.suppress(OSError, ValueError):
+                    self._target().write("\n")
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode("ascii")

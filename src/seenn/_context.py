@@ -1,0 +1,59 @@
+"""The ambient job: one ContextVar, and a helper to carry it into other threads."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, TypeVar
+
+from typing_extensions import ParamSpec
+
+if TYPE_CHECKING:
+    from seenn._tracked_job import TrackedJob
+
+__all__ = ["CURRENT_JOB", "current_job", "with_current_job"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+CURRENT_JOB: ContextVar[TrackedJob | None] = ContextVar("seenn.current_job", default=None)
+
+_get = CURRENT_JOB.get
+
+
+def current_job() -> TrackedJob | None:
+    """Return the job of the innermost ``track()`` or ``@job`` call running here, if any."""
+    return _get()
+
+
+def with_current_job(func: Callable[P, R], /) -> Callable[P, R]:
+    """Wrap ``func`` so that it runs with the context (and ambient job) of the caller.
+
+    New threads and ``concurrent.futures`` executors start with an empty
+    context, so ``seenn.current_job()``, ``seenn.stage()`` and ``seenn.iterate()``
+    would see no job there. Wrap the function where the job is ambient and hand
+    the wrapper over::
+
+        with seenn.track("export") as job:
+            pool.submit(seenn.with_current_job(render_part), part)
+
+    The whole context is carried (OpenTelemetry's current span too), as
+    ``asyncio.to_thread`` does. Each call runs in its own copy of it, so one
+    wrapper may run in several threads at once. ``asyncio`` tasks and
+    ``asyncio.to_thread`` already carry the context; they need no wrapper.
+
+    Args:
+        func: The callable to run elsewhere.
+
+    Returns:
+        A callable with the same signature as ``func``.
+    """
+    context = contextvars.copy_context()
+
+    @functools.wraps(func)
+    def run_in_context(*args: P.args, **kwargs: P.kwargs) -> R:
+        return context.copy().run(func, *args, **kwargs)
+
+    return run_in_context

@@ -1,0 +1,467 @@
+"""``SimpleProcessor`` and ``BatchProcessor``: how events travel to exporters.
+
+``BatchProcessor`` is the one to use for anything that does I/O: ``on_event``
+only appends to an in-memory queue under a short lock, and a worker thread
+calls the exporter. Per job, events keep their order; progress is coalesced
+(latest wins, at most one progress event per job per ``progress_interval``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING
+
+from seenn._pipeline import ExportResult, internal_error, is_strict, logger
+
+if TYPE_CHECKING:
+    from seenn._events import JobEvent
+    from seenn._pipeline import Exporter
+
+__all__ = ["BatchProcessor", "SimpleProcessor"]
+
+_monotonic = time.monotonic
+
+
+class SimpleProcessor:
+    """Hands each event to its exporter at once, on the calling thread.
+
+    Meant for tests (with :class:`seenn.testing.InMemoryExporter`) and for
+    exporters that are cheap and never block. An exporter that raises is
+    logged with the job id and counted (re-raised in strict mode); one that
+    blocks blocks the tracked code, so put those behind a ``BatchProcessor``.
+
+    Args:
+        exporter: Where the events go.
+    """
+
+    def __init__(self, exporter: Exporter) -> None:
+        self._exporter = exporter
+        self._shutdown = False
+        self.exported = 0
+        """Events the exporter accepted."""
+        self.failed = 0
+        """Events the exporter refused or raised on."""
+
+    @property
+    def exporter(self) -> Exporter:
+        """The exporter events are handed to."""
+        return self._exporter
+
+    def on_event(self, event: JobEvent) -> None:
+        """Export ``event`` now."""
+        if self._shutdown:
+            return
+        try:
+            result = self._exporter.export((event,))
+        except Exception as exc:
+            self.failed += 1
+            internal_error(f"exporter {type(self._exporter).__name__}", exc, (event.job_id,))
+            if is_strict():
+                raise
+            return
+        if result is ExportResult.FAILURE:
+            self.failed += 1
+            logger.warning("seenn: exporter %s could not export %s event of job %s",
+                           type(self._exporter).__name__, event.kind, event.job_id)
+        else:
+            self.exported += 1
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Ask the exporter to flush what it buffers."""
+        return _call_exporter(self._exporter, "force_flush", timeout)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop taking events and shut the exporter down."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        _call_exporter(self._exporter, "shutdown", timeout)
+
+
+def _call_exporter(exporter: Exporter, method: str, timeout: float) -> bool:
+    try:
+        if method == "force_flush":
+            return bool(exporter.force_flush(max(timeout, 0.0)))
+        exporter.shutdown(max(timeout, 0.0))
+        return True
+    except Exception as exc:
+        internal_error(f"{type(exporter).__name__}.{method}()", exc, ())
+        if is_strict():
+            raise
+        return False
+
+
+_live: weakref.WeakSet[BatchProcessor] = weakref.WeakSet()
+
+
+class BatchProcessor:
+    """Queues events and exports them from a worker thread, coalescing progress.
+
+    * ``on_event`` never blocks and never does I/O: it appends to a bounded
+      in-memory queue under a lock held for a few microseconds.
+    * Per job, events are exported in the order they happened. Progress is
+      coalesced: a job has at most one progress event exported per
+      ``progress_interval`` seconds, and a newer one replaces one still
+      waiting (every event carries the job's whole state, so nothing is lost
+      but intermediate values).
+    * ``started`` and terminal events are never coalesced. When the queue is
+      full (``max_queue_size`` events waiting, say because the exporter
+      hangs), new progress events are dropped, and so are new jobs as a whole:
+      a job whose ``started`` event finds the queue full has all its events
+      dropped, so a backend never sees half a job. A job that was admitted
+      always gets its terminal event delivered, in order.
+    * An exporter that raises or hangs never reaches the tracked code: errors
+      are logged with the job ids and counted; ``force_flush``/``shutdown``
+      give up at their deadline.
+    * The worker starts with the first event, not at construction; after
+      ``os.fork()`` the child starts with an empty queue and a new worker; at
+      interpreter exit pending events are flushed (within ``exit_timeout``).
+
+    Args:
+        exporter: Where the events go.
+        max_queue_size: How many events may wait for the exporter.
+        max_export_batch_size: The most events handed to one ``export`` call.
+        progress_interval: The least time between two progress events of a job.
+        schedule_delay: How long the worker lets events gather before exporting
+            them (unless a batch fills first): the most a ``started`` or terminal
+            event waits.
+        exit_timeout: How long the flush at interpreter exit may take.
+    """
+
+    def __init__(
+        self,
+        exporter: Exporter,
+        *,
+        max_queue_size: int = 2048,
+        max_export_batch_size: int = 512,
+        progress_interval: float = 0.25,
+        schedule_delay: float = 0.1,
+        exit_timeout: float = 5.0,
+    ) -> None:
+        if max_queue_size < 1:
+            raise ValueError("max_queue_size must be at least 1")
+        if max_export_batch_size < 1:
+            raise ValueError("max_export_batch_size must be at least 1")
+        if progress_interval < 0:
+            raise ValueError("progress_interval must not be negative")
+        if schedule_delay < 0:
+            raise ValueError("schedule_delay must not be negative")
+        self._exporter = exporter
+        self._max_queue = max_queue_size
+        self._max_batch = max_export_batch_size
+        self._interval = progress_interval
+        self._delay = schedule_delay
+        self._exit_timeout = exit_timeout
+        self._closed = False
+        self._reset_state()
+        _live.add(self)
+
+    def _reset_state(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # the worker waits on this
+        self._progressed = threading.Condition(self._lock)  # flushers wait on this
+        self._ready: deque[JobEvent] = deque()
+        self._held: dict[str, JobEvent] = {}  # progress waiting for its job's next slot
+        self._last_sent: dict[str, float] = {}  # job id -> when its last progress was released
+        self._slots: deque[tuple[float, str]] = deque()  # (due, job id), in time order
+        self._refused: set[str] = set()  # jobs dropped whole because the queue was full
+        self._worker: threading.Thread | None = None
+        self._stopping = False
+        self._worker_idle = False  # waiting for anything to do
+        self._collecting = False  # waiting for a batch to fill
+        self._urgent = 0  # flushes in progress: export without waiting
+        self._enqueued = 0  # events ever put in _ready
+        self._handled = 0  # events ever handed to the exporter (whatever the outcome)
+        self._errors: list[BaseException] = []  # kept for strict mode
+        self._exported = 0
+        self._failed = 0
+        self._coalesced = 0
+        self._dropped = 0
+
+    # -- counters ----------------------------------------------------------------------
+
+    @property
+    def exported(self) -> int:
+        """Events the exporter accepted."""
+        return self._exported
+
+    @property
+    def failed(self) -> int:
+        """Events the exporter refused or raised on."""
+        return self._failed
+
+    @property
+    def coalesced(self) -> int:
+        """Progress events replaced by a newer event of the same job before export."""
+        return self._coalesced
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped: the queue was full, the processor shut down, or the deadline passed."""
+        return self._dropped
+
+    @property
+    def queued(self) -> int:
+        """Events waiting for the exporter now."""
+        with self._lock:
+            return len(self._ready) + len(self._held)
+
+    @property
+    def exporter(self) -> Exporter:
+        """The exporter events are handed to."""
+        return self._exporter
+
+    # -- the producer side (user threads) ----------------------------------------------
+
+    def on_event(self, event: JobEvent) -> None:
+        """Queue ``event`` for export; never blocks on the exporter."""
+        # Called for every state change of every job: the common paths are
+        # written out in full rather than split into helper methods.
+        job_id = event.job_id
+        kind = event.kind
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._closed:
+                self._dropped += 1
+                return
+            if self._worker is None:
+                self._start_worker()
+            ready = self._ready
+            if kind == "progress":
+                held = self._held
+                if job_id in held:
+                    held[job_id] = event
+                    self._coalesced += 1
+                    return
+                if job_id in self._refused or len(ready) + len(held) >= self._max_queue:
+                    self._dropped += 1
+                    return
+                now = _monotonic()
+                last = self._last_sent.get(job_id)
+                if last is None or now - last >= self._interval:
+                    self._last_sent[job_id] = now
+                    self._slots.append((now + self._interval, job_id))
+                else:
+                    held[job_id] = event
+                    if self._worker_idle:
+                        self._wake.notify()
+                    return
+            elif kind == "started":
+                if len(ready) + len(self._held) >= self._max_queue:
+                    self._refused.add(job_id)
+                    self._dropped += 1
+                    return
+            else:
+                if job_id in self._refused:
+                    self._refused.discard(job_id)
+                    self._dropped += 1
+                    return
+                # The terminal event carries the job's final state, so a progress
+                # event still waiting has nothing left to say.
+                if self._held.pop(job_id, None) is not None:
+                    self._coalesced += 1
+                self._last_sent.pop(job_id, None)
+            ready.append(event)
+            self._enqueued += 1
+            if self._worker_idle or (self._collecting and len(ready) >= self._max_batch):
+                self._wake.notify()
+        finally:
+            lock.release()
+
+    def _append(self, event: JobEvent) -> None:
+        ready = self._ready
+        ready.append(event)
+        self._enqueued += 1
+        if self._worker_idle or (self._collecting and len(ready) >= self._max_batch):
+            self._wake.notify()
+
+    def _release(self, job_id: str, event: JobEvent, now: float) -> None:
+        self._last_sent[job_id] = now
+        self._slots.append((now + self._interval, job_id))
+        self._append(event)
+
+    def _release_due(self, now: float) -> None:
+        slots = self._slots
+        held = self._held
+        while slots and slots[0][0] <= now:
+            _, job_id = slots.popleft()
+            event = held.pop(job_id, None)
+            if event is not None:
+                self._release(job_id, event, now)
+
+    def _release_all(self) -> None:
+        held = self._held
+        now = _monotonic()
+        while held:
+            job_id, event = held.popitem()
+            self._release(job_id, event, now)
+
+    def _start_worker(self) -> None:
+        worker = threading.Thread(target=self._run, name="seenn-batch-processor", daemon=True)
+        self._worker = worker
+        worker.start()
+
+    # -- the worker --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        lock = self._lock
+        while True:
+            with lock:
+                waited = False
+                while not (self._ready or self._held or self._stopping or self._urgent):
+                    self._worker_idle = True
+                    self._wake.wait()
+                    self._worker_idle = False
+                    waited = True
+                if waited or not self._ready:
+                    self._collect()
+                self._release_due(_monotonic())
+                if not self._ready:
+                    if self._stopping:
+                        return
+                    continue
+                count = min(len(self._ready), self._max_batch)
+                batch = [self._ready.popleft() for _ in range(count)]
+            self._export(batch)
+            with lock:
+                self._handled += len(batch)
+                self._progressed.notify_all()
+
+    def _collect(self) -> None:
+        """Let events gather for up to ``schedule_delay`` (or until a progress slot is due).
+
+        Waking the worker for every event would make the tracked threads and
+        the worker trade the GIL for each one; gathering them costs each event
+        nothing and each batch one wake-up.
+        """
+        deadline = _monotonic() + self._delay
+        self._collecting = True
+        try:
+            while not (self._stopping or self._urgent or len(self._ready) >= self._max_batch):
+                now = _monotonic()
+                timeout = deadline - now
+                if self._held and self._slots:
+                    timeout = min(timeout, self._slots[0][0] - now)
+                if timeout <= 0:
+                    return
+                self._wake.wait(timeout)
+        finally:
+            self._collecting = False
+
+    def _export(self, batch: list[JobEvent]) -> None:
+        name = type(self._exporter).__name__
+        try:
+            result = self._exporter.export(batch)
+        except Exception as exc:
+            self._failed += len(batch)
+            internal_error(f"exporter {name}", exc, (event.job_id for event in batch))
+            if is_strict():
+                self._errors.append(exc)
+            return
+        if result is ExportResult.FAILURE:
+            self._failed += len(batch)
+            logger.warning("seenn: exporter %s could not export %d event(s) of job %s", name,
+                           len(batch), ", ".join(dict.fromkeys(e.job_id for e in batch)))
+        else:
+            self._exported += len(batch)
+
+    # -- flush and shutdown ------------------------------------------------------------
+
+    def _wait_handled(self, deadline: float) -> bool:
+        """Release everything held and wait until the worker has handed it over."""
+        with self._lock:
+            self._release_all()
+            target = self._enqueued
+            if self._handled >= target:
+                return True
+            if self._worker is None:
+                self._start_worker()
+            self._urgent += 1
+            self._wake.notify()
+            try:
+                while self._handled < target:
+                    remaining = deadline - _monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._progressed.wait(remaining)
+                return True
+            finally:
+                self._urgent -= 1
+
+    def _raise_kept_error(self) -> None:
+        if self._errors and is_strict():
+            error = self._errors[0]
+            self._errors.clear()
+            raise error
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Export everything queued (waiting progress included) within ``timeout`` seconds.
+
+        Returns:
+            ``True`` if everything was handed to the exporter and the exporter
+            flushed in time; ``False`` at the deadline (the rest stays queued).
+        """
+        deadline = _monotonic() + timeout
+        done = self._wait_handled(deadline)
+        self._raise_kept_error()
+        if not done:
+            return False
+        return _call_exporter(self._exporter, "force_flush", deadline - _monotonic())
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop taking events, export what is queued within ``timeout``, shut the exporter down.
+
+        Events still queued at the deadline are counted as dropped.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        deadline = _monotonic() + timeout
+        self._wait_handled(deadline)
+        with self._lock:
+            self._stopping = True
+            worker = self._worker
+            self._wake.notify_all()
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(max(deadline - _monotonic(), 0.0))
+        with self._lock:
+            left = len(self._ready)
+            if left:
+                self._ready.clear()
+                self._dropped += left
+        _live.discard(self)
+        _call_exporter(self._exporter, "shutdown", deadline - _monotonic())
+        self._raise_kept_error()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's worker does not exist here and its lock may have been
+        # held at the fork: start over with nothing queued (the parent sends
+        # its own events).
+        closed = self._closed
+        self._reset_state()
+        self._closed = closed
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    for processor in list(_live):
+        try:
+            processor.shutdown(processor._exit_timeout)
+        except Exception as exc:  # interpreter exit is no place to raise
+            logger.error("seenn: flushing at exit failed: %r", exc)
+
+
+def _after_fork_in_child() -> None:
+    for processor in list(_live):
+        processor._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,370 @@
+"""``Tracker``: where jobs get their processors; the default one backs ``seenn.track`` & co."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import Sequence as Seq
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from typing_extensions import ParamSpec
+
+from seenn._console import ConsoleExporter
+from seenn._context import current_job as _current_job
+from seenn._context import with_current_job as _with_current_job
+from seenn._decorator import ResultMapper, job_decorator
+from seenn._models import Queue, Stage
+from seenn._pipeline import internal_error, is_strict, logger
+from seenn._processors import BatchProcessor, SimpleProcessor
+from seenn._stages import StageScope
+from seenn._stages import iterate as _iterate
+from seenn._tracked_job import RetryRule, StagePlan, TrackedJob
+
+if TYPE_CHECKING:
+    from seenn._events import JobEvent
+    from seenn._pipeline import Exporter, Processor
+
+__all__ = ["ENV_EXPORTERS", "Tracker", "exporters_from_env"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_REPLACED_SHUTDOWN_TIMEOUT = 5.0
+
+ENV_EXPORTERS: dict[str, Callable[[], Exporter]] = {"console": ConsoleExporter}
+"""Exporters ``SEENN_EXPORTER`` may name, by name (``none`` means no exporter)."""
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def exporters_from_env() -> list[Exporter]:
+    """Build the exporters named in ``SEENN_EXPORTER`` (a comma-separated list).
+
+    ``none`` (or an empty value) means no exporter. Unknown names are skipped
+    with a warning on the ``seenn`` logger that lists the known ones.
+    """
+    raw = os.environ.get("SEENN_EXPORTER", "")
+    exporters: list[Exporter] = []
+    for part in raw.split(","):
+        name = part.strip().lower()
+        if not name or name == "none":
+            continue
+        factory = ENV_EXPORTERS.get(name)
+        if factory is None:
+            known = ", ".join(sorted([*ENV_EXPORTERS, "none"]))
+            logger.warning("seenn: SEENN_EXPORTER names an unknown exporter %r; it is "
+                           "ignored (known: %s)", name, known)
+            continue
+        exporters.append(factory())
+    return exporters
+
+
+class _DebugProcessor:
+    """Logs every event on the ``seenn`` logger at DEBUG level (``debug=True``)."""
+
+    def on_event(self, event: JobEvent) -> None:
+        logger.debug("seenn: %s %s %s %d%% seq=%d", event.kind, event.job_type, event.job_id,
+                     event.progress, event.sequence)
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        return None
+
+
+def _enable_debug_logging() -> None:
+    logger.setLevel(logging.DEBUG)
+    if not any(getattr(handler, "_seenn_debug", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler._seenn_debug = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
+class Tracker:
+    """Makes tracked jobs and owns the processors their events go to.
+
+    ``seenn.track``, ``seenn.job``, ``seenn.configure`` and the other facade
+    functions are bound methods of one default tracker, which is configured
+    but never replaced. Make a separate ``Tracker`` for a pipeline of your own
+    (a library that must not share the application's exporters, a test).
+    Arguments left as ``None`` are read from the environment, as
+    :meth:`configure` describes.
+    """
+
+    def __init__(
+        self,
+        *,
+        exporters: Seq[Exporter] | None = None,
+        processors: Seq[Processor] | None = None,
+        debug: bool | None = None,
+        disabled: bool | None = None,
+    ) -> None:
+        self._pipeline: tuple[Processor, ...] = ()
+        self._processors: tuple[Processor, ...] = ()
+        self._disabled = False
+        self._debug = False
+        self.configure(exporters=exporters, processors=processors, debug=debug,
+                       disabled=disabled)
+
+    # -- configuration -----------------------------------------------------------------
+
+    def configure(
+        self,
+        *,
+        exporters: Seq[Exporter] | None = None,
+        processors: Seq[Processor] | None = None,
+        debug: bool | None = None,
+        disabled: bool | None = None,
+    ) -> None:
+        """Replace this tracker's whole pipeline (calling it again never stacks exporters).
+
+        Each exporter is put behind its own :class:`BatchProcessor`, except an
+        exporter that declares ``inline = True``, which runs as it is.
+        Processors are used exactly as given. Jobs already running keep
+        sending to the pipeline they started with; the processors replaced are
+        shut down (waiting at most 5 seconds).
+
+        Args:
+            exporters: Where events go. ``None`` means the exporters named in
+                ``SEENN_EXPORTER`` (``console``, ``none``; a comma-separated
+                list); ``[]`` means none.
+            processors: Extra processors, e.g. ``SimpleProcessor(InMemoryExporter())``.
+                ``None`` means none.
+            debug: Log every event and internal detail on the ``seenn`` logger to
+                stderr. ``None`` means ``SEENN_DEBUG``.
+            disabled: Track nothing: every job is a no-op. ``None`` means
+                ``SEENN_DISABLED``.
+        """
+        if exporters is None and processors is None:
+            exporters = exporters_from_env()
+        pipeline: list[Processor] = []
+        for exporter in exporters or ():
+            if getattr(exporter, "inline", False) is True:
+                pipeline.append(SimpleProcessor(exporter))
+            else:
+                pipeline.append(BatchProcessor(exporter))
+        pipeline.extend(processors or ())
+        self._debug = _env_flag("SEENN_DEBUG") if debug is None else bool(debug)
+        self._disabled = _env_flag("SEENN_DISABLED") if disabled is None else bool(disabled)
+        if self._debug:
+            _enable_debug_logging()
+            pipeline.append(_DebugProcessor())
+        old = self._pipeline
+        self._pipeline = tuple(pipeline)
+        self._processors = () if self._disabled else self._pipeline
+        self._shutdown_all([p for p in old if p not in self._pipeline],
+                           _REPLACED_SHUTDOWN_TIMEOUT)
+
+    def _swap_pipeline(self, pipeline: tuple[Processor, ...]) -> tuple[Processor, ...]:
+        """Put ``pipeline`` in place as it is (enabled) and return the previous one.
+
+        For ``seenn.testing``: nothing is shut down, so the old pipeline can be put back.
+        """
+        old = self._pipeline
+        self._pipeline = pipeline
+        self._processors = () if self._disabled else pipeline
+        return old
+
+    @property
+    def processors(self) -> tuple[Processor, ...]:
+        """The processors jobs started now send their events to."""
+        return self._pipeline
+
+    @property
+    def disabled(self) -> bool:
+        """Whether tracking is turned off."""
+        return self._disabled
+
+    @property
+    def debug(self) -> bool:
+        """Whether debug logging is on."""
+        return self._debug
+
+    # -- tracking ----------------------------------------------------------------------
+
+    def track(
+        self,
+        job_type: str,
+        /,
+        *,
+        user_id: str | None = None,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        queue: Queue | Mapping[str, Any] | None = None,
+        stage: Stage | Mapping[str, Any] | str | None = None,
+        stages: StagePlan = None,
+        job_id: str | None = None,
+        retryable: RetryRule = None,
+    ) -> TrackedJob:
+        """Make a job to run as a ``with`` (or ``async with``) block.
+
+        Entering the block starts the job and makes it the ambient job (a child
+        of the ambient job, if there is one); leaving completes it, or fails it
+        with the exception's details and re-raises the exception::
+
+            with seenn.track("video-generation", user_id="user_123") as job:
+                job.set_progress(10, message="Preparing")
+
+        Args:
+            job_type: The kind of job (1 to 100 characters).
+            user_id: Whose job it is; inherited from the parent job if not given.
+            title: A human-readable title.
+            metadata: A JSON object (at most 10 KB).
+            queue: The job's place in a queue; the job starts as ``queued``.
+            stage: The stage the job starts in.
+            stages: The job's stages: their names in order, or how many there
+                are. Stages then number themselves and advance progress.
+            job_id: Use this id instead of making one (``job_`` + ULID).
+            retryable: Whether a failure may be retried: a bool, exception
+                types, or a predicate of the exception.
+
+        Raises:
+            ValidationError: An argument is malformed.
+        """
+        return TrackedJob(self, job_type, user_id, title, metadata, queue, stage, stages,
+                          job_id, retryable)
+
+    @overload
+    def job(self, func: Callable[P, R], /) -> Callable[P, R]: ...
+
+    @overload
+    def job(
+        self,
+        job_type: str | None = None,
+        /,
+        *,
+        user_id: str | Callable[..., str | None] | None = None,
+        title: str | Callable[..., str | None] | None = None,
+        metadata: Mapping[str, Any] | Callable[..., Mapping[str, Any] | None] | None = None,
+        stages: StagePlan = None,
+        result: ResultMapper = None,
+        retryable: RetryRule = None,
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+    def job(
+        self,
+        job_type: Any = None,
+        /,
+        *,
+        user_id: str | Callable[..., str | None] | None = None,
+        title: str | Callable[..., str | None] | None = None,
+        metadata: Mapping[str, Any] | Callable[..., Mapping[str, Any] | None] | None = None,
+        stages: StagePlan = None,
+        result: ResultMapper = None,
+        retryable: RetryRule = None,
+    ) -> Any:
+        """Decorate a function so that every call runs as its own job.
+
+        Works on sync and async functions, generators and async generators
+        (the job spans the whole iteration; closing early fails it as
+        ``CANCELLED``), methods, classmethods and staticmethods. Use it bare
+        (the job type is the function's qualified name) or with arguments::
+
+            @seenn.job("video-generation", user_id=lambda req: req.user_id)
+            async def generate(req): ...
+
+        Args:
+            job_type: The kind of job; defaults to the function's qualified name.
+            user_id: A user id, or a callable given the call's arguments
+                (without ``self``/``cls``) that returns one.
+            title: A title, or a callable of the call's arguments.
+            metadata: Metadata, or a callable of the call's arguments.
+            stages: The job's stages, as for :meth:`track`.
+            result: ``True`` to send the return value as the job's result (a
+                dict or ``JobResult`` as it is, anything else as ``data``), or a
+                callable mapping the return value to one. By default return
+                values are not sent.
+            retryable: Whether a failure may be retried: a bool, exception
+                types, or a predicate of the exception.
+
+        Raises:
+            ValidationError: An option is malformed (at decoration), or a callable
+                option returned a malformed value (at the call).
+        """
+        if callable(job_type) or isinstance(job_type, (classmethod, staticmethod)):
+            return job_decorator(self, job_type, None, user_id, title, metadata, stages,
+                                 result, retryable)
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            wrapped: Callable[P, R] = job_decorator(self, func, job_type, user_id, title,
+                                                    metadata, stages, result, retryable)
+            return wrapped
+
+        if job_type is not None:
+            # Check the job type now, at decoration, not at the first call.
+            TrackedJob(self, job_type)
+        return decorate
+
+    def stage(self, name: str, /, *, description: str | None = None) -> StageScope:
+        """Run a block or a function as stage ``name`` of the ambient job; see ``seenn.stage``."""
+        return StageScope(name, description)
+
+    @overload
+    def iterate(self, iterable: Iterable[T], /, *, total: int | None = None,
+                message: str | None = None) -> Iterator[T]: ...
+
+    @overload
+    def iterate(self, iterable: AsyncIterable[T], /, *, total: int | None = None,
+                message: str | None = None) -> AsyncIterator[T]: ...
+
+    def iterate(self, iterable: Iterable[T] | AsyncIterable[T], /, *, total: int | None = None,
+                message: str | None = None) -> Iterator[T] | AsyncIterator[T]:
+        """Iterate, advancing the ambient job's progress; see ``seenn.iterate``."""
+        return _iterate(iterable, total=total, message=message)
+
+    def current_job(self) -> TrackedJob | None:
+        """Return the ambient job (of any tracker), or ``None`` outside one."""
+        return _current_job()
+
+    def with_current_job(self, func: Callable[P, R], /) -> Callable[P, R]:
+        """Wrap ``func`` to run with the caller's ambient job; see ``seenn.with_current_job``."""
+        return _with_current_job(func)
+
+    # -- delivery ----------------------------------------------------------------------
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Deliver every pending event within ``timeout`` seconds (shared by all processors).
+
+        Returns:
+            ``True`` if everything was delivered in time.
+        """
+        deadline = time.monotonic() + timeout
+        ok = True
+        for processor in self._pipeline:
+            try:
+                ok = processor.force_flush(max(deadline - time.monotonic(), 0.0)) and ok
+            except Exception as exc:
+                internal_error(f"{type(processor).__name__}.force_flush()", exc, ())
+                if is_strict():
+                    raise
+                ok = False
+        return ok
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Deliver pending events within ``timeout`` seconds and stop every processor.
+
+        Jobs started afterwards are not tracked.
+        """
+        pipeline = self._pipeline
+        self._pipeline = self._processors = ()
+        self._shutdown_all(pipeline, timeout)
+
+    @staticmethod
+    def _shutdown_all(processors: Seq[Processor], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for processor in processors:
+            try:
+                processor.shutdown(max(deadline - time.monotonic(), 0.0))
+            except Exception as exc:
+                internal_error(f"{type(processor).__name__}.shutdown()", exc, ())
+                if is_strict():
+                    raise

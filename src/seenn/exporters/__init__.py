@@ -1,0 +1,23 @@
+"""Where job events go: the exporter and processor protocols and the built-in ones.
+
+* :class:`Exporter` delivers events (``export(events) -> ExportResult``,
+  ``force_flush(timeout)``, ``shutdown(timeout)``), as OpenTelemetry's
+  ``SpanExporter`` does.
+* :class:`Processor` receives each event inline and must not block;
+  :class:`BatchProcessor` queues events for an exporter on a worker thread,
+  :class:`SimpleProcessor` exports at once.
+* :class:`ConsoleExporter` writes events to stderr.
+"""
+
+from seenn._console import ConsoleExporter
+from seenn._pipeline import Exporter, ExportResult, Processor
+from seenn._processors import BatchProcessor, SimpleProcessor
+
+__all__ = [
+    "BatchProcessor",
+    "ConsoleExporter",
+    "ExportResult",
+    "Exporter",
+    "Processor",
+    "SimpleProcessor",
+]
