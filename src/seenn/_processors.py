@@ -311,23 +311,24 @@ class BatchProcessor:
 
     def _run(self) -> None:
         lock = self._lock
+        backlog = False  # events left over from the last batch: export them at once
         while True:
             with lock:
-                waited = False
                 while not (self._ready or self._held or self._stopping or self._urgent):
                     self._worker_idle = True
                     self._wake.wait()
                     self._worker_idle = False
-                    waited = True
-                if waited or not self._ready:
+                if not backlog:
                     self._collect()
                 self._release_due(_monotonic())
                 if not self._ready:
+                    backlog = False
                     if self._stopping:
                         return
                     continue
                 count = min(len(self._ready), self._max_batch)
                 batch = [self._ready.popleft() for _ in range(count)]
+                backlog = bool(self._ready)
             self._export(batch)
             with lock:
                 self._handled += len(batch)

@@ -1,0 +1,361 @@
+"""Processors and the tracker pipeline: coalescing, order, bounds, deadlines, fork, failures."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import seenn
+from seenn.exporters import BatchProcessor, ConsoleExporter, SimpleProcessor
+from seenn.testing import InMemoryExporter, strict_mode
+from tests.tracking_helpers import ListExporter, RaisingExporter
+
+WORKER_NAME = "seenn-batch-processor"
+
+
+@pytest.fixture
+def batch() -> Iterator[tuple[seenn.Tracker, BatchProcessor, ListExporter]]:
+    """A tracker with one BatchProcessor whose progress interval never elapses in a test."""
+    exporter = ListExporter()
+    processor = BatchProcessor(exporter, progress_interval=3600)
+    tracker = seenn.Tracker(processors=[processor])
+    yield tracker, processor, exporter
+    tracker.shutdown(timeout=10)
+
+
+def _by_job(events: list[seenn.JobEvent]) -> dict[str, list[seenn.JobEvent]]:
+    jobs: dict[str, list[seenn.JobEvent]] = {}
+    for event in events:
+        jobs.setdefault(event.job_id, []).append(event)
+    return jobs
+
+
+def test_progress_is_coalesced_per_job_and_terminal_events_kept(
+        batch: tuple[seenn.Tracker, BatchProcessor, ListExporter]) -> None:
+    """A burst of progress exports started, the first progress and the completion only."""
+    tracker, processor, exporter = batch
+    with tracker.track("t") as job:
+        for value in range(1000):
+            job.set_progress(value % 101)
+    assert processor.force_flush(timeout=10)
+    kinds = [e.kind for e in exporter.events]
+    assert kinds == ["started", "progress", "completed"]
+    assert processor.coalesced == 999
+    assert processor.exported == 3 and processor.dropped == 0
+
+
+def test_flush_releases_the_latest_waiting_progress(
+        batch: tuple[seenn.Tracker, BatchProcessor, ListExporter]) -> None:
+    """force_flush() exports a job's waiting progress event, the latest one."""
+    tracker, processor, exporter = batch
+    with tracker.track("t") as job:
+        job.set_progress(1)
+        job.set_progress(2, message="two")
+        job.set_progress(3, message="three")
+        assert processor.force_flush(timeout=10)
+        progress = [(e.progress, e.message) for e in exporter.events if e.kind == "progress"]
+        assert progress == [(1, None), (3, "three")]
+
+
+def test_zero_interval_exports_every_progress_in_order() -> None:
+    """With progress_interval=0 every progress event is exported, in sequence order."""
+    exporter = ListExporter()
+    processor = BatchProcessor(exporter, progress_interval=0)
+    tracker = seenn.Tracker(processors=[processor])
+    with tracker.track("t") as job:
+        for value in range(50):
+            job.set_progress(value)
+    tracker.shutdown(timeout=10)
+    assert [e.sequence for e in exporter.events] == list(range(52))
+
+
+def test_per_job_order_holds_across_threads(
+        batch: tuple[seenn.Tracker, BatchProcessor, ListExporter]) -> None:
+    """Jobs updated from many threads each arrive started first, terminal last, sequence rising."""
+    tracker, processor, exporter = batch
+
+    def work(index: int) -> None:
+        with tracker.track("t") as job:
+            for value in range(100):
+                job.set_progress(value, message=f"{index}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert processor.force_flush(timeout=10)
+    jobs = _by_job(exporter.events)
+    assert len(jobs) == 8
+    for events in jobs.values():
+        assert events[0].kind == "started" and events[-1].kind == "completed"
+        sequences = [e.sequence for e in events]
+        assert sequences == sorted(sequences)
+
+
+def test_full_queue_drops_progress_and_whole_new_jobs_but_never_admitted_ends() -> None:
+    """With the queue full new jobs are dropped whole, and admitted jobs still end in order."""
+    exporter = ListExporter(block=True)
+    processor = BatchProcessor(exporter, max_queue_size=4, progress_interval=3600,
+                               schedule_delay=0)
+    tracker = seenn.Tracker(processors=[processor])
+    first = tracker.track("t")
+    first.__enter__()
+    assert exporter.entered.wait(10)  # the worker is now stuck exporting first's start
+    first.set_progress(1)  # queued
+    first.set_progress(2)  # waiting for its slot
+    admitted = [tracker.track("t") for _ in range(2)]
+    for job in admitted:
+        job.__enter__()  # queue now full (4)
+    first.set_progress(3)  # replaces the waiting one: coalesced, not dropped
+    refused = tracker.track("t")
+    refused.__enter__()
+    refused.set_progress(50)
+    refused.__exit__(None, None, None)
+    for job in [*admitted, first]:
+        job.__exit__(None, None, None)
+    assert processor.dropped == 3
+    exporter.release.set()
+    assert processor.force_flush(timeout=10)
+    jobs = _by_job(exporter.events)
+    assert refused.id not in jobs
+    assert set(jobs) == {first.id, *(job.id for job in admitted)}
+    for events in jobs.values():
+        assert events[0].kind == "started" and events[-1].kind == "completed"
+    assert processor.coalesced == 2  # progress 2 by 3, then 3 by the completion
+    tracker.shutdown(timeout=10)
+
+
+def test_hanging_exporter_never_blocks_tracked_code_and_deadlines_hold() -> None:
+    """A hung exporter: tracking goes on, force_flush() returns False and shutdown() returns."""
+    exporter = ListExporter(block=True)
+    processor = BatchProcessor(exporter, schedule_delay=0)
+    tracker = seenn.Tracker(processors=[processor])
+    with tracker.track("first"):
+        assert exporter.entered.wait(10)  # the worker is stuck exporting this start
+    for _ in range(100):
+        with tracker.track("t") as job:
+            job.set_progress(50)
+    assert processor.queued == 301
+    assert processor.force_flush(timeout=0.05) is False
+    tracker.shutdown(timeout=0.05)
+    assert processor.dropped == 301  # what was still queued at the deadline
+    exporter.release.set()
+
+
+def test_raising_exporter_is_logged_with_job_id_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An exporter that raises never reaches user code; the failure is logged with the job id."""
+    exporter = RaisingExporter()
+    processor = BatchProcessor(exporter)
+    tracker = seenn.Tracker(processors=[processor])
+    with caplog.at_level(logging.ERROR, logger="seenn"):
+        with tracker.track("t") as job:
+            job.set_progress(5)
+        processor.force_flush(timeout=10)
+    assert processor.failed == 3 and processor.exported == 0
+    assert any(job.id in r.getMessage() for r in caplog.records if r.name == "seenn")
+    tracker.shutdown(timeout=10)
+
+
+def test_simple_processor_contains_a_raising_exporter(caplog: pytest.LogCaptureFixture) -> None:
+    """SimpleProcessor logs and counts a raising exporter instead of raising."""
+    processor = SimpleProcessor(RaisingExporter())
+    tracker = seenn.Tracker(processors=[processor])
+    with caplog.at_level(logging.ERROR, logger="seenn"), tracker.track("t") as job:
+        pass
+    assert processor.failed == 2
+    assert any(job.id in r.getMessage() for r in caplog.records)
+
+
+def test_strict_mode_reraises_internal_errors() -> None:
+    """In strict mode an exporter's exception reaches the caller (inline) or the flush (batched)."""
+    simple = seenn.Tracker(processors=[SimpleProcessor(RaisingExporter())])
+    batched_processor = BatchProcessor(RaisingExporter())
+    batched = seenn.Tracker(processors=[batched_processor])
+    with strict_mode():
+        with pytest.raises(RuntimeError, match="exploded"), simple.track("t"):
+            pass
+        with batched.track("t"):
+            pass
+        with pytest.raises(RuntimeError, match="exploded"):
+            batched.force_flush(timeout=10)
+    batched.shutdown(timeout=10)
+
+
+def test_worker_thread_starts_with_the_first_event() -> None:
+    """No worker thread exists until the first event arrives."""
+
+    def workers() -> int:
+        return sum(thread.name == WORKER_NAME for thread in threading.enumerate())
+
+    before = workers()
+    processor = BatchProcessor(ListExporter())
+    tracker = seenn.Tracker(processors=[processor])
+    assert workers() == before
+    with tracker.track("t"):
+        pass
+    assert workers() == before + 1
+    tracker.shutdown(timeout=10)
+    assert workers() == before
+
+
+def test_fork_child_gets_a_fresh_queue_and_worker() -> None:
+    """After os.fork() the child starts empty and exports its own jobs; the parent keeps its own."""
+    exporter = ListExporter()
+    processor = BatchProcessor(exporter, schedule_delay=3600)
+    tracker = seenn.Tracker(processors=[processor])
+    with tracker.track("parent-job"):
+        pass
+    assert processor.queued == 2
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 1
+        try:
+            if processor.queued == 0:
+                with tracker.track("child-job"):
+                    pass
+                if processor.force_flush(timeout=10) and [
+                        e.job_type for e in exporter.events[-2:]] == ["child-job"] * 2 and \
+                        all(e.job_type != "parent-job" for e in exporter.events):
+                    code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert processor.force_flush(timeout=10)
+    assert [e.job_type for e in exporter.events] == ["parent-job", "parent-job"]
+    tracker.shutdown(timeout=10)
+
+
+def _run_script(source: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("SEENN_")}
+    environment.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(source)], capture_output=True,
+                          text=True, timeout=120, env=environment, check=False)
+
+
+def test_pending_events_are_flushed_at_interpreter_exit() -> None:
+    """Events still queued when the program ends are exported by the exit hook."""
+    result = _run_script("""
+        import seenn
+        from seenn.exporters import BatchProcessor, ConsoleExporter
+        seenn.configure(processors=[BatchProcessor(ConsoleExporter(format="json"),
+                                                   schedule_delay=3600)])
+        with seenn.track("exit-job"):
+            pass
+    """)
+    assert result.returncode == 0, result.stderr
+    assert '"kind": "completed"' in result.stderr and "exit-job" in result.stderr
+
+
+def test_seenn_exporter_console_env_var() -> None:
+    """SEENN_EXPORTER=console sends the default tracker's events to stderr with no code change."""
+    result = _run_script("""
+        import seenn
+        with seenn.track("env-job") as job:
+            job.set_progress(40, message="Working")
+    """, SEENN_EXPORTER="console")
+    assert result.returncode == 0, result.stderr
+    assert "env-job" in result.stderr and "completed" in result.stderr
+
+
+def test_env_exporter_names(monkeypatch: pytest.MonkeyPatch,
+                            caplog: pytest.LogCaptureFixture) -> None:
+    """SEENN_EXPORTER takes a comma list; none means nothing; unknown names warn and are skipped."""
+    monkeypatch.setenv("SEENN_EXPORTER", "none")
+    assert seenn.Tracker().processors == ()
+    monkeypatch.setenv("SEENN_EXPORTER", " Console , none")
+    tracker = seenn.Tracker()
+    assert len(tracker.processors) == 1
+    assert isinstance(tracker.processors[0], BatchProcessor)
+    assert isinstance(tracker.processors[0].exporter, ConsoleExporter)
+    tracker.shutdown(timeout=5)
+    monkeypatch.setenv("SEENN_EXPORTER", "console,carrier-pigeon")
+    with caplog.at_level(logging.WARNING, logger="seenn"):
+        tracker = seenn.Tracker()
+    assert len(tracker.processors) == 1
+    assert any("carrier-pigeon" in r.getMessage() and "console" in r.getMessage()
+               for r in caplog.records)
+    tracker.shutdown(timeout=5)
+
+
+def test_seenn_disabled_env_var_turns_tracking_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SEENN_DISABLED=1 makes every job a no-op, even with processors configured."""
+    monkeypatch.setenv("SEENN_DISABLED", "1")
+    exporter = InMemoryExporter()
+    tracker = seenn.Tracker(processors=[SimpleProcessor(exporter)])
+    assert tracker.disabled
+    with tracker.track("t") as job:
+        job.set_progress(5)
+    assert exporter.events == [] and job.status == "completed"
+    enabled = InMemoryExporter()
+    tracker.configure(processors=[SimpleProcessor(enabled)], disabled=False)
+    with tracker.track("t"):
+        pass
+    assert len(enabled.events) == 2
+
+
+def test_seenn_debug_env_var_logs_events(monkeypatch: pytest.MonkeyPatch,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    """SEENN_DEBUG=1 logs every event on the seenn logger at DEBUG level."""
+    monkeypatch.setenv("SEENN_DEBUG", "1")
+    tracker = seenn.Tracker(exporters=[])
+    assert tracker.debug
+    with caplog.at_level(logging.DEBUG, logger="seenn"), tracker.track("dbg") as job:
+        pass
+    messages = [r.getMessage() for r in caplog.records if r.name == "seenn"]
+    assert any("started" in m and job.id in m for m in messages)
+    assert any("completed" in m and job.id in m for m in messages)
+    logger = logging.getLogger("seenn")
+    for handler in [h for h in logger.handlers if getattr(h, "_seenn_debug", False)]:
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+
+
+def test_configure_replaces_the_pipeline_and_never_stacks() -> None:
+    """configure() twice leaves one processor per exporter and shuts the old ones down."""
+    tracker = seenn.Tracker(exporters=[])
+    old = InMemoryExporter()
+    tracker.configure(exporters=[old])
+    tracker.configure(exporters=[InMemoryExporter()])
+    assert len(tracker.processors) == 1
+    with tracker.track("t"):
+        pass
+    assert old.events == []
+    assert old.export([]) is seenn.exporters.ExportResult.FAILURE  # it was shut down
+
+
+def test_inline_exporters_skip_the_batch_processor() -> None:
+    """configure(exporters=[...]) runs an inline exporter through a SimpleProcessor."""
+    tracker = seenn.Tracker(exporters=[InMemoryExporter(), ListExporter()])
+    kinds = [type(p) for p in tracker.processors]
+    assert kinds == [SimpleProcessor, BatchProcessor]
+    tracker.shutdown(timeout=5)
+
+
+def test_facade_functions_are_bound_to_one_default_tracker() -> None:
+    """The facade functions are methods of one default tracker, which configure() keeps."""
+    tracker = seenn.track.__self__  # type: ignore[attr-defined]
+    assert isinstance(tracker, seenn.Tracker)
+    for name in ("job", "stage", "iterate", "current_job", "with_current_job", "configure",
+                 "force_flush", "shutdown"):
+        assert getattr(seenn, name).__self__ is tracker
+    previous = tracker.processors
+    exporter = InMemoryExporter()
+    seenn.configure(processors=[SimpleProcessor(exporter)])
+    try:
+        with seenn.track("t"):
+            pass
+        assert seenn.track.__self__ is tracker  # type: ignore[attr-defined]
+        assert len(exporter.events) == 2
+        assert seenn.force_flush(timeout=5)
+    finally:
+        seenn.configure(processors=list(previous))
