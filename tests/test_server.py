@@ -209,7 +209,7 @@ def test_unknown_paths_and_wrong_methods(raw: httpx.Client, backend: RunningServ
     assert missing.json()["error"]["code"] == "NOT_FOUND"
     wrong = raw.delete("/jobs")
     assert wrong.status_code == 405
-    assert wrong.headers["Allow"] == "GET, POST"
+    assert wrong.headers["Allow"] == "GET, POST, OPTIONS"
     assert wrong.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
     assert raw.get("/jobs/x/progress").status_code == 405
     assert raw.put("/jobs/x").status_code == 405
@@ -522,3 +522,101 @@ def test_restart_with_a_new_public_key_replaces_the_old_one(tmp_path: Path) -> N
         url = f"{srv.url}/v1/jobs?userId=u"
         assert httpx.get(url, headers={"Authorization": "Bearer pk_test_new"}).status_code == 200
         assert httpx.get(url, headers={"Authorization": "Bearer pk_test_old"}).status_code == 401
+
+
+def test_error_answers_are_replayed_under_their_idempotency_key(raw: httpx.Client) -> None:
+    """A 404 or 409 answered to a keyed POST is replayed, not re-executed, on a retry."""
+    key = {"Idempotency-Key": "err-1"}
+    first = raw.post("/jobs/job_absent/progress", json={"progress": 5}, headers=key)
+    raw.post("/jobs", json={"id": "job_absent", "jobType": "t", "userId": "u", "title": "t"})
+    again = raw.post("/jobs/job_absent/progress", json={"progress": 5}, headers=key)
+    assert (first.status_code, again.status_code) == (404, 404)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert raw.get("/jobs/job_absent").json()["progress"] == 0
+
+
+def test_cors_preflight_and_headers(backend: RunningServer, tmp_path: Path) -> None:
+    """Browsers get a preflight answer without a key and CORS headers on every answer."""
+    preflight = httpx.options(f"{backend.url}/v1/jobs/x",
+                              headers={"Origin": "https://app.example",
+                                       "Access-Control-Request-Method": "GET"})
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert preflight.headers["Access-Control-Allow-Methods"] == "GET"
+    assert "If-None-Match" in preflight.headers["Access-Control-Allow-Headers"]
+    answer = httpx.get(f"{backend.url}/v1/jobs/x",
+                       headers={"Authorization": f"Bearer {backend.public_key}"})
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"
+    assert "ETag" in answer.headers["Access-Control-Expose-Headers"]
+    app = seenn.server.create_app(tmp_path / "nocors.db", cors_origin=None)
+    with seenn.server.WSGIServer(("127.0.0.1", 0), app) as server:
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+        thread.start()
+        closed = httpx.options(f"{server.url}/v1/jobs")
+        server.shutdown()
+        thread.join()
+    app.close()
+    assert closed.status_code == 405
+    assert "Access-Control-Allow-Origin" not in closed.headers
+    assert closed.headers["Allow"] == "GET, POST"
+
+
+def test_mounting_under_a_prefix_routes_below_it(backend: RunningServer) -> None:
+    """Under a WSGI server that mounts the app at /seenn, /seenn/v1/... is routed."""
+    import io
+
+    environ = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "/seenn", "PATH_INFO": "/v1/jobs/abc",
+               "RAW_URI": "/seenn/v1/jobs/abc", "QUERY_STRING": "",
+               "HTTP_AUTHORIZATION": f"Bearer {backend.api_key}",
+               "wsgi.input": io.BytesIO(b"")}
+    seen: list[str] = []
+    body = b"".join(backend.app(environ, lambda status, headers: seen.append(status)))
+    assert seen == ["404 Not Found"]
+    assert json.loads(body)["error"]["message"] == "job abc not found"
+
+
+def test_a_public_key_of_another_app_is_refused(tmp_path: Path) -> None:
+    """Registering a public key that another app already has is a ValidationError."""
+    db = tmp_path / "dup.db"
+    seenn.server.create_app(db, api_key="sk_test_a", public_key="pk_test_shared").close()
+    with pytest.raises(seenn.ValidationError) as caught:
+        seenn.server.create_app(db, api_key="sk_test_b", public_key="pk_test_shared")
+    assert caught.value.field == "public_key"
+
+
+def test_every_method_and_chunked_bodies_get_json_answers(backend: RunningServer) -> None:
+    """TRACE is a JSON 405, and a chunked request body is read like any other."""
+    import http.client
+
+    port = backend.server.server_address[1]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("TRACE", "/v1/jobs")
+    trace = conn.getresponse()
+    assert trace.status == 405
+    assert json.loads(trace.read())["error"]["code"] == "METHOD_NOT_ALLOWED"
+    body = json.dumps({"jobType": "t", "userId": "u", "title": "chunked"}).encode()
+    conn.request("POST", "/v1/jobs", body=iter([body[:10], body[10:]]),
+                 headers={"Authorization": f"Bearer {backend.api_key}",
+                          "Content-Type": "application/json"}, encode_chunked=True)
+    created = conn.getresponse()
+    assert created.status == 201
+    assert json.loads(created.read())["title"] == "chunked"
+    conn.close()
+
+
+def test_child_progress_mode_needs_total_children(raw: httpx.Client) -> None:
+    """childProgressMode without totalChildren is a 400 naming the field."""
+    response = raw.post("/jobs", json={"jobType": "t", "userId": "u", "title": "t",
+                                       "childProgressMode": "average"})
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["field"] == "childProgressMode"
+
+
+def test_parents_finished_by_their_children_have_started_at(client: seenn.SeennClient) -> None:
+    """A declared parent that completes through its children records when it started."""
+    parent, children = _family(client, "average", n=1)
+    children[0].complete()
+    parent.refresh()
+    assert parent.status == "completed"
+    assert parent.started_at is not None
+    assert parent.completed_at is not None

@@ -45,7 +45,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError("--rate-limit must be at least 1", 2)
     try:
         app = create_app(args.db, api_key=api_key, public_key=public_key,
-                         rate_limit=rate_limit)
+                         rate_limit=rate_limit, cors_origin=args.cors_origin or None)
     except SeennError as error:
         raise CLIError(f"serve: {error.message}", 2) from None
     except (OSError, sqlite3.Error) as error:
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the app's public, read-only key (or SEENN_SERVER_PUBLIC_KEY)")
     serve.add_argument("--rate-limit", type=int, metavar="N",
                        help="requests per second allowed per key (429 beyond)")
+    serve.add_argument("--cors-origin", default="*", metavar="ORIGIN",
+                       help="Access-Control-Allow-Origin for browser clients (default '*'; "
+                            "'' turns CORS off)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(func=_cmd_serve)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 from seenn._validation import (
     CHILD_PROGRESS_MODES,
@@ -59,7 +59,9 @@ DEFAULT_TTL = MAX_TTL_SECONDS
 DEFAULT_LIMIT = 20
 MAX_BODY_BYTES = 512 * 1024
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:~-]{0,254}")
-_REASONS = {200: "OK", 201: "Created", 304: "Not Modified", 400: "Bad Request",
+_CORS_ALLOW = "Authorization, Content-Type, Idempotency-Key, If-None-Match"
+_CORS_EXPOSE = "ETag, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, Idempotent-Replayed"
+_REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
             429: "Too Many Requests", 500: "Internal Server Error"}
@@ -176,6 +178,9 @@ class SeennServerApp:
         public_key: Its public key; made up when only ``api_key`` is given.
         rate_limit: Requests per second allowed per key; ``None`` for no limit.
         max_body_bytes: Larger request bodies are answered with 413.
+        cors_origin: The ``Access-Control-Allow-Origin`` sent to browsers (``"*"`` by
+            default: keys travel in a header, not in cookies); ``None`` sends no CORS
+            headers and answers ``OPTIONS`` with 405.
 
     Attributes:
         created_keys: The ``(secret, public)`` pair made on this start, if one was
@@ -184,9 +189,10 @@ class SeennServerApp:
 
     def __init__(self, db_path: str | os.PathLike[str], *, api_key: str | None = None,
                  public_key: str | None = None, rate_limit: int | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*") -> None:
         self.store = Store(os.fspath(db_path))
         self.max_body_bytes = max_body_bytes
+        self.cors_origin = cors_origin or None
         self.created_keys: tuple[str, str] | None = None
         for name, key in (("api_key", api_key), ("public_key", public_key)):
             if key is not None and (not key or key != key.strip()):
@@ -198,7 +204,10 @@ class SeennServerApp:
             if public_key is None and not known:
                 public_key = new_key("pk")
                 self.created_keys = (api_key, public_key)
-            self.store.add_app(f"app_{key_hash(api_key)[:12]}", api_key, public_key)
+            try:
+                self.store.add_app(f"app_{key_hash(api_key)[:12]}", api_key, public_key)
+            except ValueError as error:
+                fail("public_key", str(error))
         elif not self.store.apps():
             secret, public = new_key("sk"), new_key("pk")
             self.store.add_app(f"app_{key_hash(secret)[:12]}", secret, public)
@@ -226,6 +235,11 @@ class SeennServerApp:
             body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         header_list = [("Content-Type", "application/json"),
                        ("Content-Length", str(len(payload))), *headers.items()]
+        if self.cors_origin is not None:
+            header_list += [("Access-Control-Allow-Origin", self.cors_origin),
+                            ("Access-Control-Expose-Headers", _CORS_EXPOSE)]
+            if self.cors_origin != "*":
+                header_list.append(("Vary", "Origin"))
         start_response(f"{status} {_REASONS.get(status, 'Unknown')}", header_list)
         return [payload]
 
@@ -240,9 +254,15 @@ class SeennServerApp:
         route, allowed = _route(segments)
         if route is None:
             raise HTTPError(404, "NOT_FOUND", "no such path")
+        if method == "OPTIONS" and self.cors_origin is not None:
+            # A browser's CORS preflight: no key is sent with it.
+            return 204, None, {"Access-Control-Allow-Methods": ", ".join(allowed),
+                               "Access-Control-Allow-Headers": _CORS_ALLOW,
+                               "Access-Control-Max-Age": "600"}
         if method not in allowed:
+            listed = (*allowed, "OPTIONS") if self.cors_origin is not None else allowed
             raise HTTPError(405, "METHOD_NOT_ALLOWED", f"{method} is not allowed here",
-                            headers={"Allow": ", ".join(allowed)})
+                            headers={"Allow": ", ".join(listed)})
         app_id, kind, key_digest = self._authenticate(environ)
         rate_headers = self._rate_limit(key_digest)
         if method == "POST" and kind != "secret":
@@ -336,6 +356,7 @@ class SeennServerApp:
             raise HTTPError(400, "VALIDATION_ERROR", "Idempotency-Key: at most 255 characters",
                             {"field": "Idempotency-Key"})
         request_hash = canonical_hash([list(route), body])
+        failure: HTTPError | None = None
         with self.store.write(app_id) as tx:
             if key:
                 earlier = tx.idempotent(key)
@@ -350,12 +371,14 @@ class SeennServerApp:
                 else:
                     status, answer = self._update(tx, route[0], route[1], body)
             except HTTPError as error:
-                if key and error.status < 500:
-                    _, error_body, _ = error.response()
-                    tx.remember(key, request_hash, error.status, json.dumps(error_body))
-                raise
+                # Every HTTPError is raised before the job is written, so committing
+                # here stores the answer for replay and nothing else.
+                failure = error
+                status, answer, _ = error.response()
             if key:
                 tx.remember(key, request_hash, status, json.dumps(answer))
+        if failure is not None:
+            raise failure
         return status, answer, {}
 
     def _read_json(self, environ: Mapping[str, Any]) -> dict[str, Any]:
@@ -407,6 +430,9 @@ class SeennServerApp:
         values = f.check_all(optional, body)
         if "childIndex" in values and "parentJobId" not in body:
             f.check("childIndex", lambda: _reject("childIndex", "needs parentJobId"))
+        if "childProgressMode" in values and "totalChildren" not in values:
+            f.check("childProgressMode",
+                    lambda: _reject("childProgressMode", "needs totalChildren"))
         f.raise_if_any()
 
         start_hash = canonical_hash(body)
@@ -455,6 +481,11 @@ class SeennServerApp:
         siblings = tx.children(parent_id)
         if index is None:
             index = max((c["parent"]["childIndex"] for c in siblings), default=-1) + 1
+            if index >= MAX_TOTAL_CHILDREN:
+                raise HTTPError(400, "VALIDATION_ERROR",
+                                f"parentJobId: job {parent_id} has {MAX_TOTAL_CHILDREN} "
+                                "children already", {"field": "parentJobId",
+                                                     "reason": "too many children"})
         total = parent.data.get("children", {}).get("total", 0)
         if declared and index >= total:
             raise HTTPError(400, "VALIDATION_ERROR",
@@ -555,6 +586,8 @@ def _refresh_parent(tx: Transaction, parent_id: str) -> None:
         now_iso = _now_iso(tx.now)
         parent["progress"] = _parent_progress(mode, children, total)
         done = counts["completed"] + counts["failed"]
+        if done or counts["running"]:
+            parent.setdefault("startedAt", now_iso)
         if total and done >= total:
             parent["completedAt"] = now_iso
             if counts["failed"]:
@@ -565,7 +598,6 @@ def _refresh_parent(tx: Transaction, parent_id: str) -> None:
                 parent.update(status="completed", progress=100)
         elif done or counts["running"]:
             parent["status"] = "running"
-            parent.setdefault("startedAt", now_iso)
     parent["updatedAt"] = _now_iso(tx.now)
     tx.update(parent)
     if "parent" in parent:
@@ -615,6 +647,9 @@ def _path_segments(environ: Mapping[str, Any]) -> list[str]:
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if isinstance(raw, str):
         path = raw.split("?", 1)[0]
+        mount = str(environ.get("SCRIPT_NAME", "")).rstrip("/")
+        if mount and unquote(path).startswith(mount + "/"):
+            path = path[len(quote(mount, safe="/")):]
         return [unquote(part, errors="replace") for part in path.split("/") if part]
     path_info = str(environ.get("PATH_INFO", ""))
     with contextlib.suppress(UnicodeError):
@@ -672,7 +707,8 @@ def _decode_cursor(cursor: str) -> int:
 
 def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
                public_key: str | None = None, rate_limit: int | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES) -> SeennServerApp:
+               max_body_bytes: int = MAX_BODY_BYTES,
+               cors_origin: str | None = "*") -> SeennServerApp:
     """Create the reference backend's WSGI application on a SQLite database.
 
     Args:
@@ -681,10 +717,12 @@ def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
         public_key: The app's public, read-only key.
         rate_limit: Requests per second allowed per key (429 beyond it).
         max_body_bytes: Request bodies above this are refused with 413.
+        cors_origin: ``Access-Control-Allow-Origin`` for browsers; ``None`` for no CORS.
 
     Returns:
         A WSGI application; ``app.created_keys`` holds a key pair made on this start.
     """
     return SeennServerApp(db_path, api_key=api_key, public_key=public_key,
-                          rate_limit=rate_limit, max_body_bytes=max_body_bytes)
+                          rate_limit=rate_limit, max_body_bytes=max_body_bytes,
+                          cors_origin=cors_origin)
 

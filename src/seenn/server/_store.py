@@ -247,14 +247,20 @@ class Store:
                                    (key_hash(secret_key),)).fetchone()
             if row is not None:
                 if public_key is not None:
-                    tx._conn.execute("UPDATE apps SET public_hash = ? WHERE id = ?",
-                                     (key_hash(public_key), row[0]))
+                    try:
+                        tx._conn.execute("UPDATE apps SET public_hash = ? WHERE id = ?",
+                                         (key_hash(public_key), row[0]))
+                    except sqlite3.IntegrityError:
+                        raise ValueError("the public key belongs to another app") from None
                 return str(row[0])
             if public_key is None:
                 raise ValueError("a new app needs a public key")
-            tx._conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at) "
-                             "VALUES (?, ?, ?, ?)",
-                             (app_id, key_hash(secret_key), key_hash(public_key), tx.now))
+            try:
+                tx._conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at) "
+                                 "VALUES (?, ?, ?, ?)",
+                                 (app_id, key_hash(secret_key), key_hash(public_key), tx.now))
+            except sqlite3.IntegrityError:
+                raise ValueError("the public key belongs to another app") from None
         return app_id
 
     def purge(self, interval: float = 60.0) -> int:

@@ -62,11 +62,15 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = 0
             self.close_connection = True
-        if self.headers.get("Transfer-Encoding"):
-            # Chunked bodies are not decoded here: answer, then drop the connection.
-            self.close_connection = True
+        body_input: Any = _Input(self.rfile, length)
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = self._read_chunked()
+            if body is None:
+                self.close_connection = True
+                body = b""
+            length = len(body)
+            body_input = _Input(io.BytesIO(body), length)
         path, _, query = self.path.partition("?")
-        body_input = _Input(self.rfile, length)
         environ: dict[str, Any] = {
             "REQUEST_METHOD": self.command,
             "SCRIPT_NAME": "",
@@ -126,7 +130,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         self.log_request(status.split(" ", 1)[0], len(body))
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _run
+    def _read_chunked(self) -> bytes | None:
+        """Decode a chunked body (up to the drain limit); ``None`` if malformed or too big."""
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                return None
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(body)
+            if len(body) + size > _DRAIN_LIMIT:
+                return None
+            body += self.rfile.read(size)
+            self.rfile.readline(1024)
+
+    def __getattr__(self, name: str) -> Any:
+        # Every method (TRACE, PROPFIND, ...) goes to the app, which answers 405 in
+        # JSON, rather than to the standard library's HTML 501 page.
+        if name.startswith("do_"):
+            return self._run
+        raise AttributeError(name)
 
 
 class WSGIServer(ThreadingHTTPServer):
