@@ -282,7 +282,8 @@ class TrackedJob:
         # to a few type tests and stores.
         if type(job_type) is not str or not 0 < len(job_type) <= MAX_JOB_TYPE:
             check_text("job_type", job_type, max_len=MAX_JOB_TYPE)
-        if user_id is not None:
+        if user_id is not None and (type(user_id) is not str
+                                    or not 0 < len(user_id) <= MAX_USER_ID):
             check_text("user_id", user_id, max_len=MAX_USER_ID)
         self._tracker = tracker
         self._job_type = job_type
@@ -290,6 +291,7 @@ class TrackedJob:
         self._queue = None
         self._status = "pending"
         self._progress = 0
+        # Keep in step with the copy of these lines in Tracker.track().
         self._lock = None
         self._state = _NEW
         self._id = None

@@ -22,6 +22,7 @@ from seenn._processors import BatchProcessor, SimpleProcessor
 from seenn._stages import StageScope
 from seenn._stages import iterate as _iterate
 from seenn._tracked_job import RetryRule, StagePlan, TrackedJob
+from seenn._validation import MAX_JOB_TYPE, MAX_USER_ID
 
 if TYPE_CHECKING:
     from seenn._events import JobEvent
@@ -34,6 +35,7 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_new_job = object.__new__
 _REPLACED_SHUTDOWN_TIMEOUT = 5.0
 
 ENV_EXPORTERS: dict[str, Callable[[], Exporter]] = {"console": ConsoleExporter}
@@ -230,6 +232,24 @@ class Tracker:
         Raises:
             ValidationError: An argument is malformed.
         """
+        if (title is None and metadata is None and queue is None and stage is None
+                and stages is None and job_id is None and retryable is None
+                and type(job_type) is str and 0 < len(job_type) <= MAX_JOB_TYPE
+                and (user_id is None or (type(user_id) is str
+                                         and 0 < len(user_id) <= MAX_USER_ID))):
+            # The common call, checked above in full: build the job without the
+            # general constructor's frame (this is most of the unconfigured cost).
+            job = _new_job(TrackedJob)
+            job._tracker = self
+            job._job_type = job_type
+            job._user_id = user_id
+            job._queue = None
+            job._status = "pending"
+            job._progress = 0
+            job._lock = None
+            job._state = 0
+            job._id = None
+            return job
         return TrackedJob(self, job_type, user_id, title, metadata, queue, stage, stages,
                           job_id, retryable)
 

@@ -1,0 +1,175 @@
+"""What instrumenting code with seenn costs the code, against baselines measured in the same run.
+
+Run it alone (other processes skew the figures)::
+
+    python benchmarks/overhead.py [--repeat 7] [--number 20000]
+
+It prints a table of four measurements:
+
+1. ``with seenn.track(...)`` plus one ``set_progress`` with nothing configured,
+   against a minimal class context manager that sets and resets one
+   ``ContextVar`` (the floor for any ambient-context API). Target: <= 3x.
+2. The same block with a ``BatchProcessor`` and an exporter that discards,
+   against OpenTelemetry SDK's ``start_as_current_span`` + ``add_event`` with a
+   ``BatchSpanProcessor`` and an exporter that discards. Target: <= 0.5x.
+3. A call of a ``@seenn.job`` sync function (nothing configured) against the
+   plain call, in microseconds.
+4. One job with 1,000,000 ``set_progress`` calls through a ``BatchProcessor``:
+   how many events reached the exporter (progress is coalesced per job).
+
+Each figure is the best of ``--repeat`` runs of ``--number`` iterations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import timeit
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+import seenn
+from seenn.exporters import BatchProcessor, ExportResult
+
+_var: ContextVar[object] = ContextVar("baseline", default=None)
+
+
+class MinimalContext:
+    """The baseline: a class context manager setting and resetting one ContextVar."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> MinimalContext:
+        self._token = _var.set(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _var.reset(self._token)
+
+
+class DiscardingExporter:
+    """A seenn exporter that counts and drops events."""
+
+    def __init__(self) -> None:
+        self.events = 0
+
+    def export(self, events: Sequence[seenn.JobEvent]) -> ExportResult:
+        self.events += len(events)
+        return ExportResult.SUCCESS
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        return None
+
+
+class DiscardingSpanExporter(SpanExporter):
+    """An OpenTelemetry span exporter that drops spans."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def best_us(func: Callable[[], Any], number: int, repeat: int) -> float:
+    """The best time per call of ``func`` over ``repeat`` runs, in microseconds."""
+    return min(timeit.repeat(func, number=number, repeat=repeat)) / number * 1e6
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--number", type=int, default=20_000)
+    parser.add_argument("--updates", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    number, repeat = args.number, args.repeat
+    rows: list[tuple[str, str, str, str]] = []
+    track = seenn.track
+
+    # 1. Nothing configured.
+    seenn.configure(exporters=[])
+
+    def minimal() -> None:
+        with MinimalContext():
+            pass
+
+    def tracked() -> None:
+        with track("benchmark", user_id="user_1") as job:
+            job.set_progress(50)
+
+    baseline = best_us(minimal, number * 5, repeat)
+    noop = best_us(tracked, number * 5, repeat)
+    rows.append(("1. track()+set_progress, nothing configured", f"{noop:.2f} us",
+                 f"{baseline:.2f} us (ContextVar class CM)", f"{noop / baseline:.2f}x (<= 3x)"))
+
+    # 2. BatchProcessor + discarding exporter vs OpenTelemetry SDK.
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(DiscardingSpanExporter()))
+    tracer = provider.get_tracer("benchmark")
+
+    def otel() -> None:
+        with tracer.start_as_current_span("benchmark") as span:
+            span.add_event("progress", {"progress": 50})
+
+    discard = DiscardingExporter()
+    processor = BatchProcessor(discard)
+    seenn.configure(processors=[processor])
+    otel_us = best_us(otel, number, repeat)
+    provider.force_flush()
+    batch_us = best_us(tracked, number, repeat)
+    seenn.force_flush()
+    rows.append(("2. same block, BatchProcessor + discarding exporter", f"{batch_us:.2f} us",
+                 f"{otel_us:.2f} us (OTel SDK span + event, BSP)",
+                 f"{batch_us / otel_us:.2f}x (<= 0.5x)"))
+    if processor.dropped:
+        rows.append(("   (events dropped by a full queue)", str(processor.dropped), "", ""))
+    provider.shutdown()
+    seenn.configure(exporters=[])
+
+    # 3. Decorated call vs plain call.
+    def plain(value: int) -> int:
+        return value
+
+    decorated = seenn.job("benchmark")(plain)
+    plain_us = best_us(lambda: plain(1), number * 5, repeat)
+    decorated_us = best_us(lambda: decorated(1), number * 5, repeat)
+    rows.append(("3. @seenn.job sync call, nothing configured", f"{decorated_us:.2f} us",
+                 f"{plain_us:.2f} us (plain call)",
+                 f"+{decorated_us - plain_us:.2f} us per call"))
+
+    # 4. One job, a million updates.
+    discard = DiscardingExporter()
+    processor = BatchProcessor(discard)
+    seenn.configure(processors=[processor])
+    started = time.perf_counter()
+    with track("benchmark") as job:
+        set_progress = job.set_progress
+        for index in range(args.updates):
+            set_progress(index % 101)
+    elapsed = time.perf_counter() - started
+    seenn.force_flush()
+    rows.append((f"4. one job, {args.updates:,} set_progress calls",
+                 f"{discard.events} events exported",
+                 f"{processor.coalesced:,} coalesced, {processor.dropped} dropped",
+                 f"{elapsed:.2f} s, {elapsed / args.updates * 1e6:.2f} us/call"))
+    seenn.shutdown()
+
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    header = ("measurement", "seenn", "baseline", "result")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
