@@ -56,6 +56,18 @@ def test_capture_jobs_on_a_given_tracker() -> None:
     assert {e.job_type for e in exporter.events} == {"mine"}
 
 
+def test_capture_jobs_sees_jobs_of_a_disabled_tracker() -> None:
+    """capture_jobs() captures even when the tracker is disabled, and leaves it disabled."""
+    tracker = seenn.Tracker(exporters=[], disabled=True)
+    with capture_jobs(tracker) as exporter, tracker.track("t"):
+        pass
+    assert exporter.kinds() == ["started", "completed"]
+    assert tracker.disabled
+    with tracker.track("t"):
+        pass
+    assert exporter.kinds() == ["started", "completed"]
+
+
 def test_capture_jobs_is_strict_by_default() -> None:
     """Inside capture_jobs() internal errors are re-raised; strict=False turns that off."""
     tracker = seenn.Tracker(processors=[SimpleProcessor(RaisingExporter())])

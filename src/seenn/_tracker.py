@@ -166,14 +166,17 @@ class Tracker:
         self._shutdown_all([p for p in old if p not in self._pipeline],
                            _REPLACED_SHUTDOWN_TIMEOUT)
 
-    def _swap_pipeline(self, pipeline: tuple[Processor, ...]) -> tuple[Processor, ...]:
-        """Put ``pipeline`` in place as it is (enabled) and return the previous one.
+    def _swap_pipeline(self, pipeline: tuple[Processor, ...], *,
+                       enable: bool = False) -> tuple[Processor, ...]:
+        """Put ``pipeline`` in place as it is and return the previous one.
 
-        For ``seenn.testing``: nothing is shut down, so the old pipeline can be put back.
+        For ``seenn.testing``: nothing is shut down, so the old pipeline can be
+        put back. ``enable`` sends events even if the tracker is disabled
+        (a test capturing jobs must see them whatever ``SEENN_DISABLED`` says).
         """
         old = self._pipeline
         self._pipeline = pipeline
-        self._processors = () if self._disabled else pipeline
+        self._processors = () if self._disabled and not enable else pipeline
         return old
 
     @property

@@ -92,7 +92,8 @@ def capture_jobs(tracker: Tracker | None = None, *, strict: bool = True
 
     The tracker's pipeline is set aside (not shut down) and put back on exit,
     so nothing reaches real exporters meanwhile. Events are exported inline:
-    they are in ``exporter.events`` as soon as the job changes.
+    they are in ``exporter.events`` as soon as the job changes. Jobs are
+    captured even if the tracker is disabled (``SEENN_DISABLED``).
 
     Args:
         tracker: The tracker to capture; the default one (behind ``seenn.track``)
@@ -107,7 +108,7 @@ def capture_jobs(tracker: Tracker | None = None, *, strict: bool = True
 
         tracker = _default_tracker
     exporter = InMemoryExporter()
-    previous = tracker._swap_pipeline((SimpleProcessor(exporter),))
+    previous = tracker._swap_pipeline((SimpleProcessor(exporter),), enable=True)
     try:
         with strict_mode(strict):
             yield exporter
