@@ -112,19 +112,21 @@ async def test_async_job_starts_when_awaited_not_when_called() -> None:
     """An async job's started event comes when the coroutine runs, its end when it returns."""
     with memory_tracker() as (tracker, exporter):
         gate = asyncio.Event()
+        halfway = asyncio.Event()
 
         @tracker.job("t")
         async def generate() -> str:
             job = seenn.current_job()
             assert job is not None
             job.set_progress(50)
+            halfway.set()
             await gate.wait()
             return "done"
 
         coro = generate()
         assert exporter.events == []
         task = asyncio.create_task(coro)
-        await asyncio.sleep(0)
+        await halfway.wait()
         assert [e.kind for e in exporter.events] == ["started", "progress"]
         gate.set()
         assert await task == "done"
