@@ -43,7 +43,7 @@ def test_progress_is_coalesced_per_job_and_terminal_events_kept(
     tracker, processor, exporter = batch
     with tracker.track("t") as job:
         for value in range(1000):
-            job.set_progress(value % 101)
+            job.set_progress(value % 100 + 1)
     assert processor.force_flush(timeout=10)
     kinds = [e.kind for e in exporter.events]
     assert kinds == ["started", "progress", "completed"]
@@ -70,7 +70,7 @@ def test_zero_interval_exports_every_progress_in_order() -> None:
     processor = BatchProcessor(exporter, progress_interval=0)
     tracker = seenn.Tracker(processors=[processor])
     with tracker.track("t") as job:
-        for value in range(50):
+        for value in range(1, 51):
             job.set_progress(value)
     tracker.shutdown(timeout=10)
     assert [e.sequence for e in exporter.events] == list(range(52))

@@ -42,6 +42,17 @@ def test_block_emits_started_progress_completed() -> None:
     assert job.status == "completed" and job.progress == 100
 
 
+def test_repeating_the_same_progress_emits_nothing_new() -> None:
+    """set_progress() with the value the job already has, and nothing else, emits no event."""
+    with memory_tracker() as (tracker, exporter):
+        with tracker.track("t") as job:
+            for _ in range(3):
+                job.set_progress(10)
+            job.set_progress(10, message="same value, new message")
+        kinds = [(e.kind, e.progress) for e in exporter.events]
+    assert kinds == [("started", 0), ("progress", 10), ("progress", 10), ("completed", 100)]
+
+
 def test_job_ids_are_job_prefixed_ulids_and_unique() -> None:
     """Job ids are job_ + a 26-character Crockford ULID, all different."""
     with memory_tracker() as (tracker, _):

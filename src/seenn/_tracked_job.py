@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from seenn._context import CURRENT_JOB
-from seenn._events import EventKind, current_span_ids, make_event
+from seenn._events import EventKind, JobEvent, _EventBuilder, _get_current_span
 from seenn._ids import new_job_id
 from seenn._models import JobError, JobResult, JobStatus, Queue, Stage
 from seenn._pipeline import internal_error, is_strict, logger
@@ -72,6 +72,7 @@ _MAX_CHAIN = 5
 
 _child_lock = threading.Lock()
 _get = CURRENT_JOB.get
+_time = time.time
 _set = CURRENT_JOB.set
 _reset = CURRENT_JOB.reset
 
@@ -457,6 +458,10 @@ class TrackedJob:
                 else:
                     self._progress = value
                 return
+            if value == self._progress and self._status == "running":
+                # Nothing would change: no event. Loops that report per item
+                # often repeat the same percentage many times.
+                return
             new_stage = None
         else:
             if message is not None:
@@ -824,15 +829,24 @@ class TrackedJob:
         """Build the event for the current state and hand it to the processors.
 
         The caller holds ``self._lock``: that keeps the sequence numbers and the
-        order in which processors see a job's events the same.
+        order in which processors see a job's events the same. This runs for
+        every change of a configured job, so helpers are inlined.
         """
         seq = self._seq
         self._seq = seq + 1
+        job_id = self._id
+        if job_id is None:
+            job_id = self._id = new_job_id()
         parent = self._parent
-        trace_id, span_id = current_span_ids()
-        event = make_event(
+        span = _get_current_span().get_span_context()
+        if span.is_valid:
+            trace_id: str | None = format(span.trace_id, "032x")
+            span_id: str | None = format(span.span_id, "016x")
+        else:
+            trace_id = span_id = None
+        event = _EventBuilder(
             kind,
-            self.id,
+            job_id,
             self._job_type,
             self._user_id,
             self._title,
@@ -848,14 +862,15 @@ class TrackedJob:
             parent.id if parent is not None else None,
             self._child_index,
             seq,
-            time.time(),
+            _time(),
             trace_id,
             span_id,
         )
+        event.__class__ = JobEvent  # see seenn._events.make_event
         for processor in self._procs:
             try:
                 processor.on_event(event)
             except Exception as exc:
-                internal_error(f"processor {type(processor).__name__}", exc, (event.job_id,))
+                internal_error(f"processor {type(processor).__name__}", exc, (job_id,))
                 if is_strict():
                     raise
