@@ -10,7 +10,14 @@ from opentelemetry import trace as _otel_trace
 
 from seenn._models import JobError, JobResult, JobStatus, Queue, Stage
 
-__all__ = ["EventKind", "JobEvent", "current_span_ids", "make_event"]
+__all__ = [
+    "EventBuilder",
+    "EventKind",
+    "JobEvent",
+    "current_span_ids",
+    "get_current_span",
+    "make_event",
+]
 
 EventKind = Literal["started", "progress", "completed", "failed"]
 
@@ -103,24 +110,24 @@ class JobEvent:
 # change. Events are therefore built as an unfrozen twin with the very same
 # slots and then given their real class: same layout, same behaviour, a
 # fifth of the cost.
-_EventBuilder = make_dataclass(
-    "_EventBuilder", [(field.name, Any) for field in fields(JobEvent)], slots=True,
+EventBuilder = make_dataclass(
+    "EventBuilder", [(field.name, Any) for field in fields(JobEvent)], slots=True,
     eq=False, repr=False)
 
 
 def make_event(*values: Any) -> JobEvent:
     """Build a :class:`JobEvent` from its field values, in field order, quickly."""
-    event = _EventBuilder(*values)
+    event = EventBuilder(*values)
     event.__class__ = JobEvent
     return event  # type: ignore[no-any-return]
 
 
-_get_current_span = _otel_trace.get_current_span
+get_current_span = _otel_trace.get_current_span
 
 
 def current_span_ids() -> tuple[str | None, str | None]:
     """Return the active OpenTelemetry span's (trace_id, span_id) in hex, or ``(None, None)``."""
-    context = _get_current_span().get_span_context()
+    context = get_current_span().get_span_context()
     if context.is_valid:
         return format(context.trace_id, "032x"), format(context.span_id, "016x")
     return None, None

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from seenn._context import CURRENT_JOB
-from seenn._events import EventKind, JobEvent, _EventBuilder, _get_current_span
+from seenn._events import EventBuilder, EventKind, JobEvent, get_current_span
 from seenn._ids import new_job_id
 from seenn._models import JobError, JobResult, JobStatus, Queue, Stage
 from seenn._pipeline import internal_error, is_strict, logger
@@ -838,13 +838,13 @@ class TrackedJob:
         if job_id is None:
             job_id = self._id = new_job_id()
         parent = self._parent
-        span = _get_current_span().get_span_context()
+        span = get_current_span().get_span_context()
         if span.is_valid:
             trace_id: str | None = format(span.trace_id, "032x")
             span_id: str | None = format(span.span_id, "016x")
         else:
             trace_id = span_id = None
-        event = _EventBuilder(
+        event = EventBuilder(
             kind,
             job_id,
             self._job_type,
