@@ -359,3 +359,23 @@ def test_facade_functions_are_bound_to_one_default_tracker() -> None:
         assert seenn.force_flush(timeout=5)
     finally:
         seenn.configure(processors=list(previous))
+
+
+def test_failure_building_an_event_is_contained(monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """An internal error while building an event is logged, not raised (raised in strict mode)."""
+    import seenn._tracked_job as tracked_job
+
+    def broken_span() -> object:
+        raise RuntimeError("span lookup broke")
+
+    monkeypatch.setattr(tracked_job, "get_current_span", broken_span)
+    exporter = InMemoryExporter()
+    tracker = seenn.Tracker(processors=[SimpleProcessor(exporter)])
+    with caplog.at_level(logging.ERROR, logger="seenn"), tracker.track("t") as job:
+        job.set_progress(5)
+    assert job.status == "completed" and exporter.events == []
+    assert any("building a job event" in r.getMessage() for r in caplog.records)
+    with strict_mode(), pytest.raises(RuntimeError, match="span lookup broke"), \
+            tracker.track("t"):
+        pass

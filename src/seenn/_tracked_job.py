@@ -832,41 +832,49 @@ class TrackedJob:
         order in which processors see a job's events the same. This runs for
         every change of a configured job, so helpers are inlined.
         """
-        seq = self._seq
-        self._seq = seq + 1
-        job_id = self._id
-        if job_id is None:
-            job_id = self._id = new_job_id()
-        parent = self._parent
-        span = get_current_span().get_span_context()
-        if span.is_valid:
-            trace_id: str | None = format(span.trace_id, "032x")
-            span_id: str | None = format(span.span_id, "016x")
-        else:
-            trace_id = span_id = None
-        event = EventBuilder(
-            kind,
-            job_id,
-            self._job_type,
-            self._user_id,
-            self._title,
-            self._status,
-            self._progress,
-            self._message,
-            self._stage,
-            self._queue,
-            self._metadata,
-            self._result if kind == "completed" else None,
-            self._error if kind == "failed" else None,
-            self._retryable if kind == "failed" else None,
-            parent.id if parent is not None else None,
-            self._child_index,
-            seq,
-            _time(),
-            trace_id,
-            span_id,
-        )
-        event.__class__ = JobEvent  # see seenn._events.make_event
+        try:
+            seq = self._seq
+            self._seq = seq + 1
+            job_id = self._id
+            if job_id is None:
+                job_id = self._id = new_job_id()
+            parent = self._parent
+            span = get_current_span().get_span_context()
+            if span.is_valid:
+                trace_id: str | None = format(span.trace_id, "032x")
+                span_id: str | None = format(span.span_id, "016x")
+            else:
+                trace_id = span_id = None
+            event = EventBuilder(
+                kind,
+                job_id,
+                self._job_type,
+                self._user_id,
+                self._title,
+                self._status,
+                self._progress,
+                self._message,
+                self._stage,
+                self._queue,
+                self._metadata,
+                self._result if kind == "completed" else None,
+                self._error if kind == "failed" else None,
+                self._retryable if kind == "failed" else None,
+                parent.id if parent is not None else None,
+                self._child_index,
+                seq,
+                _time(),
+                trace_id,
+                span_id,
+            )
+            event.__class__ = JobEvent  # see seenn._events.make_event
+        except Exception as exc:
+            # A bug here must not break the tracked code any more than a failing
+            # exporter would.
+            internal_error("building a job event", exc, (self._id or "-",))
+            if is_strict():
+                raise
+            return
         for processor in self._procs:
             try:
                 processor.on_event(event)
