@@ -286,13 +286,13 @@ class TrackedJob:
         if user_id is not None and (type(user_id) is not str
                                     or not 0 < len(user_id) <= MAX_USER_ID):
             check_text("user_id", user_id, max_len=MAX_USER_ID)
+        # Keep these stores in step with their copy in Tracker.track().
         self._tracker = tracker
         self._job_type = job_type
         self._user_id = user_id
         self._queue = None
         self._status = "pending"
         self._progress = 0
-        # Keep in step with the copy of these lines in Tracker.track().
         self._lock = None
         self._state = _NEW
         self._id = None
