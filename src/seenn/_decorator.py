@@ -19,7 +19,14 @@ import wrapt
 from seenn._context import CURRENT_JOB
 from seenn._models import JobResult
 from seenn._stages import StageScope
-from seenn._tracked_job import RetryRule, StagePlan, TrackedJob, _check_plan, _check_retry_rule
+from seenn._tracked_job import (
+    RetryRule,
+    StagePlan,
+    TrackedJob,
+    _check_plan,
+    _check_retry_rule,
+    plain_job,
+)
 from seenn._validation import (
     MAX_JOB_TYPE,
     MAX_TITLE,
@@ -192,8 +199,19 @@ async def _await_in_job(job: TrackedJob, awaitable: Coroutine[Any, Any, Any],
     return value
 
 
+def _job_factory(spec: _JobSpec) -> Callable[[tuple[Any, ...], dict[str, Any]], TrackedJob]:
+    if not spec.simple:
+        return spec.new_job
+    tracker, job_type, user_id = spec.tracker, spec.job_type, spec.user_id
+
+    def new_plain_job(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TrackedJob:
+        return plain_job(tracker, job_type, user_id)
+
+    return new_plain_job
+
+
 def _sync_wrapper(spec: _JobSpec) -> _Wrapper:
-    new_job = spec.new_job
+    new_job = _job_factory(spec)
     map_result = spec.map_result if spec.result is not None else None
 
     def call_in_job(wrapped: Any, instance: Any, args: tuple[Any, ...],
@@ -218,8 +236,10 @@ def _sync_wrapper(spec: _JobSpec) -> _Wrapper:
 
 
 def _async_wrapper(spec: _JobSpec) -> _Wrapper:
+    new_job = _job_factory(spec)
+
     async def run(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        job = spec.new_job(args, kwargs)
+        job = new_job(args, kwargs)
         job._start()
         token = _set(job)
         try:
@@ -241,9 +261,11 @@ def _async_wrapper(spec: _JobSpec) -> _Wrapper:
 
 
 def _generator_wrapper(spec: _JobSpec) -> _Wrapper:
+    new_job = _job_factory(spec)
+
     def run(wrapped: Any, args: tuple[Any, ...],
             kwargs: dict[str, Any]) -> Generator[Any, Any, Any]:
-        job = spec.new_job(args, kwargs)
+        job = new_job(args, kwargs)
         job._start()
         # The job is ambient only while the generator's own code runs: it is set
         # and reset around every resumption, never held across a yield, so the
@@ -299,9 +321,11 @@ def _generator_wrapper(spec: _JobSpec) -> _Wrapper:
 
 
 def _async_generator_wrapper(spec: _JobSpec) -> _Wrapper:
+    new_job = _job_factory(spec)
+
     async def run(wrapped: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> AsyncGenerator[Any, Any]:
-        job = spec.new_job(args, kwargs)
+        job = new_job(args, kwargs)
         job._start()
         token = _set(job)
         try:

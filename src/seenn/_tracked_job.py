@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from seenn._stages import StageScope
     from seenn._tracker import Tracker
 
-__all__ = ["RetryRule", "StagePlan", "TrackedJob", "error_from_exception"]
+__all__ = ["RetryRule", "StagePlan", "TrackedJob", "error_from_exception", "plain_job"]
 
 RetryRule: TypeAlias = (
     bool
@@ -286,7 +286,7 @@ class TrackedJob:
         if user_id is not None and (type(user_id) is not str
                                     or not 0 < len(user_id) <= MAX_USER_ID):
             check_text("user_id", user_id, max_len=MAX_USER_ID)
-        # Keep these stores in step with their copy in Tracker.track().
+        # Keep these stores in step with plain_job() and Tracker.track().
         self._tracker = tracker
         self._job_type = job_type
         self._user_id = user_id
@@ -882,3 +882,25 @@ class TrackedJob:
                 internal_error(f"processor {type(processor).__name__}", exc, (job_id,))
                 if is_strict():
                     raise
+
+
+_new_object = object.__new__
+
+
+def plain_job(tracker: Tracker, job_type: str, user_id: str | None) -> TrackedJob:
+    """Make a job whose type and user id are already checked, without ``__init__``.
+
+    The per-call path of a ``@job`` with static options.
+    """
+    job: TrackedJob = _new_object(TrackedJob)
+    # Keep these stores in step with TrackedJob.__init__.
+    job._tracker = tracker
+    job._job_type = job_type
+    job._user_id = user_id
+    job._queue = None
+    job._status = "pending"
+    job._progress = 0
+    job._lock = None
+    job._state = _NEW
+    job._id = None
+    return job

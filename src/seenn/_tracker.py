@@ -243,6 +243,7 @@ class Tracker:
             # The common call, checked above in full: build the job without the
             # general constructor's frame (this is most of the unconfigured cost).
             job = _new_job(TrackedJob)
+            # The stores of plain_job(), inlined: one frame less on the hot path.
             job._tracker = self
             job._job_type = job_type
             job._user_id = user_id
