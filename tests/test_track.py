@@ -514,3 +514,31 @@ def test_job_event_is_frozen_and_serialisable() -> None:
     assert data["stage"] == {"name": "a", "current": 1, "total": 1}
     assert dataclasses.replace(event, progress=5).progress == 5
     assert event == dataclasses.replace(event)
+
+
+def test_leaving_a_block_in_another_context_restores_without_error() -> None:
+    """A block entered in one context and left in another (a resumed generator) ends cleanly."""
+    import contextvars
+
+    with memory_tracker() as (tracker, exporter):
+        job = tracker.track("t")
+        contextvars.copy_context().run(job.__enter__)
+        other = contextvars.copy_context()
+        other.run(job.__exit__, None, None, None)
+        assert other.run(seenn.current_job) is None
+        assert [e.kind for e in exporter.events] == ["started", "completed"]
+
+
+def test_stage_decorator_on_a_generator_spans_its_iteration() -> None:
+    """@seenn.stage on a generator function holds the stage for the whole iteration."""
+
+    @seenn.stage("render")
+    def frames() -> Iterator[int]:
+        job = seenn.current_job()
+        assert job is not None and job.current_stage is not None
+        yield job.current_stage.current
+        yield job.progress
+
+    with memory_tracker() as (tracker, _), tracker.track("t", stages=["load", "render"]) as job:
+        assert list(frames()) == [2, 50]
+        assert job.progress == 100
