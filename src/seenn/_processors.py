@@ -121,6 +121,9 @@ class BatchProcessor:
     * The worker starts with the first event, not at construction; after
       ``os.fork()`` the child starts with an empty queue and a new worker; at
       interpreter exit pending events are flushed (within ``exit_timeout``).
+      The worker lives until ``shutdown()``: ``configure()`` shuts down the
+      processors it replaces, and processors you make yourself are yours to
+      shut down.
 
     Args:
         exporter: Where the events go.
