@@ -100,8 +100,8 @@ def test_per_job_order_holds_across_threads(
         assert sequences == sorted(sequences)
 
 
-def test_full_queue_drops_progress_and_whole_new_jobs_but_never_admitted_ends() -> None:
-    """With the queue full new jobs are dropped whole, and admitted jobs still end in order."""
+def test_full_queue_drops_progress_first_then_whole_new_jobs() -> None:
+    """With the exporter stuck, progress is dropped first, then new jobs whole; none half."""
     exporter = ListExporter(block=True)
     processor = BatchProcessor(exporter, max_queue_size=4, progress_interval=3600,
                                schedule_delay=0)
@@ -109,19 +109,23 @@ def test_full_queue_drops_progress_and_whole_new_jobs_but_never_admitted_ends() 
     first = tracker.track("t")
     first.__enter__()
     assert exporter.entered.wait(10)  # the worker is now stuck exporting first's start
-    first.set_progress(1)  # queued
-    first.set_progress(2)  # waiting for its slot
-    admitted = [tracker.track("t") for _ in range(2)]
-    for job in admitted:
-        job.__enter__()  # queue now full (4)
-    first.set_progress(3)  # replaces the waiting one: coalesced, not dropped
+    first.set_progress(1)  # queued: 1 waiting
+    admitted = [tracker.track("t") for _ in range(15)]
+    for job in admitted[:3]:
+        job.__enter__()  # 4 waiting: the queue is full for progress
+    first.set_progress(2)  # dropped
+    assert processor.dropped == 1
+    for job in admitted[3:]:
+        job.__enter__()  # starts still get in, up to 4 * 4 waiting
+    assert processor.queued == 16
     refused = tracker.track("t")
-    refused.__enter__()
+    refused.__enter__()  # past that, a new job is dropped whole
     refused.set_progress(50)
     refused.__exit__(None, None, None)
+    assert processor.dropped == 4
     for job in [*admitted, first]:
-        job.__exit__(None, None, None)
-    assert processor.dropped == 3
+        job.__exit__(None, None, None)  # every admitted job's end is queued
+    assert processor.queued == 32
     exporter.release.set()
     assert processor.force_flush(timeout=10)
     jobs = _by_job(exporter.events)
@@ -129,7 +133,7 @@ def test_full_queue_drops_progress_and_whole_new_jobs_but_never_admitted_ends() 
     assert set(jobs) == {first.id, *(job.id for job in admitted)}
     for events in jobs.values():
         assert events[0].kind == "started" and events[-1].kind == "completed"
-    assert processor.coalesced == 2  # progress 2 by 3, then 3 by the completion
+    assert [e.progress for e in jobs[first.id]] == [0, 1, 100]
     tracker.shutdown(timeout=10)
 
 

@@ -109,12 +109,14 @@ class BatchProcessor:
       ``progress_interval`` seconds, and a newer one replaces one still
       waiting (every event carries the job's whole state, so nothing is lost
       but intermediate values).
-    * ``started`` and terminal events are never coalesced. When the queue is
-      full (``max_queue_size`` events waiting, say because the exporter
-      hangs), new progress events are dropped, and so are new jobs as a whole:
-      a job whose ``started`` event finds the queue full has all its events
-      dropped, so a backend never sees half a job. A job that was admitted
-      always gets its terminal event delivered, in order.
+    * ``started`` and terminal events are never coalesced, and a slow exporter
+      does not cost them their place: once ``max_queue_size`` events are
+      waiting, new progress events are dropped, while ``started`` events are
+      still admitted up to four times that. Only past that point (an exporter
+      stuck for a long time) are new jobs dropped, and then as a whole (all
+      their events), so a backend never sees half a job. Every admitted job
+      gets its terminal event queued, in order. Memory stays bounded by
+      ``4 * max_queue_size`` events plus one terminal event per running job.
     * An exporter that raises or hangs never reaches the tracked code: errors
       are logged with the job ids and counted; ``force_flush``/``shutdown``
       give up at their deadline.
@@ -127,7 +129,8 @@ class BatchProcessor:
 
     Args:
         exporter: Where the events go.
-        max_queue_size: How many events may wait for the exporter.
+        max_queue_size: How many events may wait for the exporter before progress
+            events are dropped (``started`` events: four times as many).
         max_export_batch_size: The most events handed to one ``export`` call.
         progress_interval: The least time between two progress events of a job.
         schedule_delay: How long the worker lets events gather before exporting
@@ -156,6 +159,7 @@ class BatchProcessor:
             raise ValueError("schedule_delay must not be negative")
         self._exporter = exporter
         self._max_queue = max_queue_size
+        self._max_lifecycle = 4 * max_queue_size
         self._max_batch = max_export_batch_size
         self._interval = progress_interval
         self._delay = schedule_delay
@@ -256,7 +260,7 @@ class BatchProcessor:
                         self._wake.notify()
                     return
             elif kind == "started":
-                if len(ready) + len(self._held) >= self._max_queue:
+                if len(ready) + len(self._held) >= self._max_lifecycle:
                     self._refused.add(job_id)
                     self._dropped += 1
                     return
