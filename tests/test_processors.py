@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import seenn
 from seenn.exporters import BatchProcessor, ConsoleExporter, SimpleProcessor
@@ -387,3 +389,43 @@ def test_failure_building_an_event_is_contained(monkeypatch: pytest.MonkeyPatch,
     with strict_mode(), pytest.raises(RuntimeError, match="span lookup broke"), \
             tracker.track("t"):
         pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(operations=st.lists(st.tuples(st.integers(0, 4), st.sampled_from(["progress", "end"])),
+                           max_size=80),
+       interval=st.sampled_from([0.0, 3600.0]), max_queue=st.integers(1, 8))
+def test_batch_export_is_an_ordered_subsequence_per_job(
+        operations: list[tuple[int, str]], interval: float, max_queue: int) -> None:
+    """For any interleaving, each job exports its own events in order, start and end included."""
+    inline = InMemoryExporter()
+    exporter = ListExporter()
+    processor = BatchProcessor(exporter, progress_interval=interval, max_queue_size=max_queue,
+                               schedule_delay=3600)
+    tracker = seenn.Tracker(processors=[SimpleProcessor(inline), processor])
+    open_jobs: dict[int, seenn.TrackedJob] = {}
+    for slot, action in operations:
+        job = open_jobs.get(slot)
+        if job is None:
+            job = open_jobs[slot] = tracker.track("t")
+            job.__enter__()
+        if action == "progress":
+            job.set_progress(job.progress % 100 + 1)
+        else:
+            job.__exit__(None, None, None)
+            del open_jobs[slot]
+    for job in open_jobs.values():
+        job.__exit__(None, None, None)
+    assert processor.force_flush(timeout=10)
+    tracker.shutdown(timeout=10)
+    emitted = _by_job(inline.events)
+    exported = _by_job(exporter.events)
+    assert set(exported) <= set(emitted)
+    for job_id, events in exported.items():
+        sequences = [e.sequence for e in events]
+        assert sequences == sorted(set(sequences))
+        assert set(events) <= set(emitted[job_id])
+        assert events[0].kind == "started" and events[-1].kind == "completed"
+    assert processor.exported + processor.dropped + processor.coalesced == len(inline.events)
+    if interval == 0.0 and max_queue >= 8:
+        assert exported == emitted or processor.dropped > 0
