@@ -266,6 +266,17 @@ def test_pending_events_are_flushed_at_interpreter_exit() -> None:
     assert '"kind": "completed"' in result.stderr and "exit-job" in result.stderr
 
 
+def test_import_starts_no_thread_even_with_an_exporter_configured() -> None:
+    """Importing seenn with SEENN_EXPORTER set starts no thread: the worker waits for an event."""
+    result = _run_script("""
+        import threading
+        import seenn
+        print(threading.active_count())
+    """, SEENN_EXPORTER="console")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"
+
+
 def test_seenn_exporter_console_env_var() -> None:
     """SEENN_EXPORTER=console sends the default tracker's events to stderr with no code change."""
     result = _run_script("""
