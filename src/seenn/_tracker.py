@@ -136,9 +136,9 @@ class Tracker:
         shut down (waiting at most 5 seconds).
 
         Args:
-            exporters: Where events go. ``None`` means the exporters named in
-                ``SEENN_EXPORTER`` (``console``, ``none``; a comma-separated
-                list); ``[]`` means none.
+            exporters: Where events go. ``None``, with no ``processors`` either,
+                means the exporters named in ``SEENN_EXPORTER`` (``console``,
+                ``none``; a comma-separated list); ``[]`` means none.
             processors: Extra processors, e.g. ``SimpleProcessor(InMemoryExporter())``.
                 ``None`` means none.
             debug: Log every event and internal detail on the ``seenn`` logger to
