@@ -9,6 +9,7 @@ import pytest
 
 import seenn
 from seenn.exporters import ConsoleExporter, SimpleProcessor
+from tests.tracking_helpers import no_job_left_behind  # noqa: F401 (autouse fixture)
 
 
 class FakeTerminal(io.StringIO):

@@ -20,7 +20,12 @@ from opentelemetry.sdk.trace import TracerProvider
 import seenn
 from seenn import JobResult, ValidationError
 from seenn.testing import capture_jobs
-from tests.tracking_helpers import Renderer, double, memory_tracker
+from tests.tracking_helpers import (
+    Renderer,
+    double,
+    memory_tracker,
+    no_job_left_behind,  # noqa: F401 (autouse fixture)
+)
 
 
 def _one_start_one_end(events: list[seenn.JobEvent]) -> Counter[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import subprocess
@@ -18,7 +19,11 @@ from hypothesis import strategies as st
 import seenn
 from seenn.exporters import BatchProcessor, ConsoleExporter, SimpleProcessor
 from seenn.testing import InMemoryExporter, strict_mode
-from tests.tracking_helpers import ListExporter, RaisingExporter
+from tests.tracking_helpers import (
+    ListExporter,
+    RaisingExporter,
+    no_job_left_behind,  # noqa: F401 (autouse fixture)
+)
 
 WORKER_NAME = "seenn-batch-processor"
 
@@ -415,18 +420,23 @@ def test_batch_export_is_an_ordered_subsequence_per_job(
                                schedule_delay=3600)
     tracker = seenn.Tracker(processors=[SimpleProcessor(inline), processor])
     open_jobs: dict[int, seenn.TrackedJob] = {}
-    for slot, action in operations:
-        job = open_jobs.get(slot)
-        if job is None:
-            job = open_jobs[slot] = tracker.track("t")
-            job.__enter__()
-        if action == "progress":
-            job.set_progress(job.progress % 100 + 1)
-        else:
+
+    def play() -> None:
+        for slot, action in operations:
+            job = open_jobs.get(slot)
+            if job is None:
+                job = open_jobs[slot] = tracker.track("t")
+                job.__enter__()
+            if action == "progress":
+                job.set_progress(job.progress % 100 + 1)
+            else:
+                job.__exit__(None, None, None)
+                del open_jobs[slot]
+        for job in open_jobs.values():
             job.__exit__(None, None, None)
-            del open_jobs[slot]
-    for job in open_jobs.values():
-        job.__exit__(None, None, None)
+
+    # Blocks left out of order leave some job ambient: keep that in a context of its own.
+    contextvars.copy_context().run(play)
     assert processor.force_flush(timeout=10)
     tracker.shutdown(timeout=10)
     emitted = _by_job(inline.events)

@@ -9,7 +9,10 @@ import pytest
 import seenn
 from seenn.exporters import SimpleProcessor
 from seenn.testing import InMemoryExporter, capture_jobs, strict_mode
-from tests.tracking_helpers import RaisingExporter
+from tests.tracking_helpers import (
+    RaisingExporter,
+    no_job_left_behind,  # noqa: F401 (autouse fixture)
+)
 
 
 def test_in_memory_exporter_keeps_and_clears_events() -> None:

@@ -13,7 +13,10 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import seenn
 from seenn import JobError, JobResult, Stage, ValidationError
-from tests.tracking_helpers import memory_tracker
+from tests.tracking_helpers import (
+    memory_tracker,
+    no_job_left_behind,  # noqa: F401 (autouse fixture)
+)
 
 ULID_ID = re.compile(r"^job_[0-9A-HJKMNP-TV-Z]{26}$")
 

@@ -6,9 +6,19 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import pytest
+
 import seenn
 from seenn.exporters import ExportResult, SimpleProcessor
 from seenn.testing import InMemoryExporter
+
+
+@pytest.fixture(autouse=True)
+def no_job_left_behind() -> Iterator[None]:
+    """Fail a test that leaves a job ambient (import it into a test module to use it)."""
+    assert seenn.current_job() is None, "a previous test left a job ambient"
+    yield
+    assert seenn.current_job() is None, "the test left a job ambient"
 
 
 @contextmanager
