@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, TextIO
 
@@ -50,6 +52,7 @@ class ConsoleExporter:
         self._format = format
         self._live = live
         self._lock = threading.Lock()
+        _consoles.add(self)
         self._depth: dict[str, int] = {}
         self._started_at: dict[str, float] = {}
         self._bar_shown = False
@@ -149,6 +152,19 @@ class ConsoleExporter:
                 self._bar_shown = False
                 with contextlib.suppress(OSError, ValueError):
                     self._target().write("\n")
+
+
+_consoles: weakref.WeakSet[ConsoleExporter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's worker may have been writing (holding the lock) at the fork.
+    for console in list(_consoles):
+        console._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _ascii(text: str) -> str:

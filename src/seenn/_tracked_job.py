@@ -9,6 +9,7 @@ no events at all, which is what keeps the unconfigured path cheap.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -71,6 +72,16 @@ _MAX_TRACEBACK = 8000
 _MAX_CHAIN = 5
 
 _child_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have held the lock when the process forked.
+    global _child_lock
+    _child_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 _get = CURRENT_JOB.get
 _time = time.time
 _set = CURRENT_JOB.set
