@@ -22,7 +22,7 @@ from seenn._processors import BatchProcessor, SimpleProcessor
 from seenn._stages import StageScope
 from seenn._stages import iterate as _iterate
 from seenn._tracked_job import RetryRule, StagePlan, TrackedJob
-from seenn._validation import MAX_JOB_TYPE, MAX_USER_ID
+from seenn._validation import MAX_JOB_TYPE, MAX_USER_ID, check_text
 
 if TYPE_CHECKING:
     from seenn._events import JobEvent
@@ -324,8 +324,8 @@ class Tracker:
             return wrapped
 
         if job_type is not None:
-            # Check the job type now, at decoration, not at the first call.
-            TrackedJob(self, job_type)
+            # Check the job type now, not when the decorator is applied.
+            check_text("job_type", job_type, max_len=MAX_JOB_TYPE)
         return decorate
 
     def stage(self, name: str, /, *, description: str | None = None) -> StageScope:
