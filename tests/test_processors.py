@@ -271,6 +271,32 @@ def test_pending_events_are_flushed_at_interpreter_exit() -> None:
     assert '"kind": "completed"' in result.stderr and "exit-job" in result.stderr
 
 
+def test_exit_is_not_held_up_by_a_hung_exporter() -> None:
+    """At exit, a hung exporter delays the program by at most exit_timeout, then it ends."""
+    result = _run_script("""
+        import threading
+        import seenn
+        from seenn.exporters import BatchProcessor, ExportResult
+
+        class Hung:
+            def export(self, events):
+                threading.Event().wait()
+                return ExportResult.SUCCESS
+            def force_flush(self, timeout=30.0):
+                return True
+            def shutdown(self, timeout=30.0):
+                return None
+
+        seenn.configure(processors=[BatchProcessor(Hung(), exit_timeout=0.2)])
+        for _ in range(3):
+            with seenn.track("stuck"):
+                pass
+        print("done")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
+
+
 def test_import_starts_no_thread_even_with_an_exporter_configured() -> None:
     """Importing seenn with SEENN_EXPORTER set starts no thread: the worker waits for an event."""
     result = _run_script("""
