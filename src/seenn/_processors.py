@@ -296,11 +296,13 @@ class BatchProcessor:
     def _release_due(self, now: float) -> None:
         slots = self._slots
         held = self._held
+        last_sent = self._last_sent
         while slots and slots[0][0] <= now:
             _, job_id = slots.popleft()
-            event = held.pop(job_id, None)
-            if event is not None:
-                self._release(job_id, event, now)
+            # A slot may be stale: the job released a progress event since (its
+            # newer slot comes later in the queue) and must wait for that one.
+            if job_id in held and now - last_sent.get(job_id, -self._interval) >= self._interval:
+                self._release(job_id, held.pop(job_id), now)
 
     def _release_all(self) -> None:
         held = self._held
