@@ -476,3 +476,28 @@ def test_batch_export_is_an_ordered_subsequence_per_job(
     assert processor.exported + processor.dropped + processor.coalesced == len(inline.events)
     if interval == 0.0 and max_queue >= 8:
         assert exported == emitted or processor.dropped > 0
+
+
+def test_a_held_lock_never_blocks_tracked_code() -> None:
+    """While another thread holds the processor lock, on_event returns at once; none is lost."""
+    exporter = ListExporter()
+    processor = BatchProcessor(exporter, progress_interval=0)
+    tracker = seenn.Tracker(processors=[processor])
+    done = threading.Event()
+
+    def tracked() -> None:
+        with tracker.track("contended") as job:
+            for i in range(1, 6):
+                job.set_progress(i * 10)
+        done.set()
+
+    with processor._lock:  # a holder that is not running (as if waiting for the GIL)
+        thread = threading.Thread(target=tracked)
+        thread.start()
+        assert done.wait(timeout=30)  # finished while the lock was still held
+    thread.join()
+    assert processor.force_flush(timeout=10)
+    kinds = [(e.kind, e.progress) for e in exporter.events]
+    assert kinds == [("started", 0), *[("progress", i * 10) for i in range(1, 6)],
+                     ("completed", 100)]
+    tracker.shutdown(timeout=10)

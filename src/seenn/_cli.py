@@ -107,7 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     from seenn._cli_jobs import add_commands
 
     add_commands(commands)
+
+    from seenn._demo import build_parser as demo_options
+
+    demo = commands.add_parser(
+        "demo", help="run a tracked pipeline against an embedded backend",
+        description="Start seenn serve in this process (free loopback port, temporary "
+                    "database), run a small tracked video pipeline through the HTTP "
+                    "exporter, and show live what a phone polling the job would see.")
+    demo_options(demo)
+    demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from seenn._demo import run
+
+    if args.pace < 0:
+        raise CLIError("--pace must not be negative", 2)
+    return run(sys.stdout, pace=args.pace, fail=args.fail)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

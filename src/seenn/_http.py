@@ -384,6 +384,19 @@ class SyncHTTP(BaseClient):
             self._sleep(delay)
 
 
+    def send_once(self, method: str, path: str, *, json: Any = None,
+                  idempotency_key: str | None = None) -> Any:
+        """Send one attempt, without retrying: for callers that schedule retries themselves."""
+        call = _Call(self, method, path, json, None, idempotency_key)
+        try:
+            response = self._http.request(**call.next_attempt())
+        except httpx.TransportError as exc:
+            call._log(type(exc).__name__)
+            raise self._transport_error(exc, call._timeout) from exc
+        call._log(str(response.status_code))
+        return self._handle_response(response)
+
+
 class AsyncHTTP(BaseClient):
     """The asyncio request loop over an ``httpx.AsyncClient``."""
 

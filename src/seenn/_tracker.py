@@ -38,7 +38,14 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _new_job = object.__new__
 _REPLACED_SHUTDOWN_TIMEOUT = 5.0
 
-ENV_EXPORTERS: dict[str, Callable[[], Exporter]] = {"console": ConsoleExporter}
+def _http_exporter() -> Exporter:
+    from seenn._http_exporter import HTTPExporter
+
+    return HTTPExporter()
+
+
+ENV_EXPORTERS: dict[str, Callable[[], Exporter]] = {"console": ConsoleExporter,
+                                                    "http": _http_exporter}
 """Exporters ``SEENN_EXPORTER`` may name, by name (``none`` means no exporter)."""
 
 
@@ -52,7 +59,10 @@ def exporters_from_env() -> list[Exporter]:
     ``none`` (or an empty value) means no exporter. Unknown names are skipped
     with a warning on the ``seenn`` logger that lists the known ones.
     """
-    raw = os.environ.get("SEENN_EXPORTER", "")
+    raw = os.environ.get("SEENN_EXPORTER")
+    if raw is None:
+        # A key in the environment is an application that wants its jobs seen.
+        raw = "http" if os.environ.get("SEENN_API_KEY") else ""
     exporters: list[Exporter] = []
     for part in raw.split(","):
         name = part.strip().lower()
@@ -64,7 +74,12 @@ def exporters_from_env() -> list[Exporter]:
             logger.warning("seenn: SEENN_EXPORTER names an unknown exporter %r; it is "
                            "ignored (known: %s)", name, known)
             continue
-        exporters.append(factory())
+        try:
+            exporters.append(factory())
+        except Exception as exc:
+            # Configuration runs at import: a bad setting must not break `import seenn`.
+            logger.warning("seenn: SEENN_EXPORTER=%s could not be set up and is ignored: %s",
+                           name, exc)
     return exporters
 
 
@@ -124,6 +139,8 @@ class Tracker:
         *,
         exporters: Seq[Exporter] | None = None,
         processors: Seq[Processor] | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
         debug: bool | None = None,
         disabled: bool | None = None,
     ) -> None:
@@ -141,19 +158,33 @@ class Tracker:
                 ``none``; a comma-separated list); ``[]`` means none.
             processors: Extra processors, e.g. ``SimpleProcessor(InMemoryExporter())``.
                 ``None`` means none.
+            api_key: Send jobs to a Seenn backend with this key: adds an
+                :class:`~seenn.exporters.HTTPExporter` (instead of one named in
+                ``SEENN_EXPORTER``). ``SEENN_API_KEY`` alone, with ``SEENN_EXPORTER``
+                unset, does the same at import.
+            base_url: The backend for that exporter (``SEENN_BASE_URL``, then Seenn Cloud).
             debug: Log every event and internal detail on the ``seenn`` logger to
                 stderr. ``None`` means ``SEENN_DEBUG``.
             disabled: Track nothing: every job is a no-op. ``None`` means
                 ``SEENN_DISABLED``.
         """
+        from seenn._http_exporter import HTTPExporter
+
         if exporters is None and processors is None:
             exporters = exporters_from_env()
+            if api_key is not None or base_url is not None:
+                exporters = [e for e in exporters if not isinstance(e, HTTPExporter)]
+        chosen = list(exporters or ())
+        if api_key is not None or base_url is not None:
+            chosen.append(HTTPExporter(api_key=api_key, base_url=base_url))
         pipeline: list[Processor] = []
-        for exporter in exporters or ():
+        for exporter in chosen:
             if getattr(exporter, "inline", False) is True:
                 pipeline.append(SimpleProcessor(exporter))
             else:
-                pipeline.append(BatchProcessor(exporter))
+                interval = getattr(exporter, "progress_interval", None)
+                pipeline.append(BatchProcessor(exporter) if interval is None
+                                else BatchProcessor(exporter, progress_interval=interval))
         pipeline.extend(processors or ())
         self._debug = _env_flag("SEENN_DEBUG") if debug is None else bool(debug)
         self._disabled = _env_flag("SEENN_DISABLED") if disabled is None else bool(disabled)

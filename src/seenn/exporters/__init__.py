@@ -7,17 +7,22 @@
   :class:`BatchProcessor` queues events for an exporter on a worker thread,
   :class:`SimpleProcessor` exports at once.
 * :class:`ConsoleExporter` writes events to stderr.
+* :class:`HTTPExporter` delivers them to a Seenn-compatible backend (its
+  counters: :class:`DeliveryStats`).
 """
 
 from seenn._console import ConsoleExporter
+from seenn._http_exporter import DeliveryStats, HTTPExporter
 from seenn._pipeline import Exporter, ExportResult, Processor
 from seenn._processors import BatchProcessor, SimpleProcessor
 
 __all__ = [
     "BatchProcessor",
     "ConsoleExporter",
+    "DeliveryStats",
     "ExportResult",
     "Exporter",
+    "HTTPExporter",
     "Processor",
     "SimpleProcessor",
 ]

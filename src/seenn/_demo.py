@@ -1,0 +1,122 @@
+"""``seenn demo``: a tracked video pipeline, end to end, against an embedded backend.
+
+It starts ``seenn serve`` in this process on a free loopback port with a
+temporary SQLite database, runs a small pipeline with ``track()``, stages,
+``iterate()`` and a child job through the HTTP exporter, and meanwhile shows
+what a phone polling ``GET /jobs/{id}`` with the public key would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+
+def _pipeline(started: threading.Event, box: dict[str, object], pace: float,
+              fail: bool) -> None:
+    import seenn
+
+    def work(seconds: float) -> None:
+        time.sleep(seconds * pace)  # stands in for real work
+
+    try:
+        with seenn.track("video-generation", user_id="demo-user",
+                         title="Generating your video", metadata={"prompt": "A cat playing piano"},
+                         stages=["script", "render", "encode", "upload"]) as job:
+            box["job_id"] = job.id
+            started.set()
+            with seenn.stage("script"):
+                job.set_progress(job.progress, message="Writing the script")
+                work(0.4)
+            with seenn.stage("render"):
+                job.set_progress(job.progress, message="Rendering frames")
+                for _frame in seenn.iterate(range(48), message="Rendering frames"):
+                    work(0.03)
+            with seenn.stage("encode"):
+                job.set_progress(job.progress, message="Encoding")
+                with seenn.track("audio-encoding", title="Encoding the soundtrack") as audio:
+                    box["child_id"] = audio.id
+                    for _chunk in seenn.iterate(range(10), message="Encoding audio"):
+                        work(0.04)
+                if fail:
+                    raise RuntimeError("the encoder ran out of memory")
+                work(0.3)
+            with seenn.stage("upload"):
+                job.set_progress(job.progress, message="Uploading to the CDN")
+                work(0.4)
+            job.set_result({"type": "video", "url": "https://cdn.example.com/demo/cat.mp4"})
+    except RuntimeError as error:
+        box["error"] = error
+    finally:
+        started.set()
+
+
+def run(out: TextIO, *, pace: float = 1.0, fail: bool = False, interval: float = 0.1) -> int:
+    """Run the demo, writing to ``out``; return the exit status (0 when the job completed)."""
+    import seenn
+    import seenn.server
+    from seenn._cli_jobs import watch
+    from seenn._http_exporter import HTTPExporter
+
+    tty = out.isatty()
+    with tempfile.TemporaryDirectory(prefix="seenn-demo-") as tmp, \
+            seenn.server.running(Path(tmp) / "demo.db") as backend:
+        out.write(f"seenn demo: backend listening on {backend.url} "
+                  f"(seenn serve, database in {tmp})\n")
+        exporter = HTTPExporter(api_key=backend.api_key, base_url=backend.url,
+                                progress_interval=0.1)
+        seenn.configure(exporters=[exporter])
+        started = threading.Event()
+        box: dict[str, object] = {}
+        began = time.perf_counter()
+        worker = threading.Thread(target=_pipeline, args=(started, box, pace, fail),
+                                  name="seenn-demo-pipeline")
+        worker.start()
+        started.wait()
+        job_id = str(box["job_id"])
+        out.write(f"tracking job {job_id}; what a phone polling GET /jobs/{{id}} sees:\n")
+        phone_key = backend.public_key or backend.api_key
+        with seenn.SeennClient(phone_key, base_url=backend.url) as phone:
+            # The job may not have reached the backend yet: a phone would retry too.
+            while True:
+                try:
+                    phone.jobs.get(job_id)
+                    break
+                except seenn.NotFoundError:
+                    time.sleep(interval / 2)
+            status = watch(phone, job_id, interval=interval, out=out, tty=tty)
+            worker.join()
+            seenn.force_flush(10.0)
+            final = phone.jobs.get(job_id)
+            child = phone.jobs.get(str(box["child_id"])) if "child_id" in box else None
+        elapsed = time.perf_counter() - began
+        stats = exporter.stats
+        seenn.configure(exporters=[])
+        out.write("\nsummary\n")
+        out.write(f"  job        {final.id} ({final.job_type}) {final.status}, "
+                  f"{final.progress}%\n")
+        if final.result is not None:
+            out.write(f"  result     {final.result.url}\n")
+        if final.error is not None:
+            out.write(f"  error      {final.error.code}: {final.error.message}\n")
+        if child is not None:
+            out.write(f"  child job  {child.id} ({child.job_type}) {child.status}, "
+                      f"child of {child.parent.parent_job_id if child.parent else '-'}\n")
+        out.write(f"  delivery   {stats.requests} HTTP calls for {stats.accepted} events "
+                  f"({stats.coalesced} progress updates coalesced), {stats.lost} lost\n")
+        out.write(f"  time       {elapsed:.1f} s\n")
+    return status
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Add the demo's options to ``parser`` (or a new one)."""
+    parser = parser or argparse.ArgumentParser(prog="seenn demo")
+    parser.add_argument("--pace", type=float, default=1.0,
+                        help="multiply the simulated work time (default 1: a few seconds)")
+    parser.add_argument("--fail", action="store_true",
+                        help="make the encode stage fail, to see a failed job end to end")
+    return parser

@@ -1,0 +1,46 @@
+"""`seenn demo`: the README's main job runs end to end against its embedded backend."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+
+def demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "seenn", "demo", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_demo_completes_a_tracked_pipeline() -> None:
+    """The demo's job is seen by the poller live and ends completed, with its child, exit 0."""
+    out = demo("--pace", "0.2")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert re.search(r"backend listening on http://127\.0\.0\.1:\d+", text)
+    assert "what a phone polling GET /jobs/{id} sees" in text
+    bars = re.findall(r"^\[[#.]{30}\]\s+(\d+)%", text, re.M)
+    assert len(bars) >= 2
+    assert [int(b) for b in bars] == sorted(int(b) for b in bars)
+    assert "completed: https://cdn.example.com/demo/cat.mp4" in text
+    assert re.search(r"job\s+job_\w+ \(video-generation\) completed, 100%", text)
+    assert re.search(r"child job\s+job_\w+ \(audio-encoding\) completed, child of job_", text)
+    assert re.search(r"delivery\s+\d+ HTTP calls for \d+ events .*, 0 lost", text)
+    assert "Traceback" not in out.stderr
+
+
+def test_demo_can_show_a_failure() -> None:
+    """With --fail the job fails at its encode stage and the demo exits 1."""
+    out = demo("--pace", "0", "--fail")
+    assert out.returncode == 1, out.stderr
+    assert "failed: RuntimeError: the encoder ran out of memory" in out.stdout
+    assert "encode (3/4)" in out.stdout
+    assert re.search(r"job\s+job_\w+ \(video-generation\) failed, 50%", out.stdout)
+
+
+def test_demo_help_explains_the_options() -> None:
+    """seenn demo --help names the options."""
+    out = demo("--help")
+    assert out.returncode == 0
+    assert "--pace" in out.stdout
+    assert "--fail" in out.stdout

@@ -1,0 +1,378 @@
+"""HTTPExporter: ordered, coalesced, retried delivery to real loopback backends."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import seenn
+import seenn.server
+from seenn._events import JobEvent
+from seenn._http_exporter import HTTPExporter
+from seenn._pipeline import ExportResult
+from seenn.server import RunningServer
+from tests.server import RecordingServer
+
+STATUS = {"started": "running", "progress": "running", "completed": "completed",
+          "failed": "failed"}
+
+
+def ev(kind: str, job: str, seq: int, **fields: Any) -> JobEvent:
+    """A JobEvent as the tracker would emit it."""
+    values: dict[str, Any] = {
+        "kind": kind, "job_id": job, "job_type": "video", "user_id": "u1", "title": "Video",
+        "status": STATUS[kind], "progress": 100 if kind == "completed" else 0,
+        "message": None, "stage": None, "queue": None, "metadata": None, "result": None,
+        "error": None, "retryable": None, "parent_id": None, "child_index": None,
+        "sequence": seq, "timestamp": time.time(), "trace_id": None, "span_id": None}
+    values.update(fields)
+    return JobEvent(**values)
+
+
+def lifecycle(job: str, steps: int = 3, **start: Any) -> list[JobEvent]:
+    """started, ``steps`` progress events, completed."""
+    events = [ev("started", job, 0, **start)]
+    events += [ev("progress", job, i, progress=i * 10, message=f"step {i}")
+               for i in range(1, steps + 1)]
+    events.append(ev("completed", job, steps + 1, message="done",
+                     result=seenn.JobResult(type="video", url=f"https://cdn/{job}.mp4")))
+    return events
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[RunningServer]:
+    """A real `seenn serve` on loopback."""
+    with seenn.server.running(tmp_path / "x.db") as srv:
+        yield srv
+
+
+def exporter_for(url: str, key: str, **options: Any) -> HTTPExporter:
+    """An exporter whose retry waits are zero (so tests never wait on backoff)."""
+    exporter = HTTPExporter(api_key=key, base_url=url, **options)
+    exporter._random = lambda: 0.0
+    return exporter
+
+
+def stored(backend: RunningServer, job_id: str) -> seenn.Job:
+    with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
+        return client.jobs.get(job_id)
+
+
+def test_a_job_reaches_the_backend_in_order(backend: RunningServer) -> None:
+    """start, progress and completion arrive in order under the in-process id."""
+    exporter = exporter_for(backend.url, backend.api_key)
+    assert exporter.export(lifecycle("job_A", stage=seenn.Stage("render", 1, 2),
+                                     metadata={"prompt": "cat"})) is ExportResult.SUCCESS
+    assert exporter.force_flush(30)
+    job = stored(backend, "job_A")
+    assert (job.status, job.progress, job.message) == ("completed", 100, "done")
+    assert job.result == seenn.JobResult("video", "https://cdn/job_A.mp4")
+    assert job.metadata == {"prompt": "cat"}
+    assert exporter.stats.rejected == 0
+    assert exporter.stats.delivered == exporter.stats.accepted - exporter.stats.coalesced
+    exporter.shutdown()
+
+
+def test_progress_is_coalesced_while_calls_are_in_flight(backend: RunningServer) -> None:
+    """A thousand progress events of one job cost a handful of calls; the latest wins."""
+    exporter = exporter_for(backend.url, backend.api_key, progress_interval=0.05)
+    exporter.export([ev("started", "job_P", 0)])
+    for i in range(1, 1001):
+        exporter.export([ev("progress", "job_P", i, progress=i // 10, message=f"{i}")])
+    assert exporter.force_flush(30)
+    job = stored(backend, "job_P")
+    assert (job.progress, job.message) == (100, "1000")
+    assert exporter.stats.requests < 50
+    assert exporter.stats.coalesced > 900
+    exporter.shutdown()
+
+
+def test_many_jobs_are_delivered_concurrently_each_in_order(backend: RunningServer) -> None:
+    """Fifty interleaved jobs all complete, with no call reaching a job before its start."""
+    exporter = exporter_for(backend.url, backend.api_key, max_concurrency=8)
+    streams = [lifecycle(f"job_{n:02d}") for n in range(50)]
+    for step in range(5):
+        exporter.export([stream[step] for stream in streams])
+    assert exporter.force_flush(60)
+    with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
+        jobs = list(client.jobs.iter("u1", page_size=100))
+    assert len(jobs) == 50
+    assert {j.status for j in jobs} == {"completed"}
+    assert exporter.stats.rejected == 0
+    assert exporter.stats.retries == 0
+    exporter.shutdown()
+
+
+def test_children_start_after_their_parents(backend: RunningServer) -> None:
+    """A child's start waits for its parent's, so the backend always knows the parent."""
+    exporter = exporter_for(backend.url, backend.api_key, max_concurrency=8)
+    events = []
+    for n in range(10):
+        parent = f"job_parent{n}"
+        events.append(ev("started", parent, 0))
+        events += [ev("started", f"{parent}_c{i}", 0, parent_id=parent, child_index=i)
+                   for i in range(3)]
+    exporter.export(events)
+    assert exporter.force_flush(60)
+    assert exporter.stats.rejected == 0
+    with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
+        family = client.jobs.children("job_parent7")
+    assert [c.id for c in family.children] == [f"job_parent7_c{i}" for i in range(3)]
+    assert family.parent.children == seenn.ChildrenStats(3, running=0, pending=3)
+    exporter.shutdown()
+
+
+def test_server_assigned_ids_are_mapped(server: RecordingServer) -> None:
+    """When the backend answers a start with its own id, later calls use that id."""
+    server.reply(201, {"id": "srv_99", "status": "pending", "progress": 0})
+    exporter = exporter_for(server.url, "sk_test_x")
+    exporter.export(lifecycle("job_local", steps=1))
+    assert exporter.force_flush(30)
+    paths = [r.path for r in server.requests]
+    assert paths == ["/v1/jobs", "/v1/jobs/srv_99/progress", "/v1/jobs/srv_99/complete"]
+    exporter.shutdown()
+
+
+def test_retries_reuse_the_idempotency_key(server: RecordingServer) -> None:
+    """Failed calls are retried with the key <job id>.<sequence>, then delivered."""
+    server.reply(503, {"error": {"code": "DOWN", "message": "x"}}, times=2)
+    server.reply(drop=True)
+    exporter = exporter_for(server.url, "sk_test_x")
+    exporter.export([ev("started", "job_R", 0)])
+    assert exporter.force_flush(30)
+    starts = [r for r in server.requests if r.path == "/v1/jobs"]
+    assert len(starts) == 4
+    assert {r.headers["Idempotency-Key"] for r in starts} == {"job_R.0"}
+    assert exporter.stats.retries == 3
+    assert exporter.stats.delivered == 1
+    exporter.shutdown()
+
+
+def test_rate_limits_pause_and_resume(server: RecordingServer) -> None:
+    """A 429 with Retry-After is waited out, then the call goes through."""
+    server.reply(429, {"error": {"code": "RATE_LIMITED", "message": "slow"}},
+                 headers={"Retry-After": "0.05"})
+    exporter = exporter_for(server.url, "sk_test_x")
+    exporter.export(lifecycle("job_L", steps=1))
+    assert exporter.force_flush(30)
+    assert server.backend.jobs["job_L"]["status"] == "completed"
+    assert exporter.stats.retries == 1
+    exporter.shutdown()
+
+
+def test_a_rejected_start_drops_its_job_without_a_404_storm(
+        server: RecordingServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A 400 on start is logged once with the job id; the job's later events are not sent."""
+    server.reply(400, {"error": {"code": "VALIDATION_ERROR", "message": "bad"}})
+    exporter = exporter_for(server.url, "sk_test_x")
+    with caplog.at_level(logging.WARNING, logger="seenn"):
+        exporter.export(lifecycle("job_X", steps=5))
+        assert exporter.force_flush(30)
+        exporter.export([ev("progress", "job_X", 99)])
+        assert exporter.force_flush(30)
+    assert len(server.requests) == 1
+    # start, the coalesced progress, completion and the late progress; the rest coalesced
+    assert exporter.stats.rejected == 4
+    assert exporter.stats.rejected + exporter.stats.coalesced == exporter.stats.accepted
+    assert exporter.stats.retries == 0
+    warnings = [r.getMessage() for r in caplog.records if "job_X" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "refused the started event of job job_X" in warnings[0]
+    exporter.shutdown()
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_errors_are_not_retried(server: RecordingServer, status: int) -> None:
+    """401 and 403 answers are counted, never retried."""
+    server.reply(status, {"error": {"code": "NOPE", "message": "no"}}, times=3)
+    exporter = exporter_for(server.url, "sk_test_x")
+    exporter.export([ev("started", f"job_{i}", 0) for i in range(3)])
+    assert exporter.force_flush(30)
+    assert len(server.requests) == 3
+    assert exporter.stats.rejected == 3
+    exporter.shutdown()
+
+
+def test_a_terminal_event_replayed_after_success_counts_as_delivered(
+        server: RecordingServer) -> None:
+    """A 409 on complete (the job is finished already) is not an error."""
+    server.reply(201, {"id": "job_D", "status": "pending", "progress": 0})
+    server.reply(409, {"error": {"code": "CONFLICT", "message": "already completed"}})
+    exporter = exporter_for(server.url, "sk_test_x")
+    exporter.export([ev("started", "job_D", 0), ev("completed", "job_D", 1)])
+    assert exporter.force_flush(30)
+    assert exporter.stats.delivered == 2
+    assert exporter.stats.rejected == 0
+    exporter.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_backend_down_then_up_loses_nothing(tmp_path: Path) -> None:
+    """Events exported while the backend is down are delivered once it comes up."""
+    port = _free_port()
+    exporter = exporter_for(f"http://127.0.0.1:{port}", "sk_test_late")
+    exporter._random = lambda: 0.01
+    started = time.perf_counter()
+    exporter.export(lifecycle("job_W", steps=2))
+    returned = time.perf_counter() - started
+    assert not exporter.force_flush(0.2)
+    assert exporter.pending > 0
+    with seenn.server.running(tmp_path / "late.db", port=port, api_key="sk_test_late") as srv:
+        assert exporter.force_flush(60)
+        assert stored(srv, "job_W").status == "completed"
+    assert exporter.stats.lost == 0
+    assert returned < 5.0  # export() itself never waits for the network
+    exporter.shutdown()
+
+
+def test_events_past_the_delivery_timeout_are_lost_and_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With the backend unreachable for longer than delivery_timeout, events count as lost."""
+    exporter = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x",
+                            delivery_timeout=0.3)
+    exporter._random = lambda: 0.02
+    with caplog.at_level(logging.ERROR, logger="seenn"):
+        exporter.export(lifecycle("job_G", steps=1))
+        assert exporter.force_flush(30)
+    assert exporter.stats.lost == 1
+    assert exporter.stats.rejected == 2  # the job's later events go with its start
+    assert any("gave up on the started event of job job_G" in r.getMessage()
+               for r in caplog.records)
+    exporter.shutdown()
+
+
+def test_memory_is_bounded_by_max_pending_jobs() -> None:
+    """Beyond max_pending_jobs new jobs are dropped whole and counted."""
+    exporter = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x",
+                            max_pending_jobs=2)
+    exporter._random = lambda: 1.0
+    for n in range(4):
+        exporter.export([ev("started", f"job_{n}", 0)])
+    exporter.export([ev("completed", "job_3", 1)])
+    assert exporter.stats.dropped == 2
+    assert exporter.stats.rejected == 1  # job_3's terminal, its start having been dropped
+    assert exporter.pending == 2
+    exporter.shutdown(timeout=0.1)
+
+
+def test_tracebacks_stay_out_unless_asked_for(server: RecordingServer) -> None:
+    """error.details keeps the exception type; traceback and chain only with include_traceback."""
+    error = seenn.JobError("ValueError", "bad frame", {"type": "builtins.ValueError",
+                                                       "traceback": "Traceback...",
+                                                       "chain": [{"type": "KeyError"}]})
+    for include in (False, True):
+        exporter = exporter_for(server.url, "sk_test_x", include_traceback=include)
+        job = f"job_tb_{include}"
+        exporter.export([ev("started", job, 0),
+                         ev("failed", job, 1, error=error, retryable=True)])
+        assert exporter.force_flush(30)
+        exporter.shutdown()
+        body = server.requests[-1].json
+        assert body["retryable"] is True
+        assert body["error"]["code"] == "ValueError"
+        details = body["error"]["details"]
+        assert details["type"] == "builtins.ValueError"
+        assert ("traceback" in details) is include
+        assert ("chain" in details) is include
+
+
+def test_trace_context_goes_into_metadata(server: RecordingServer) -> None:
+    """include_trace_context puts the start's traceId and spanId into the job's metadata."""
+    exporter = exporter_for(server.url, "sk_test_x", include_trace_context=True)
+    exporter.export([ev("started", "job_T", 0, metadata={"a": 1}, trace_id="ab" * 16,
+                        span_id="cd" * 8)])
+    assert exporter.force_flush(30)
+    assert server.requests[0].json["metadata"] == {"a": 1, "traceId": "ab" * 16,
+                                                   "spanId": "cd" * 8}
+    exporter.shutdown()
+
+
+def test_jobs_without_user_or_title_get_protocol_defaults(server: RecordingServer) -> None:
+    """A job tracked without user_id or title is sent as user 'anonymous' titled by its type."""
+    exporter = exporter_for(server.url, "sk_test_x")
+    exporter.export([ev("started", "job_N", 0, user_id=None, title=None)])
+    assert exporter.force_flush(30)
+    body = server.requests[0].json
+    assert (body["userId"], body["title"], body["id"]) == ("anonymous", "video", "job_N")
+    exporter.shutdown()
+
+
+def test_outbox_keeps_undelivered_events_for_the_next_start(tmp_path: Path) -> None:
+    """Events that could not be delivered stay in the outbox and are replayed exactly once."""
+    port = _free_port()
+    outbox = tmp_path / "outbox.db"
+    first = exporter_for(f"http://127.0.0.1:{port}", "sk_test_ob", outbox=outbox)
+    first._random = lambda: 1.0
+    first.export(lifecycle("job_O", steps=2))
+    first.shutdown(timeout=0.1)
+    assert first.stats.lost == 0
+    with seenn.server.running(tmp_path / "ob.db", port=port, api_key="sk_test_ob") as srv:
+        second = exporter_for(srv.url, "sk_test_ob", outbox=outbox)
+        assert second.stats.replayed >= 2
+        assert second.force_flush(60)
+        job = stored(srv, "job_O")
+        assert (job.status, job.progress) == ("completed", 100)
+        second.shutdown()
+        third = exporter_for(srv.url, "sk_test_ob", outbox=outbox)
+        assert third.stats.replayed == 0
+        third.shutdown()
+
+
+def test_persist_makes_start_and_end_durable_before_export(tmp_path: Path,
+                                                          backend: RunningServer) -> None:
+    """persist() writes start and terminal events at once; export() later does not duplicate."""
+    outbox = tmp_path / "p.db"
+    exporter = exporter_for(backend.url, backend.api_key, outbox=outbox)
+    events = lifecycle("job_Q", steps=1)
+    for event in events:
+        exporter.persist(event)
+    reader = HTTPExporter(api_key="sk_test_read", base_url=backend.url, outbox=outbox)
+    assert reader.stats.replayed == 2  # started and completed, not progress
+    reader._cond.acquire()
+    reader._jobs.clear()
+    reader._cond.release()
+    reader.shutdown(timeout=0.1)
+    exporter.export(events)
+    assert exporter.force_flush(30)
+    assert stored(backend, "job_Q").status == "completed"
+    exporter.shutdown()
+    assert HTTPExporter(api_key="x", base_url=backend.url, outbox=outbox).stats.replayed == 0
+
+
+def test_shutdown_reports_what_was_not_delivered(caplog: pytest.LogCaptureFixture) -> None:
+    """shutdown() gives up at its deadline and says in one line what was not delivered."""
+    exporter = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x")
+    exporter._random = lambda: 1.0
+    exporter.export(lifecycle("job_S", steps=1) + lifecycle("job_T2", steps=1))
+    with caplog.at_level(logging.WARNING, logger="seenn"):
+        exporter.shutdown(timeout=0.2)
+    lines = [r.getMessage() for r in caplog.records if "shut down" in r.getMessage()]
+    assert len(lines) == 1
+    assert "of 2 job(s) undelivered" in lines[0]
+    assert exporter.export([ev("started", "job_late", 0)]) is ExportResult.FAILURE
+
+
+def test_export_never_blocks_on_a_hanging_backend(server: RecordingServer) -> None:
+    """With every call hanging, export() still returns at once for thousands of events."""
+    release = threading.Event()
+    server.reply(200, {"id": "x"}, hold=release, times=8)
+    exporter = exporter_for(server.url, "sk_test_x", request_timeout=30.0)
+    began = time.perf_counter()
+    for n in range(2000):
+        exporter.export([ev("started", f"job_h{n}", 0)])
+    elapsed = time.perf_counter() - began
+    release.set()
+    exporter.shutdown(timeout=0.5)
+    assert elapsed < 30.0  # bounded by CPU, not by the 30 s request timeout
