@@ -261,8 +261,7 @@ def test_memory_is_bounded_by_max_pending_jobs() -> None:
     for n in range(4):
         exporter.export([ev("started", f"job_{n}", 0)])
     exporter.export([ev("completed", "job_3", 1)])
-    assert exporter.stats.dropped == 2
-    assert exporter.stats.rejected == 1  # job_3's terminal, its start having been dropped
+    assert exporter.stats.dropped == 3  # two starts, and job_3's end with its start
     assert exporter.pending == 2
     exporter.shutdown(timeout=0.1)
 
@@ -376,3 +375,120 @@ def test_export_never_blocks_on_a_hanging_backend(server: RecordingServer) -> No
     release.set()
     exporter.shutdown(timeout=0.5)
     assert elapsed < 30.0  # bounded by CPU, not by the 30 s request timeout
+
+
+def test_a_child_started_after_its_parent_moved_on_is_not_held_back(
+        backend: RunningServer) -> None:
+    """A child whose parent's start went out earlier is not held back by its parent."""
+    exporter = exporter_for(backend.url, backend.api_key)
+    exporter.export([ev("started", "job_par", 0)])
+    assert exporter.force_flush(30)
+    exporter.export([ev("progress", "job_par", 1, progress=10),
+                     ev("started", "job_kid", 0, parent_id="job_par", child_index=0)])
+    assert exporter.force_flush(30)
+    assert stored(backend, "job_kid").parent == seenn.ParentInfo("job_par", 0)
+    exporter.shutdown()
+
+
+def test_an_odd_answer_does_not_stop_delivery(server: RecordingServer) -> None:
+    """A response that cannot be decoded is retried; the delivery thread survives."""
+    server.reply(201, raw=b"not gzip", headers={"Content-Encoding": "gzip"})
+    exporter = exporter_for(server.url, "sk_test_x", max_concurrency=1)
+    exporter.export(lifecycle("job_odd", steps=0))
+    assert exporter.force_flush(30)
+    exporter.export(lifecycle("job_next", steps=0))
+    assert exporter.force_flush(30)
+    assert server.backend.jobs["job_next"]["status"] == "completed"
+    assert exporter.stats.retries == 1
+    exporter.shutdown()
+
+
+def test_the_backend_id_and_progress_pace_outlive_an_empty_queue(
+        server: RecordingServer) -> None:
+    """Between a job's events its backend id and last progress time are remembered."""
+    server.reply(201, {"id": "srv-1", "status": "pending", "progress": 0})
+    server.reply(200, {"id": "srv-1", "status": "running", "progress": 5}, times=3)
+    exporter = exporter_for(server.url, "sk_test_x", progress_interval=3600)
+    exporter.export([ev("started", "job_m", 0)])
+    assert exporter.force_flush(30)
+    exporter.export([ev("progress", "job_m", 1, progress=5)])
+    assert exporter.force_flush(30)
+    exporter.export([ev("progress", "job_m", 2, progress=6)])
+    with exporter._cond:
+        job = exporter._jobs["job_m"]
+        due = exporter._when(job)
+        assert due is not None
+        assert due - exporter._clock() > 3000  # paced by the progress call made earlier
+    exporter.export([ev("completed", "job_m", 3, progress=100)])
+    assert exporter.force_flush(30)
+    paths = [r.path for r in server.requests]
+    assert paths[0] == "/v1/jobs"
+    assert all(path.startswith("/v1/jobs/srv-1/") for path in paths[1:])
+    assert exporter.stats.rejected == 0
+    exporter.shutdown()
+
+
+def test_shutdown_keeps_undelivered_events_in_the_outbox(tmp_path: Path) -> None:
+    """Shutting down with the backend down removes no outbox row, however far retries got."""
+    outbox = tmp_path / "keep.db"
+    exporter = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
+    exporter._random = lambda: 0.0
+    for n in range(10):
+        exporter.export(lifecycle(f"job_k{n}", steps=1))
+    exporter.shutdown(timeout=0.3)
+    assert exporter.stats.lost == 0
+    import sqlite3
+
+    with sqlite3.connect(outbox) as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 30
+
+
+def test_a_replay_over_the_memory_cap_keeps_the_rest_for_later(tmp_path: Path) -> None:
+    """Replaying more jobs than max_pending_jobs deletes no row; a later start sends them."""
+    outbox = tmp_path / "cap.db"
+    first = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
+    for n in range(6):
+        first.export(lifecycle(f"job_c{n}", steps=0))
+    first.shutdown(timeout=0.1)
+    port = _free_port()
+    capped = exporter_for(f"http://127.0.0.1:{port}", "sk_test_x", outbox=outbox,
+                          max_pending_jobs=2)
+    assert capped.stats.dropped == 8
+    capped.shutdown(timeout=0.1)
+    with seenn.server.running(tmp_path / "cap-backend.db", port=port,
+                              api_key="sk_test_x") as srv:
+        full = exporter_for(srv.url, "sk_test_x", outbox=outbox)
+        assert full.force_flush(60)
+        assert {stored(srv, f"job_c{n}").status for n in range(6)} == {"completed"}
+        full.shutdown()
+
+
+def test_replay_keeps_each_jobs_order(tmp_path: Path, server: RecordingServer) -> None:
+    """Progress written to the outbox after the end of its job is replayed before the end."""
+    outbox = tmp_path / "order.db"
+    writer = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
+    start, progress, end = lifecycle("job_ord", steps=1)
+    writer.persist(start)
+    writer.persist(end)  # as the processor does, inline, before progress is handed over
+    writer.export([start, progress, end])
+    writer.shutdown(timeout=0.1)
+    replay = exporter_for(server.url, "sk_test_x", outbox=outbox)
+    assert replay.force_flush(30)
+    assert [r.headers["Idempotency-Key"] for r in server.requests] == [
+        "job_ord.0", "job_ord.1", "job_ord.2"]
+    replay.shutdown()
+
+
+def test_shut_down_exporters_are_freed_and_ignore_persist(tmp_path: Path) -> None:
+    """After shutdown an exporter writes nothing and can be garbage collected."""
+    import gc
+    import weakref
+
+    exporter = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x",
+                            outbox=tmp_path / "gone.db")
+    exporter.shutdown(timeout=0.1)
+    exporter.persist(ev("started", "job_after", 0))  # no error, no row
+    ref = weakref.ref(exporter)
+    del exporter
+    gc.collect()
+    assert ref() is None

@@ -501,3 +501,33 @@ def test_a_held_lock_never_blocks_tracked_code() -> None:
     assert kinds == [("started", 0), *[("progress", i * 10) for i in range(1, 6)],
                      ("completed", 100)]
     tracker.shutdown(timeout=10)
+
+
+def test_an_event_deferred_behind_a_non_producer_lock_holder_is_delivered() -> None:
+    """An event deferred while a reader holds the lock reaches the exporter without new events."""
+    exporter = ListExporter()
+    processor = BatchProcessor(exporter, schedule_delay=0.01)
+    tracker = seenn.Tracker(processors=[processor])
+    with tracker.track("quiet") as job:
+        assert processor.force_flush(timeout=10)
+        holding, release = threading.Event(), threading.Event()
+
+        def reader() -> None:
+            with processor._lock:  # as `queued` or a flush does
+                holding.set()
+                release.wait(30)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        holding.wait(30)
+        job_id = job.id
+    release.set()  # the terminal event was deferred: both lock attempts failed
+    thread.join()
+    delivered = threading.Event()
+    for _ in range(200):  # bounded polling: the worker's idle poll takes it
+        if any(e.kind == "completed" and e.job_id == job_id for e in exporter.events):
+            delivered.set()
+            break
+        delivered.wait(0.05)
+    assert delivered.is_set()
+    tracker.shutdown(timeout=10)

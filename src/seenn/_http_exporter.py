@@ -31,6 +31,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -59,6 +60,23 @@ ANONYMOUS_USER = "anonymous"
 _PRIVATE_DETAILS = ("traceback", "chain")
 
 
+_MAX_REMEMBERED = 100_000
+
+
+def _bounded_add(ids: dict[str, None], job_id: str) -> None:
+    ids[job_id] = None
+    if len(ids) > _MAX_REMEMBERED:
+        for old in list(ids)[:_MAX_REMEMBERED // 2]:
+            del ids[old]
+
+
+def _bounded_set(memory: dict[str, Any], job_id: str, value: Any) -> None:
+    memory[job_id] = value
+    if len(memory) > _MAX_REMEMBERED:
+        for old in list(memory)[:_MAX_REMEMBERED // 2]:
+            del memory[old]
+
+
 @dataclass(slots=True)
 class _Pending:
     event: JobEvent
@@ -80,6 +98,7 @@ class _Job:
     last_progress: float = float("-inf")
     dependents: list[str] = field(default_factory=list)
     shown: tuple[int, Stage | None, str | None] = (0, None, None)  # what the backend will show
+    finished: bool = False  # its terminal event was handled
 
 
 class _Outbox:
@@ -102,35 +121,44 @@ class _Outbox:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(self.SCHEMA)
         self.count = self._conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        self.closed = False
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        with self._lock:
+            if self.closed:
+                return 0  # a delivery thread finishing after shutdown: the row stays
+            try:
+                count: int = self._conn.execute(sql, args).rowcount
+            except sqlite3.Error as exc:
+                logger.error("seenn: HTTP exporter: outbox %s: %s", self.path, exc)
+                return 0
+            return count
 
     def add(self, event: JobEvent) -> bool:
         """Store an event; ``False`` when the outbox is full (terminal events always fit)."""
         if self.count >= self.max_events and not event.is_terminal:
             return False
-        with self._lock:
-            inserted = self._conn.execute(
-                "INSERT OR IGNORE INTO events (job_id, seq, kind, event, accepted) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (event.job_id, event.sequence, event.kind, json.dumps(event.to_dict()),
-                 time.time())).rowcount
-            self.count += inserted
+        self.count += self._write(
+            "INSERT OR IGNORE INTO events (job_id, seq, kind, event, accepted) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (event.job_id, event.sequence, event.kind, json.dumps(event.to_dict()),
+             time.time()))
         return True
 
     def remove(self, event: JobEvent) -> None:
-        with self._lock:
-            self.count -= self._conn.execute(
-                "DELETE FROM events WHERE job_id = ? AND seq = ?",
-                (event.job_id, event.sequence)).rowcount
+        self.count -= self._write("DELETE FROM events WHERE job_id = ? AND seq = ?",
+                                  (event.job_id, event.sequence))
 
     def remove_job(self, job_id: str) -> None:
-        with self._lock:
-            self.count -= self._conn.execute("DELETE FROM events WHERE job_id = ?",
-                                             (job_id,)).rowcount
+        self.count -= self._write("DELETE FROM events WHERE job_id = ?", (job_id,))
 
     def load(self) -> list[JobEvent]:
         with self._lock:
+            # Jobs in the order they began, each in its own sequence order: progress
+            # rows are written later than the start and end rows around them.
             rows = self._conn.execute(
-                "SELECT event FROM events ORDER BY accepted, job_id, seq").fetchall()
+                "SELECT event FROM events AS e ORDER BY (SELECT min(accepted) FROM events "
+                "WHERE job_id = e.job_id), job_id, seq").fetchall()
         events = []
         for (text,) in rows:
             try:
@@ -141,7 +169,9 @@ class _Outbox:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if not self.closed:
+                self.closed = True
+                self._conn.close()
 
 
 def _event_from_dict(data: Mapping[str, Any]) -> JobEvent:
@@ -157,6 +187,18 @@ def _event_from_dict(data: Mapping[str, Any]) -> JobEvent:
         parent_id=data.get("parent_id"), child_index=data.get("child_index"),
         sequence=data["sequence"], timestamp=data["timestamp"],
         trace_id=data.get("trace_id"), span_id=data.get("span_id"))
+
+
+_live: weakref.WeakSet[HTTPExporter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for exporter in list(_live):
+        exporter._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -272,7 +314,7 @@ class HTTPExporter:
                     self._start_workers()
                 logger.info("seenn: HTTP exporter: replaying %d undelivered event(s) from %s",
                             len(replay), self._outbox_path)
-        os.register_at_fork(after_in_child=self._after_fork)
+        _live.add(self)
 
     def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -280,7 +322,11 @@ class HTTPExporter:
         self._ready: deque[str] = deque()
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
-        self._refused: dict[str, None] = {}  # jobs whose later events are dropped (bounded)
+        self._refused: dict[str, None] = {}  # jobs the backend refused: later events dropped
+        self._overflow: dict[str, None] = {}  # jobs dropped for memory: outbox rows kept
+        # What outlives a job's queue between its events (bounded): the backend's id
+        # for it, when its last progress call went, whether its start was acknowledged.
+        self._memory: dict[str, tuple[str | None, float, bool]] = {}
         self._workers: list[threading.Thread] = []
         self._busy = 0
         self._paused_until = 0.0
@@ -292,8 +338,12 @@ class HTTPExporter:
 
     def _after_fork(self) -> None:
         # The parent's threads, locks and sockets are not the child's: start over.
+        closed = self._closed
         self._reset()
         self.stats = DeliveryStats()
+        if closed:
+            self._closed = self._stopping = True
+            return
         if self._owns_client:
             self._client = type(self._client)(
                 self._client._http._api_key, base_url=self._client.base_url,
@@ -310,7 +360,7 @@ class HTTPExporter:
         Without an outbox this does nothing. It is what makes a job's start and end
         durable before ``track()`` returns, whatever the processor's queue holds.
         """
-        if self._outbox is not None and event.kind != "progress":
+        if self._outbox is not None and event.kind != "progress" and not self._closed:
             self._outbox.add(event)
 
     def export(self, events: Sequence[JobEvent]) -> ExportResult:
@@ -338,15 +388,20 @@ class HTTPExporter:
             # Terminal events may go over the cap (their job's start was delivered or
             # is lost); only at twice the cap do they go too.
             limit = self.max_pending_jobs * (2 if event.is_terminal else 1)
-            if pending >= limit:
+            if job_id in self._overflow or pending >= limit:
+                # Dropped from memory; with an outbox the rows stay for the next start.
                 stats.dropped += 1
                 if event.kind == "started":
-                    self._refuse(job_id)
-                self._forget_durable(event)
+                    _bounded_add(self._overflow, job_id)
+                elif not durable and self._outbox is not None:
+                    self._outbox.add(event)
                 self._warn("seenn: HTTP exporter: %d jobs are waiting for the backend; "
                            "dropped the %s event of job %s", pending, event.kind, job_id)
                 return
             job = _Job(job_id, parent_id=event.parent_id if event.kind == "started" else None)
+            remembered = self._memory.pop(job_id, None)
+            if remembered is not None:
+                job.server_id, job.last_progress, job.started_acked = remembered
             self._jobs[job_id] = job
         if not durable and self._outbox is not None and not self._outbox.add(event):
             stats.dropped += 1
@@ -390,10 +445,17 @@ class HTTPExporter:
             self._outbox.remove(event)
 
     def _refuse(self, job_id: str) -> None:
-        self._refused[job_id] = None
-        if len(self._refused) > 100_000:
-            for old in list(self._refused)[:50_000]:
-                del self._refused[old]
+        _bounded_add(self._refused, job_id)
+
+    def _retire(self, job: _Job) -> None:
+        """Remove a job whose queue is empty, remembering what later events need."""
+        del self._jobs[job.id]
+        for child_id in job.dependents:  # cannot happen while its start is queued; be safe
+            child = self._jobs.get(child_id)
+            if child is not None and not child.busy:
+                self._schedule(child)
+        if job.started_acked and not job.finished:
+            _bounded_set(self._memory, job.id, (job.server_id, job.last_progress, True))
 
     def _warn(self, message: str, *args: Any) -> None:
         # A backend that is down produces one warning per job: keep the log readable.
@@ -413,7 +475,8 @@ class HTTPExporter:
         head = job.queue[0].event
         if head.kind == "started" and job.parent_id is not None:
             parent = self._jobs.get(job.parent_id)
-            if parent is not None and not parent.started_acked:
+            if (parent is not None and parent.queue and not parent.started_acked
+                    and parent.queue[0].event.kind == "started"):
                 if job.id not in parent.dependents:
                     parent.dependents.append(job.id)
                 return None
@@ -477,17 +540,25 @@ class HTTPExporter:
             if got is None:
                 return
             job, pending = got
-            outcome, value = self._send(job, pending)
+            try:
+                outcome, value = self._send(job, pending)
+            except Exception as exc:  # a bug or an odd answer must not kill the thread
+                outcome, value = "retry", exc
             with self._cond:
                 self._busy -= 1
                 job.busy = False
-                self._settle(job, pending, outcome, value)
-                if job.queue:
-                    if not job.scheduled:
-                        self._schedule(job)
-                else:
-                    self._jobs.pop(job.id, None)
-                self._cond.notify_all()
+                try:
+                    self._settle(job, pending, outcome, value)
+                except Exception as exc:
+                    logger.error("seenn: HTTP exporter: internal error for job %s: %r",
+                                 job.id, exc, exc_info=exc)
+                finally:
+                    if job.queue:
+                        if not job.scheduled:
+                            self._schedule(job)
+                    elif self._jobs.get(job.id) is job:
+                        self._retire(job)
+                    self._cond.notify_all()
 
     # Sending (no lock held) -----------------------------------------------------------
 
@@ -571,7 +642,7 @@ class HTTPExporter:
         stats.requests += 1
         now = self._clock()
         if outcome == "retry":
-            error: SeennError = value
+            error: BaseException = value
             stats.retries += 1
             pending.attempts += 1
             retry_after = getattr(error, "retry_after", None)
@@ -581,7 +652,9 @@ class HTTPExporter:
                     self._paused_until = max(self._paused_until, now + delay)
             else:
                 delay = self._random() * min(30.0, 0.5 * 2 ** (pending.attempts - 1))
-            if now + delay - pending.accepted <= self.delivery_timeout and not self._stopping:
+            if self._stopping or now + delay - pending.accepted <= self.delivery_timeout:
+                # Shutting down is no reason to give an event up: it stays queued (and
+                # in the outbox) and shutdown() reports it.
                 job.due = now + delay
                 return
             stats.lost += 1
@@ -621,6 +694,8 @@ class HTTPExporter:
                 job.dependents.clear()
             elif event.kind == "progress":
                 job.last_progress = now
+        if event.is_terminal:
+            job.finished = True
         job.due = 0.0
         job.queue.popleft()
         if not pending.key_suffix:
@@ -690,12 +765,16 @@ class HTTPExporter:
         with self._cond:
             if self._closed:
                 return
+        deadline = self._clock() + max(timeout, 0.0)
         delivered = self.force_flush(timeout)
         with self._cond:
             self._closed = True
             self._stopping = True
             left = sum(len(job.queue) for job in self._jobs.values())
-            jobs = len([job for job in self._jobs.values() if job.queue])
+            jobs = sum(1 for job in self._jobs.values() if job.queue)
+            if left and self._outbox is None:
+                self.stats.lost += left
+            self._jobs.clear()  # what is left stays in the outbox, if there is one
             self._cond.notify_all()
             workers = list(self._workers)
         if not delivered and left:
@@ -703,14 +782,12 @@ class HTTPExporter:
                      if self._outbox is not None else "")
             logger.warning("seenn: HTTP exporter shut down with %d event(s) of %d job(s) "
                            "undelivered%s", left, jobs, where)
-            if self._outbox is None:
-                self.stats.lost += left
-            with self._cond:
-                self._jobs.clear()
-                self._cond.notify_all()
+        # Threads blocked in a call finish it in the background (they are daemons and
+        # touch nothing closed: the outbox ignores writes once closed).
+        grace = self._clock() + 0.5
         for worker in workers:
-            worker.join(timeout=1.0)
+            worker.join(max(0.0, min(deadline, grace) - self._clock()))
         if self._outbox is not None:
             self._outbox.close()
-        if self._owns_client:
+        if self._owns_client and not any(worker.is_alive() for worker in workers):
             self._client.close()

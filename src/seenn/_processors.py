@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["BatchProcessor", "SimpleProcessor"]
 
 _monotonic = time.monotonic
+_IDLE_POLL = 0.5  # seconds: the longest a deferred event can wait for the worker
 
 
 class SimpleProcessor:
@@ -72,6 +73,16 @@ class SimpleProcessor:
                            type(self._exporter).__name__, event.kind, event.job_id)
         else:
             self.exported += 1
+
+    def on_hand_off(self, job_id: str) -> None:
+        """Pass on that a job goes on in another process, if the exporter wants to know.
+
+        Called when the block of a job that was handed off
+        (``TrackedJob.hand_off()``) is left: no terminal event will follow here.
+        """
+        hook = getattr(self._exporter, "on_hand_off", None)
+        if hook is not None and not self._shutdown:
+            hook(job_id)
 
     def force_flush(self, timeout: float = 30.0) -> bool:
         """Ask the exporter to flush what it buffers."""
@@ -223,7 +234,10 @@ class BatchProcessor:
     def queued(self) -> int:
         """Events waiting for the exporter now."""
         with self._lock:
-            return len(self._ready) + len(self._held) + len(self._deferred)
+            self._take_deferred()
+            count = len(self._ready) + len(self._held)
+        self._retake_deferred()
+        return count
 
     @property
     def exporter(self) -> Exporter:
@@ -234,7 +248,7 @@ class BatchProcessor:
 
     def on_event(self, event: JobEvent) -> None:
         """Queue ``event`` for export; never blocks on the exporter, nor on other threads."""
-        if event.kind != "progress" and self._persist is not None:
+        if event.kind != "progress" and self._persist is not None and not self._closed:
             self._persist_now(event)
         lock = self._lock
         if not lock.acquire(False):
@@ -379,8 +393,11 @@ class BatchProcessor:
                 self._take_deferred()
                 while not (self._ready or self._held or self._stopping or self._urgent):
                     self._worker_idle = True
-                    self._wake.wait()
+                    # A timeout, not a bare wait: an event deferred while this thread
+                    # held the lock has no one else to take it.
+                    self._wake.wait(_IDLE_POLL)
                     self._worker_idle = False
+                    self._take_deferred()
                 if not backlog:
                     self._collect()
                 self._release_due(_monotonic())
@@ -475,6 +492,7 @@ class BatchProcessor:
         """
         deadline = _monotonic() + timeout
         done = self._wait_handled(deadline)
+        self._retake_deferred()
         self._raise_kept_error()
         if not done:
             return False
