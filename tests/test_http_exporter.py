@@ -332,22 +332,22 @@ def test_outbox_keeps_undelivered_events_for_the_next_start(tmp_path: Path) -> N
 def test_persist_makes_start_and_end_durable_before_export(tmp_path: Path,
                                                           backend: RunningServer) -> None:
     """persist() writes start and terminal events at once; export() later does not duplicate."""
+    import sqlite3
+
     outbox = tmp_path / "p.db"
     exporter = exporter_for(backend.url, backend.api_key, outbox=outbox)
     events = lifecycle("job_Q", steps=1)
     for event in events:
         exporter.persist(event)
-    reader = HTTPExporter(api_key="sk_test_read", base_url=backend.url, outbox=outbox)
-    assert reader.stats.replayed == 2  # started and completed, not progress
-    reader._cond.acquire()
-    reader._jobs.clear()
-    reader._cond.release()
-    reader.shutdown(timeout=0.1)
+    with sqlite3.connect(outbox) as db:
+        kinds = [row[0] for row in db.execute("SELECT kind FROM events ORDER BY seq")]
+    assert kinds == ["started", "completed"]  # not progress
     exporter.export(events)
     assert exporter.force_flush(30)
     assert stored(backend, "job_Q").status == "completed"
     exporter.shutdown()
-    assert HTTPExporter(api_key="x", base_url=backend.url, outbox=outbox).stats.replayed == 0
+    with sqlite3.connect(outbox) as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
 
 
 def test_shutdown_reports_what_was_not_delivered(caplog: pytest.LogCaptureFixture) -> None:
@@ -492,3 +492,24 @@ def test_shut_down_exporters_are_freed_and_ignore_persist(tmp_path: Path) -> Non
     del exporter
     gc.collect()
     assert ref() is None
+
+
+def test_an_outbox_serves_one_process_at_a_time(tmp_path: Path) -> None:
+    """A second process opening an outbox in use is refused, naming the outbox."""
+    outbox = tmp_path / "claimed.db"
+    holder = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
+    script = ("import sys, seenn\n"
+              "from seenn.exporters import HTTPExporter\n"
+              "try:\n"
+              "    HTTPExporter(api_key='k', base_url='http://127.0.0.1:9', outbox=sys.argv[1])\n"
+              "except seenn.ValidationError as e:\n"
+              "    print(e.field)\n")
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script, str(outbox)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == "outbox"
+    holder.shutdown(timeout=0.1)
+    again = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
+    again.shutdown(timeout=0.1)

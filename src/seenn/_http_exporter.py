@@ -115,6 +115,7 @@ class _Outbox:
         self.path = path
         self.max_events = max_events
         self._lock = threading.Lock()
+        self._owner = _claim(path)
         self._conn = sqlite3.connect(path, timeout=30.0, isolation_level=None,
                                      check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -172,6 +173,29 @@ class _Outbox:
             if not self.closed:
                 self.closed = True
                 self._conn.close()
+                if self._owner is not None:
+                    self._owner.close()  # releases the claim
+
+
+def _claim(path: str) -> Any:
+    """Hold an exclusive lock on ``<path>.lock``: one process per outbox.
+
+    Two processes replaying one outbox would send each other's events twice and
+    out of order. Returns the open lock file (``None`` where ``fcntl`` is missing).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    handle = open(path + ".lock", "a")  # noqa: SIM115 - held open as the claim
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        from seenn._validation import fail
+
+        fail("outbox", f"{path} is in use by another process: give each process its own")
+    return handle
 
 
 def _event_from_dict(data: Mapping[str, Any]) -> JobEvent:
@@ -190,6 +214,7 @@ def _event_from_dict(data: Mapping[str, Any]) -> JobEvent:
 
 
 _live: weakref.WeakSet[HTTPExporter] = weakref.WeakSet()
+_inherited: list[_Outbox] = []  # outboxes a forked child must leave alone
 
 
 def _after_fork_in_child() -> None:
@@ -349,8 +374,17 @@ class HTTPExporter:
                 self._client._http._api_key, base_url=self._client.base_url,
                 base_path=self._client.base_path, timeout=self._client.timeout,
                 max_retries=0, deadline=None)
-        if self._outbox_path is not None:
-            self._outbox = _Outbox(self._outbox_path, self._max_outbox_events)
+        if self._outbox is not None:
+            # The parent keeps its outbox (and its claim on it): a forked child
+            # delivers from memory, or opens an outbox of its own in a new exporter.
+            logger.warning("seenn: HTTP exporter: a forked process does not share the "
+                           "outbox %s; its events are kept in memory only",
+                           self._outbox_path)
+            # Never close the inherited connection: SQLite could take the parent's
+            # WAL for its own and checkpoint or delete it.
+            _inherited.append(self._outbox)
+            self._outbox = None
+            self._outbox_path = None
 
     # The processor side ---------------------------------------------------------------
 
