@@ -513,3 +513,17 @@ def test_an_outbox_serves_one_process_at_a_time(tmp_path: Path) -> None:
     holder.shutdown(timeout=0.1)
     again = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
     again.shutdown(timeout=0.1)
+
+
+def test_children_of_a_refused_parent_start_on_their_own(server: RecordingServer) -> None:
+    """When a parent's start is refused, its children are started without the parent link."""
+    server.reply(400, {"error": {"code": "VALIDATION_ERROR", "message": "bad parent"}})
+    exporter = exporter_for(server.url, "sk_test_x")
+    exporter.export([ev("started", "job_bad_parent", 0)])
+    assert exporter.force_flush(30)
+    exporter.export([ev("started", "job_orphan", 0, parent_id="job_bad_parent", child_index=0)])
+    assert exporter.force_flush(30)
+    assert server.requests[-1].json["id"] == "job_orphan"
+    assert "parentJobId" not in server.requests[-1].json
+    assert server.backend.jobs["job_orphan"]["status"] == "pending"
+    exporter.shutdown()

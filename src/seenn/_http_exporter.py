@@ -432,7 +432,10 @@ class HTTPExporter:
                 self._warn("seenn: HTTP exporter: %d jobs are waiting for the backend; "
                            "dropped the %s event of job %s", pending, event.kind, job_id)
                 return
-            job = _Job(job_id, parent_id=event.parent_id if event.kind == "started" else None)
+            parent_id = event.parent_id if event.kind == "started" else None
+            if parent_id in self._refused:
+                parent_id = None  # its parent will never exist: start it on its own
+            job = _Job(job_id, parent_id=parent_id)
             remembered = self._memory.pop(job_id, None)
             if remembered is not None:
                 job.server_id, job.last_progress, job.started_acked = remembered
