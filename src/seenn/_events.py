@@ -14,12 +14,25 @@ __all__ = [
     "EventBuilder",
     "EventKind",
     "JobEvent",
+    "RESUMED_SEQUENCE_UNIT",
     "current_span_ids",
     "get_current_span",
     "make_event",
 ]
 
 EventKind = Literal["started", "progress", "completed", "failed"]
+
+RESUMED_SEQUENCE_UNIT = 1 << 32
+"""Sequence numbers of a job resumed in another process start at a multiple of this.
+
+The process that starts a job numbers its events from 0; a process that
+resumes it (``seenn.propagation.resume``) numbers them from ``k << 32``, with
+``k`` drawn at random from 1 to 2**31 - 1 for each resume. The two ranges
+never meet (a job would need 4 billion events), so an idempotency key
+``<job id>.<sequence>`` never repeats across the processes, and every sequence
+still fits a signed 64-bit integer. ``sequence >= RESUMED_SEQUENCE_UNIT`` tells
+an exporter that the job was started elsewhere.
+"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,13 @@ class Exporter(Protocol):
 
 @runtime_checkable
 class Processor(Protocol):
-    """Receives every event of the jobs of a tracker, inline; must not block."""
+    """Receives every event of the jobs of a tracker, inline; must not block.
+
+    A processor may also define ``on_hand_off(job_id: str) -> None``, called
+    when the block of a job handed to another process (``TrackedJob.hand_off()``)
+    is left: that job ends elsewhere, so no terminal event follows here.
+    :class:`~seenn.exporters.SimpleProcessor` passes it on to its exporter.
+    """
 
     def on_event(self, event: JobEvent) -> None:
         """Take ``event``; called on the thread that changed the job."""

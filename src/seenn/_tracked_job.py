@@ -66,6 +66,7 @@ StagePlan: TypeAlias = Sequence[str] | int | None
 _NEW = 0
 _RUNNING = 1
 _DONE = 2
+_HANDED = 3  # running, but continued elsewhere: leaving the block does not complete it
 
 MAX_STAGES = 1000
 _MAX_TRACEBACK = 8000
@@ -609,6 +610,44 @@ class TrackedJob:
             fail("retryable", f"must be a bool, not {type(retryable).__name__}")
         self._finish("failed", None, None, checked, retryable, warn=True)
 
+    def hand_off(self) -> dict[str, str]:
+        """Hand the job over to another process and return the carrier to resume it with.
+
+        The job goes on running: leaving its block (or returning from its
+        decorated function) normally no longer completes it, so that a worker
+        can :func:`seenn.propagation.resume` it and report its progress and its
+        end. An exception leaving the block still fails it, and
+        :meth:`complete` and :meth:`fail` still end it here. Send the carrier
+        (a dict of strings) along with the work: a queue message, task
+        headers, an HTTP request. It also holds the current OpenTelemetry
+        trace context, written by the global propagator, so the worker can
+        continue the trace.
+
+        Returns:
+            The carrier: the job under the ``seenn-job`` key (see
+            ``docs/propagation.md``), plus the trace context, if a span is active.
+
+        Raises:
+            RuntimeError: The job has not started yet, or has already ended.
+        """
+        from seenn.propagation import _carrier_for_hand_off, _encode_job
+
+        lock = self._lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            if self._state == _NEW:
+                raise RuntimeError("hand_off() needs a started job: call it inside the "
+                                   "job's block")
+            if self._state == _DONE:
+                raise RuntimeError(f"hand_off(): job {self.id} has already {self._status}")
+            value = _encode_job(self)
+            self._state = _HANDED
+        finally:
+            if lock is not None:
+                lock.release()
+        return _carrier_for_hand_off(value)
+
     # -- lifecycle (used by track(), @job and stages) ----------------------------------
 
     def __enter__(self) -> Self:
@@ -683,7 +722,7 @@ class TrackedJob:
             self._user_id = parent._user_id
 
     def _succeed(self, result: JobResult | None) -> None:
-        """End the job as completed (unless it already ended)."""
+        """End the job as completed (unless it already ended, or was handed off)."""
         if self._lock is None and self._state == _RUNNING:
             # Nothing configured: no event, no lock; just the state.
             self._state = _DONE
@@ -692,13 +731,55 @@ class TrackedJob:
             if result is not None:
                 self._result = result
             return
+        if self._state == _HANDED:
+            self._leave_handed_off()
+            return
         self._finish("completed", result, None, None, None, warn=False)
+
+    def _leave_handed_off(self) -> None:
+        """Tell the processors that ask (``on_hand_off``) that the job goes on elsewhere."""
+        if self._lock is None:
+            return
+        job_id = self.id
+        for processor in self._procs:
+            hook = getattr(processor, "on_hand_off", None)
+            if hook is None:
+                continue
+            try:
+                hook(job_id)
+            except Exception as exc:
+                internal_error(f"processor {type(processor).__name__}.on_hand_off()", exc,
+                               (job_id,))
+                if is_strict():
+                    raise
+
+    def _enter_resumed(self, sequence: int) -> None:
+        """Enter the block of a job resumed from a carrier: no ``started`` event.
+
+        The job becomes ambient; with processors configured it reports one
+        ``progress`` event (it runs here now), its events numbered from ``sequence``.
+        """
+        if self._state != _NEW:
+            raise RuntimeError("a TrackedJob can be entered only once")
+        self._state = _RUNNING
+        self._status = "running"
+        procs = self._tracker._processors
+        if procs:
+            self._procs = procs
+            self._seq = sequence
+            lock = self._lock = threading.Lock()
+            with lock:
+                self._emit("progress")
+        self._token = _set(self)
 
     def _fail_with(self, exc: BaseException) -> None:
         """End the job as the outcome table says for ``exc`` (unless it already ended)."""
         if self._state == _DONE:
             return
         if is_success_exit(exc):
+            if self._state == _HANDED:
+                self._leave_handed_off()
+                return
             self._finish("completed", None, None, None, None, warn=False)
             return
         error = error_from_exception(exc, full=self._lock is not None)

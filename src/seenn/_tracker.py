@@ -44,8 +44,15 @@ def _http_exporter() -> Exporter:
     return HTTPExporter()
 
 
+def _otel_exporter() -> Exporter:
+    from seenn._otel import OTelExporter
+
+    return OTelExporter()
+
+
 ENV_EXPORTERS: dict[str, Callable[[], Exporter]] = {"console": ConsoleExporter,
-                                                    "http": _http_exporter}
+                                                    "http": _http_exporter,
+                                                    "otel": _otel_exporter}
 """Exporters ``SEENN_EXPORTER`` may name, by name (``none`` means no exporter)."""
 
 
@@ -155,7 +162,7 @@ class Tracker:
         Args:
             exporters: Where events go. ``None``, with no ``processors`` either,
                 means the exporters named in ``SEENN_EXPORTER`` (``console``,
-                ``none``; a comma-separated list); ``[]`` means none.
+                ``http``, ``otel``, ``none``; a comma-separated list); ``[]`` means none.
             processors: Extra processors, e.g. ``SimpleProcessor(InMemoryExporter())``.
                 ``None`` means none.
             api_key: Send jobs to a Seenn backend with this key: adds an

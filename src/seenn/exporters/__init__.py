@@ -9,10 +9,12 @@
 * :class:`ConsoleExporter` writes events to stderr.
 * :class:`HTTPExporter` delivers them to a Seenn-compatible backend (its
   counters: :class:`DeliveryStats`).
+* :class:`OTelExporter` records them on OpenTelemetry spans (inline).
 """
 
 from seenn._console import ConsoleExporter
 from seenn._http_exporter import DeliveryStats, HTTPExporter
+from seenn._otel import OTelExporter
 from seenn._pipeline import Exporter, ExportResult, Processor
 from seenn._processors import BatchProcessor, SimpleProcessor
 
@@ -23,6 +25,7 @@ __all__ = [
     "ExportResult",
     "Exporter",
     "HTTPExporter",
+    "OTelExporter",
     "Processor",
     "SimpleProcessor",
 ]
