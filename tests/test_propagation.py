@@ -18,8 +18,14 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 import seenn
 import seenn.propagation as propagation
-from seenn._events import RESUMED_SEQUENCE_UNIT
-from seenn.exporters import HTTPExporter, OTelExporter, SimpleProcessor
+from seenn._events import RESUMED_SEQUENCE_UNIT, make_event
+from seenn.exporters import (
+    BatchProcessor,
+    ExportResult,
+    HTTPExporter,
+    OTelExporter,
+    SimpleProcessor,
+)
 from seenn.propagation import CARRIER_KEY, JobContext, SeennPropagator
 from seenn.testing import InMemoryExporter, strict_mode
 from tests.conftest import SECRET
@@ -513,3 +519,52 @@ def test_http_delivery_from_two_processes_never_repeats_an_idempotency_key(
     stored = server.backend.jobs[job.id]
     assert (stored["status"], stored["progress"], stored["userId"]) == ("completed", 100, "u1")
     assert [request.path.rsplit("/", 1)[-1] for request in server.requests].count("jobs") == 1
+
+
+def test_a_resumed_job_waits_for_its_start_to_reach_the_backend(server: RecordingServer) -> None:
+    """The worker's first call retries a 404: the starter's start may still be on its way."""
+    context = JobContext("job_resumed_early", "video", user_id="u1", progress=10)
+    exporter = HTTPExporter(api_key=SECRET, base_url=server.url)
+    exporter._random = lambda: 0.0  # retry at once
+    tracker = seenn.Tracker(exporters=[exporter])
+    # The backend answers 404 twice (the starter's start has not arrived), then knows it.
+    server.reply(404, {"error": {"code": "NOT_FOUND", "message": "job not found"}}, times=2)
+    server.backend.jobs["job_resumed_early"] = {
+        "id": "job_resumed_early", "appId": "app_test", "userId": "u1", "jobType": "video",
+        "title": "video", "status": "running", "progress": 10}
+    try:
+        with propagation.resume(context, tracker=tracker) as job:
+            assert job is not None
+            job.set_progress(50)
+        assert tracker.force_flush(timeout=30)
+    finally:
+        tracker.shutdown(timeout=5)
+    assert server.backend.jobs["job_resumed_early"]["status"] == "completed"
+    assert exporter.stats.rejected == 0 and exporter.stats.retries == 2
+
+
+def test_a_started_job_does_not_retry_a_404(server: RecordingServer) -> None:
+    """Outside resumed jobs a 404 still means the job is gone: no retry."""
+    exporter = HTTPExporter(api_key=SECRET, base_url=server.url)
+    event = make_event("progress", "job_gone", "video", None, None, "running", 50, None, None,
+                       None, None, None, None, None, None, None, 1, 0.0, None, None)
+    assert exporter.export([event]) is ExportResult.SUCCESS
+    assert exporter.force_flush(timeout=30)
+    exporter.shutdown(timeout=5)
+    assert (exporter.stats.retries, exporter.stats.rejected) == (0, 1)
+
+
+def test_a_batch_processor_forgets_a_handed_off_job() -> None:
+    """After a handed-off block, the batch processor keeps nothing for the job."""
+    memory = InMemoryExporter()
+    processor = BatchProcessor(memory)
+    tracker = seenn.Tracker(processors=[processor])
+    try:
+        with tracker.track("video") as job:
+            job.set_progress(10)
+            job.hand_off()
+        assert job.id not in processor._last_sent
+        assert tracker.force_flush(timeout=30)
+    finally:
+        tracker.shutdown(timeout=5)
+    assert memory.kinds(job.id) == ["started", "progress"]

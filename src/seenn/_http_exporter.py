@@ -15,6 +15,9 @@ How it works:
   to ``delivery_timeout`` per event; a retry waits on a timer, not on a thread.
   400/401/403 are not retried: logged with the job id and counted, and a
   rejected start drops the rest of its job instead of causing a storm of 404s.
+* A job resumed from another process (``seenn.propagation``) retries a 404 for
+  up to a minute: its start may still be on its way from the process that
+  started it.
 * Every call carries ``Idempotency-Key: <job id>.<sequence>``: the same on
   every retry and after a replay from the outbox, so nothing is applied twice.
 * Memory is bounded by ``max_pending_jobs``; what is dropped is counted and
@@ -37,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from seenn._events import RESUMED_SEQUENCE_UNIT
 from seenn._models import JobError, JobResult, Queue, Stage
 from seenn._pipeline import ExportResult
 from seenn.errors import (
@@ -57,6 +61,8 @@ __all__ = ["DeliveryStats", "HTTPExporter"]
 logger = logging.getLogger("seenn")
 
 ANONYMOUS_USER = "anonymous"
+RESUMED_START_GRACE = 60.0
+"""Seconds a resumed job's events retry a 404 (their start comes from another process)."""
 _PRIVATE_DETAILS = ("traceback", "chain")
 
 
@@ -608,6 +614,12 @@ class HTTPExporter:
         except (APIConnectionError, RateLimitError, ServerError) as error:
             return "retry", error
         except (ConflictError, NotFoundError) as error:
+            if isinstance(error, NotFoundError) and event.sequence >= RESUMED_SEQUENCE_UNIT \
+                    and not job.started_acked \
+                    and self._clock() - pending.accepted < RESUMED_START_GRACE:
+                # A job resumed from another process (seenn.propagation): the start that
+                # process sent may not have reached the backend yet. Wait for it a while.
+                return "retry", error
             return ("reject" if event.kind == "started" else "gone"), error
         except SeennError as error:
             if error.status_code is None or (200 <= error.status_code < 300):

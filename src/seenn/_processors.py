@@ -339,6 +339,17 @@ class BatchProcessor:
         if self._worker_idle or (self._collecting and len(ready) >= self._max_batch):
             self._wake.notify()
 
+    def on_hand_off(self, job_id: str) -> None:
+        """Forget what is kept per job for a job that goes on in another process.
+
+        No terminal event will come for it here (see ``TrackedJob.hand_off()``);
+        a progress event still held is exported as usual.
+        """
+        with self._lock:
+            self._refused.discard(job_id)
+            if job_id not in self._held:
+                self._last_sent.pop(job_id, None)
+
     def _persist_now(self, event: JobEvent) -> None:
         assert self._persist is not None
         try:
