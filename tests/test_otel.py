@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -345,6 +346,46 @@ def test_threads_record_on_their_own_spans(otel: Otel) -> None:
         thread.join()
     span = otel.span("seenn.job carried")
     assert span.parent is not None and span.parent.span_id == otel.span("main").context.span_id
+
+
+def test_generator_jobs_never_attach_a_context_across_yields(
+        otel: Otel, caplog: pytest.LogCaptureFixture) -> None:
+    """Decorated generators get their spans without any context token held across a yield."""
+    tracker = otel.tracker(span_per_job=True)
+
+    @tracker.job("frames")
+    def frames() -> Iterator[int]:
+        for index in range(3):
+            job = seenn.current_job()
+            assert job is not None
+            job.set_progress((index + 1) * 30)
+            yield index
+
+    @tracker.job("chunks")
+    async def chunks() -> AsyncIterator[int]:
+        for index in range(3):
+            yield index
+
+    async def consume_async() -> list[int]:
+        return [item async for item in chunks()]
+
+    with caplog.at_level(logging.WARNING):
+        gen = frames()
+        consumed = []
+        for item in gen:
+            # The consumer's own spans between items are not children of the job's span.
+            with otel.tracer.start_as_current_span(f"consume-{item}"):
+                consumed.append(item)
+        assert asyncio.run(consume_async()) == [0, 1, 2]
+    assert consumed == [0, 1, 2]
+    assert "detach" not in caplog.text.lower()
+    job_span = otel.span("seenn.job frames")
+    assert job_span.status.status_code is StatusCode.UNSET
+    assert names(job_span)[-1] == "seenn.job.completed"
+    for index in range(3):
+        consumer = otel.span(f"consume-{index}")
+        assert consumer.parent is None
+    assert names(otel.span("seenn.job chunks"))[-1] == "seenn.job.completed"
 
 
 # -- rate limits ---------------------------------------------------------------------------

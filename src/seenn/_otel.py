@@ -194,12 +194,15 @@ class OTelExporter:
                 if kind == "completed" or kind == "failed":
                     self._jobs.pop(job_id, None)
                 return
+        elif state is None:
+            if event.span_id is None:
+                return  # no span (always so without an SDK): nothing to record or remember
+            span = _get_current_span()
+            if not span.is_recording():
+                return
+            state = self._jobs[job_id] = _JobState(None, 0)
         else:
             span = _get_current_span()
-            if state is None:
-                if event.span_id is None or not span.is_recording():
-                    return  # no span: nothing to record, nothing to remember
-                state = self._jobs[job_id] = _JobState(None, 0)
         if span is not state.budget_span:
             # Another span (the job moved on to other work): a budget of its own.
             self._flush_held(state)
