@@ -169,6 +169,15 @@ def test_without_a_span_nothing_is_recorded_or_remembered(otel: Otel) -> None:
     assert otel.spans() == []
 
 
+def test_hand_off_is_recorded_on_the_current_span(otel: Otel) -> None:
+    """Leaving a handed-off block records seenn.job.handed_off and forgets the job."""
+    tracker = otel.tracker()
+    with otel.tracer.start_as_current_span("request"), tracker.track("video") as job:
+        job.hand_off()
+    assert names(otel.span("request")) == ["seenn.job.started", "seenn.job.handed_off"]
+    assert exporter_of(tracker)._jobs == {}
+
+
 # -- a span per job ------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -568,3 +569,44 @@ def test_a_batch_processor_forgets_a_handed_off_job() -> None:
     finally:
         tracker.shutdown(timeout=5)
     assert memory.kinds(job.id) == ["started", "progress"]
+
+
+def test_resumed_sequences_fit_the_http_outbox(server: RecordingServer, tmp_path: Path) -> None:
+    """A resumed job's large sequence numbers go through the SQLite outbox and are delivered."""
+    server.backend.jobs["job_outboxed"] = {
+        "id": "job_outboxed", "appId": "app_test", "userId": "u1", "jobType": "video",
+        "title": "video", "status": "running", "progress": 0}
+    exporter = HTTPExporter(api_key=SECRET, base_url=server.url, outbox=tmp_path / "out.db")
+    tracker = seenn.Tracker(exporters=[exporter])
+    try:
+        with propagation.resume(JobContext("job_outboxed", "video"), tracker=tracker) as job:
+            assert job is not None
+            job.set_progress(50)
+        assert tracker.force_flush(timeout=30)
+    finally:
+        tracker.shutdown(timeout=5)
+    assert server.backend.jobs["job_outboxed"]["status"] == "completed"
+    assert exporter.stats.delivered >= 2 and exporter.stats.dropped == 0
+    keys = [request.headers["Idempotency-Key"] for request in server.requests]
+    assert all(int(key.split(".")[1].rstrip("p")) >= RESUMED_SEQUENCE_UNIT for key in keys)
+
+
+def test_a_resumed_job_can_be_handed_off_again(
+        tracked: tuple[seenn.Tracker, InMemoryExporter]) -> None:
+    """Web -> worker A -> worker B: each hop resumes without a start; only B ends the job."""
+    tracker, exporter = tracked
+    with tracker.track("video", stages=["fetch", "render"]) as job:
+        first = job.hand_off()
+    with propagation.resume(first, tracker=tracker) as hop, seenn.stage("fetch"):
+        assert hop is not None
+        second = hop.hand_off()
+    with propagation.resume(second, tracker=tracker) as last, seenn.stage("render"):
+        assert last is not None
+    events = exporter.events_for(job.id)
+    assert [event.kind for event in events].count("started") == 1
+    assert [event.kind for event in events].count("completed") == 1
+    assert events[-1].kind == "completed"
+    keys = [event.sequence for event in events]
+    assert len(keys) == len(set(keys))
+    context = propagation.extract(second)
+    assert context is not None and context.stage == seenn.Stage("fetch", 1, 2)

@@ -60,7 +60,8 @@ class JobEvent:
         retryable: Whether a failed job may be retried; ``None`` unless failed.
         parent_id: The id of the job this one was started inside, if any.
         child_index: This job's 0-based index among its parent's children.
-        sequence: The event's number within its job, from 0.
+        sequence: The event's number within its job, from 0 (in a process that
+            resumed the job, from a random multiple of ``RESUMED_SEQUENCE_UNIT``).
         timestamp: When the change happened, in seconds since the epoch.
         trace_id: The active OpenTelemetry trace id (32 lowercase hex digits), or ``None``.
         span_id: The active OpenTelemetry span id (16 lowercase hex digits), or ``None``.
