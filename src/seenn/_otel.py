@@ -155,7 +155,14 @@ class OTelExporter:
                 state.job_span.end()
 
     def on_hand_off(self, job_id: str) -> None:
-        """Record that the job goes on in another process and forget it here."""
+        """Record that the job goes on in another process and forget it here.
+
+        Called (through ``SimpleProcessor``) when the block of a handed-off job
+        is left: a ``seenn.job.handed_off`` event, and the job's span ends.
+
+        Args:
+            job_id: The job handed off.
+        """
         state = self._jobs.pop(job_id, None)
         if state is None:
             return
@@ -169,12 +176,20 @@ class OTelExporter:
                 span.end()
 
     def job_span(self, job_id: str) -> Span | None:
-        """The span of a running job (with ``span_per_job=True``), to parent spans under.
+        """Return the span of a running job (with ``span_per_job=True``), to parent spans under.
 
-        ::
+        The job's span is never made current by seenn; do it yourself where no
+        ``yield`` intervenes::
 
             with trace.use_span(exporter.job_span(job.id) or trace.INVALID_SPAN):
                 ...   # spans started here are children of the job's span
+
+        Args:
+            job_id: The job's id (``job.id``).
+
+        Returns:
+            The span, or ``None`` if the job has no recording span here (not
+            sampled, no SDK, ``span_per_job`` off, or the job has ended).
         """
         state = self._jobs.get(job_id)
         return state.job_span if state is not None else None

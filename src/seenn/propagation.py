@@ -125,7 +125,11 @@ class JobContext:
 
     @classmethod
     def of(cls, job: TrackedJob) -> JobContext:
-        """Take the context of a live job (its state now)."""
+        """Take the context of a live job, as it is now.
+
+        Args:
+            job: The job to describe.
+        """
         return cls(job.id, job.job_type, job.user_id, job.title, job.parent_id,
                    job.child_index, job._plan, job.current_stage, job.progress, job._children)
 
@@ -310,6 +314,12 @@ def extract(carrier: Mapping[str, Any], /) -> JobContext | None:
 
     The key is looked up in any letter case (``Seenn-Job`` from an HTTP
     server works); a list holding one value is read as that value.
+
+    Args:
+        carrier: A mapping of strings (headers, message attributes).
+
+    Returns:
+        The job as the carrier describes it, or ``None``.
 
     Raises:
         ValidationError: The carrier holds a malformed job (or is not a mapping).
