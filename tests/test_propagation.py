@@ -610,3 +610,19 @@ def test_a_resumed_job_can_be_handed_off_again(
     assert len(keys) == len(set(keys))
     context = propagation.extract(second)
     assert context is not None and context.stage == seenn.Stage("fetch", 1, 2)
+
+
+def test_the_public_names_of_propagation_and_exporters() -> None:
+    """seenn.propagation and seenn.exporters list their public names, sorted, and have them."""
+    import seenn.exporters
+
+    for module in (propagation, seenn.exporters):
+        assert module.__all__ == sorted(module.__all__)
+        for name in module.__all__:
+            assert hasattr(module, name)
+    defined_here = {name for name, value in vars(propagation).items()
+                    if not name.startswith("_")
+                    and getattr(value, "__module__", None) == propagation.__name__}
+    assert defined_here <= set(propagation.__all__)
+    assert {"inject", "extract", "resume", "SeennPropagator"} <= set(propagation.__all__)
+    assert "OTelExporter" in seenn.exporters.__all__

@@ -74,8 +74,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CARRIER_KEY",
-    "RESUMED_SEQUENCE_UNIT",
     "JobContext",
+    "RESUMED_SEQUENCE_UNIT",
     "ResumeScope",
     "SeennPropagator",
     "extract",
