@@ -363,7 +363,7 @@ def test_hand_off_carries_the_trace_context() -> None:
 
 def test_hand_off_and_resume_with_job_spans(tracked: tuple[seenn.Tracker, InMemoryExporter]
                                             ) -> None:
-    """The starter's job span ends as handed off; the worker's span says it resumed."""
+    """The starter's job span ends as handed off and parents the worker's spans."""
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -376,6 +376,8 @@ def test_hand_off_and_resume_with_job_spans(tracked: tuple[seenn.Tracker, InMemo
             "worker", context=propagate.extract(carrier)), \
             propagation.resume(carrier, tracker=tracker) as resumed:
         assert resumed is not None
+    spans = {span.name: span for span in memory.get_finished_spans()
+             if not span.name.startswith("seenn.job")}
     starter, worker = [span for span in memory.get_finished_spans()
                        if span.name == "seenn.job video"]
     assert [event.name for event in starter.events] == ["seenn.job.started",
@@ -383,8 +385,29 @@ def test_hand_off_and_resume_with_job_spans(tracked: tuple[seenn.Tracker, InMemo
     assert [event.name for event in worker.events] == ["seenn.job.resumed",
                                                        "seenn.job.completed"]
     assert worker.attributes["seenn.job.resumed"] is True
-    assert worker.context.trace_id == starter.context.trace_id
+    # request -> starter's job span -> worker -> worker's job span: one trace.
+    assert starter.parent is not None
+    assert starter.parent.span_id == spans["request"].context.span_id
+    assert spans["worker"].parent is not None
+    assert spans["worker"].parent.span_id == starter.context.span_id
+    assert worker.parent is not None and worker.parent.span_id == spans["worker"].context.span_id
     assert otel._jobs == {}
+    provider.shutdown()
+
+
+def test_a_job_span_is_carried_even_without_a_current_span() -> None:
+    """With span_per_job, hand_off() carries the job's span though no span is current."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    otel = OTelExporter(tracer_provider=provider, span_per_job=True)
+    tracker = seenn.Tracker(processors=[SimpleProcessor(otel)])
+    with tracker.track("video") as job:
+        carrier = job.hand_off()
+    (starter,) = memory.get_finished_spans()
+    remote = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    assert (remote.trace_id, remote.span_id) == (starter.context.trace_id,
+                                                 starter.context.span_id)
     provider.shutdown()
 
 

@@ -619,13 +619,14 @@ class TrackedJob:
         end. An exception leaving the block still fails it, and
         :meth:`complete` and :meth:`fail` still end it here. Send the carrier
         (a dict of strings) along with the work: a queue message, task
-        headers, an HTTP request. It also holds the current OpenTelemetry
-        trace context, written by the global propagator, so the worker can
-        continue the trace.
+        headers, an HTTP request. It also holds the OpenTelemetry trace
+        context, written by the global propagator, so the worker can continue
+        the trace: that of the job's own span (``OTelExporter(span_per_job=True)``),
+        else that of the current span.
 
         Returns:
             The carrier: the job under the ``seenn-job`` key (see
-            ``docs/propagation.md``), plus the trace context, if a span is active.
+            ``docs/propagation.md``), plus the trace context, if there is a span.
 
         Raises:
             RuntimeError: The job has not started yet, or has already ended.
@@ -646,7 +647,7 @@ class TrackedJob:
         finally:
             if lock is not None:
                 lock.release()
-        return _carrier_for_hand_off(value)
+        return _carrier_for_hand_off(value, self)
 
     # -- lifecycle (used by track(), @job and stages) ----------------------------------
 

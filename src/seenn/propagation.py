@@ -433,18 +433,35 @@ class ResumeScope:
         self.__exit__(exc_type, exc, tb)
 
 
-def _carrier_for_hand_off(value: str) -> dict[str, str]:
-    """The carrier :meth:`TrackedJob.hand_off` returns: the trace context, then the job."""
+def _job_span(job: TrackedJob) -> Any:
+    """The job's own span, if an exporter of its pipeline made one (``span_per_job``)."""
+    for processor in getattr(job, "_procs", ()):
+        finder = getattr(getattr(processor, "exporter", None), "job_span", None)
+        if finder is not None:
+            span = finder(job.id)
+            if span is not None:
+                return span
+    return None
+
+
+def _carrier_for_hand_off(value: str, job: TrackedJob) -> dict[str, str]:
+    """The carrier :meth:`TrackedJob.hand_off` returns: the trace context, then the job.
+
+    The trace context is the job's own span when it has one (so the worker's
+    spans go under it), else the current span's.
+    """
     carrier: dict[str, str] = {}
     from opentelemetry import trace
 
-    if trace.get_current_span().get_span_context().is_valid:
-        try:
+    try:
+        span = _job_span(job)
+        context = trace.set_span_in_context(span) if span is not None else None
+        if span is not None or trace.get_current_span().get_span_context().is_valid:
             from opentelemetry import propagate
 
-            propagate.inject(carrier)
-        except Exception as exc:  # a broken propagator must not break the hand-off
-            logger.warning("seenn: hand_off(): the OpenTelemetry propagator failed: %r", exc)
+            propagate.inject(carrier, context=context)
+    except Exception as exc:  # a broken propagator must not break the hand-off
+        logger.warning("seenn: hand_off(): the OpenTelemetry propagator failed: %r", exc)
     carrier[CARRIER_KEY] = value
     return carrier
 
