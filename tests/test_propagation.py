@@ -649,3 +649,33 @@ def test_the_public_names_of_propagation_and_exporters() -> None:
     assert defined_here <= set(propagation.__all__)
     assert {"inject", "extract", "resume", "SeennPropagator"} <= set(propagation.__all__)
     assert "OTelExporter" in seenn.exporters.__all__
+
+
+def test_seenn_serve_sees_one_job_from_start_to_worker_end(tmp_path: Path) -> None:
+    """seenn serve shows one job, started by one tracker and finished by a resumed block."""
+    import seenn.server
+
+    with seenn.server.running(tmp_path / "serve.db") as backend:
+        sending = HTTPExporter(api_key=backend.api_key, base_url=backend.url)
+        finishing = HTTPExporter(api_key=backend.api_key, base_url=backend.url)
+        starter = seenn.Tracker(exporters=[sending])
+        worker = seenn.Tracker(exporters=[finishing])
+        try:
+            with starter.track("video", user_id="u1", stages=["queued", "render"]) as job:
+                job.set_stage("queued")
+                carrier = job.hand_off()
+            assert starter.force_flush(timeout=30)
+            with propagation.resume(carrier, tracker=worker) as resumed, \
+                    seenn.stage("render"):
+                assert resumed is not None
+                resumed.set_progress(75, message="rendering")
+                resumed.set_result({"type": "video", "url": "https://cdn/v.mp4"})
+            assert worker.force_flush(timeout=30)
+        finally:
+            starter.shutdown(timeout=5)
+            worker.shutdown(timeout=5)
+        with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
+            stored = client.jobs.get(job.id)
+    assert (stored.status, stored.progress, stored.user_id) == ("completed", 100, "u1")
+    assert stored.result == seenn.JobResult("video", "https://cdn/v.mp4")
+    assert sending.stats.rejected == finishing.stats.rejected == 0
