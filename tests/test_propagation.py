@@ -679,3 +679,18 @@ def test_seenn_serve_sees_one_job_from_start_to_worker_end(tmp_path: Path) -> No
     assert (stored.status, stored.progress, stored.user_id) == ("completed", 100, "u1")
     assert stored.result == seenn.JobResult("video", "https://cdn/v.mp4")
     assert sending.stats.rejected == finishing.stats.rejected == 0
+
+
+def test_otel_propagators_env_var_names_seenn() -> None:
+    """OTEL_PROPAGATORS=tracecontext,seenn composes SeennPropagator through its entry point."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("from opentelemetry import propagate\n"
+              "print(','.join(type(p).__name__ for p in "
+              "propagate.get_global_textmap()._propagators))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "OTEL_PROPAGATORS": "tracecontext,seenn"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "TraceContextTextMapPropagator,SeennPropagator"
