@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from seenn._events import JobEvent
 from seenn._http_exporter import HTTPExporter
 from seenn._pipeline import ExportResult
 from seenn.server import RunningServer
+from tests.faults import free_port
 from tests.server import RecordingServer
 
 STATUS = {"started": "running", "progress": "running", "completed": "completed",
@@ -213,15 +213,9 @@ def test_a_terminal_event_replayed_after_success_counts_as_delivered(
     exporter.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_backend_down_then_up_loses_nothing(tmp_path: Path) -> None:
     """Events exported while the backend is down are delivered once it comes up."""
-    port = _free_port()
+    port = free_port()
     exporter = exporter_for(f"http://127.0.0.1:{port}", "sk_test_late")
     exporter._random = lambda: 0.01
     exporter.export(lifecycle("job_W", steps=2))
@@ -237,7 +231,7 @@ def test_backend_down_then_up_loses_nothing(tmp_path: Path) -> None:
 def test_events_past_the_delivery_timeout_are_lost_and_logged(
         caplog: pytest.LogCaptureFixture) -> None:
     """With the backend unreachable for longer than delivery_timeout, events count as lost."""
-    exporter = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x",
+    exporter = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x",
                             delivery_timeout=0.3)
     exporter._random = lambda: 0.02
     with caplog.at_level(logging.ERROR, logger="seenn"):
@@ -252,7 +246,7 @@ def test_events_past_the_delivery_timeout_are_lost_and_logged(
 
 def test_memory_is_bounded_by_max_pending_jobs() -> None:
     """Beyond max_pending_jobs new jobs are dropped whole and counted."""
-    exporter = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x",
+    exporter = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x",
                             max_pending_jobs=2)
     exporter._random = lambda: 1.0
     for n in range(4):
@@ -307,7 +301,7 @@ def test_jobs_without_user_or_title_get_protocol_defaults(server: RecordingServe
 
 def test_outbox_keeps_undelivered_events_for_the_next_start(tmp_path: Path) -> None:
     """Events that could not be delivered stay in the outbox and are replayed exactly once."""
-    port = _free_port()
+    port = free_port()
     outbox = tmp_path / "outbox.db"
     first = exporter_for(f"http://127.0.0.1:{port}", "sk_test_ob", outbox=outbox)
     first._random = lambda: 1.0
@@ -349,7 +343,7 @@ def test_persist_makes_start_and_end_durable_before_export(tmp_path: Path,
 
 def test_shutdown_reports_what_was_not_delivered(caplog: pytest.LogCaptureFixture) -> None:
     """shutdown() gives up at its deadline and says in one line what was not delivered."""
-    exporter = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x")
+    exporter = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x")
     exporter._random = lambda: 1.0
     exporter.export(lifecycle("job_S", steps=1) + lifecycle("job_T2", steps=1))
     with caplog.at_level(logging.WARNING, logger="seenn"):
@@ -428,7 +422,7 @@ def test_the_backend_id_and_progress_pace_outlive_an_empty_queue(
 def test_shutdown_keeps_undelivered_events_in_the_outbox(tmp_path: Path) -> None:
     """Shutting down with the backend down removes no outbox row, however far retries got."""
     outbox = tmp_path / "keep.db"
-    exporter = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
+    exporter = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x", outbox=outbox)
     exporter._random = lambda: 0.0
     for n in range(10):
         exporter.export(lifecycle(f"job_k{n}", steps=1))
@@ -443,11 +437,11 @@ def test_shutdown_keeps_undelivered_events_in_the_outbox(tmp_path: Path) -> None
 def test_a_replay_over_the_memory_cap_keeps_the_rest_for_later(tmp_path: Path) -> None:
     """Replaying more jobs than max_pending_jobs deletes no row; a later start sends them."""
     outbox = tmp_path / "cap.db"
-    first = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
+    first = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x", outbox=outbox)
     for n in range(6):
         first.export(lifecycle(f"job_c{n}", steps=0))
     first.shutdown(timeout=0.1)
-    port = _free_port()
+    port = free_port()
     capped = exporter_for(f"http://127.0.0.1:{port}", "sk_test_x", outbox=outbox,
                           max_pending_jobs=2)
     assert capped.stats.dropped == 8
@@ -463,7 +457,7 @@ def test_a_replay_over_the_memory_cap_keeps_the_rest_for_later(tmp_path: Path) -
 def test_replay_keeps_each_jobs_order(tmp_path: Path, server: RecordingServer) -> None:
     """Progress written to the outbox after the end of its job is replayed before the end."""
     outbox = tmp_path / "order.db"
-    writer = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
+    writer = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x", outbox=outbox)
     start, progress, end = lifecycle("job_ord", steps=1)
     writer.persist(start)
     writer.persist(end)  # as the processor does, inline, before progress is handed over
@@ -481,7 +475,7 @@ def test_shut_down_exporters_are_freed_and_ignore_persist(tmp_path: Path) -> Non
     import gc
     import weakref
 
-    exporter = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x",
+    exporter = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x",
                             outbox=tmp_path / "gone.db")
     exporter.shutdown(timeout=0.1)
     exporter.persist(ev("started", "job_after", 0))  # no error, no row
@@ -494,7 +488,7 @@ def test_shut_down_exporters_are_freed_and_ignore_persist(tmp_path: Path) -> Non
 def test_an_outbox_serves_one_process_at_a_time(tmp_path: Path) -> None:
     """A second process opening an outbox in use is refused, naming the outbox."""
     outbox = tmp_path / "claimed.db"
-    holder = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
+    holder = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x", outbox=outbox)
     script = ("import sys, seenn\n"
               "from seenn.exporters import HTTPExporter\n"
               "try:\n"
@@ -508,7 +502,7 @@ def test_an_outbox_serves_one_process_at_a_time(tmp_path: Path) -> None:
                          text=True, timeout=60)
     assert out.stdout.strip() == "outbox"
     holder.shutdown(timeout=0.1)
-    again = exporter_for(f"http://127.0.0.1:{_free_port()}", "sk_test_x", outbox=outbox)
+    again = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x", outbox=outbox)
     again.shutdown(timeout=0.1)
 
 

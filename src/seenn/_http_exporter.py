@@ -69,14 +69,8 @@ _PRIVATE_DETAILS = ("traceback", "chain")
 _MAX_REMEMBERED = 100_000
 
 
-def _bounded_add(ids: dict[str, None], job_id: str) -> None:
-    ids[job_id] = None
-    if len(ids) > _MAX_REMEMBERED:
-        for old in list(ids)[:_MAX_REMEMBERED // 2]:
-            del ids[old]
-
-
-def _bounded_set(memory: dict[str, Any], job_id: str, value: Any) -> None:
+def _remember(memory: dict[str, Any], job_id: str, value: Any = None) -> None:
+    """Set ``memory[job_id]``, forgetting the oldest half past ``_MAX_REMEMBERED``."""
     memory[job_id] = value
     if len(memory) > _MAX_REMEMBERED:
         for old in list(memory)[:_MAX_REMEMBERED // 2]:
@@ -432,7 +426,7 @@ class HTTPExporter:
                 # Dropped from memory; with an outbox the rows stay for the next start.
                 stats.dropped += 1
                 if event.kind == "started":
-                    _bounded_add(self._overflow, job_id)
+                    _remember(self._overflow, job_id)
                 elif not durable and self._outbox is not None:
                     self._outbox.add(event)
                 self._warn("seenn: HTTP exporter: %d jobs are waiting for the backend; "
@@ -488,7 +482,7 @@ class HTTPExporter:
             self._outbox.remove(event)
 
     def _refuse(self, job_id: str) -> None:
-        _bounded_add(self._refused, job_id)
+        _remember(self._refused, job_id)
 
     def _retire(self, job: _Job) -> None:
         """Remove a job whose queue is empty, remembering what later events need."""
@@ -498,7 +492,7 @@ class HTTPExporter:
             if child is not None and not child.busy:
                 self._schedule(child)
         if job.started_acked and not job.finished:
-            _bounded_set(self._memory, job.id, (job.server_id, job.last_progress, True))
+            _remember(self._memory, job.id, (job.server_id, job.last_progress, True))
 
     def _warn(self, message: str, *args: Any) -> None:
         # A backend that is down produces one warning per job: keep the log readable.
