@@ -20,7 +20,7 @@ import pytest
 import seenn
 import seenn.server
 from seenn._cli import main
-from seenn._cli_jobs import watch
+from seenn._cli.jobs import watch
 from seenn.server import RunningServer
 
 

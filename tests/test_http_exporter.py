@@ -13,9 +13,9 @@ import pytest
 
 import seenn
 import seenn.server
-from seenn._events import JobEvent
-from seenn._http_exporter import HTTPExporter
-from seenn._pipeline import ExportResult
+from seenn._core.events import JobEvent
+from seenn._core.pipeline import ExportResult
+from seenn.exporters._http import HTTPExporter
 from seenn.server import RunningServer
 from tests.faults import free_port
 from tests.server import RecordingServer

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import seenn
-from seenn._tracker import exporters_from_env
+from seenn.exporters._setup import exporters_from_env
 from seenn.exporters import (
     BatchProcessor,
     ConsoleExporter,

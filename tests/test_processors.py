@@ -416,7 +416,7 @@ def test_facade_functions_are_bound_to_one_default_tracker() -> None:
 def test_failure_building_an_event_is_contained(monkeypatch: pytest.MonkeyPatch,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     """An internal error while building an event is logged, not raised (raised in strict mode)."""
-    import seenn._tracked_job as tracked_job
+    import seenn._instrumentation.lifecycle as tracked_job
 
     def broken_span() -> object:
         raise RuntimeError("span lookup broke")

@@ -19,7 +19,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 import seenn
 import seenn.propagation as propagation
-from seenn._events import RESUMED_SEQUENCE_UNIT, make_event
+from seenn._core.events import RESUMED_SEQUENCE_UNIT, make_event
 from seenn.exporters import (
     BatchProcessor,
     ExportResult,

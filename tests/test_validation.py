@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import seenn
-from seenn import _validation as v
+from seenn._core import validation as v
 
 
 @given(st.floats(min_value=0, max_value=100))

@@ -8,13 +8,14 @@ Two ways in, one data model:
   Seenn-compatible backend.
 """
 
-from seenn._client import AsyncJobs, AsyncSeennClient, Jobs, SeennClient
-from seenn._events import JobEvent
-from seenn._models import ChildrenStats, JobError, JobResult, ParentInfo, Queue, Stage
-from seenn._rest import AsyncJob, BatchResult, Job, JobFamily, JobPage
-from seenn._stages import StageScope
-from seenn._tracked_job import TrackedJob
-from seenn._tracker import Tracker
+from seenn import propagation as _propagation  # noqa: F401 (registers hand_off)
+from seenn._client.client import AsyncJobs, AsyncSeennClient, Jobs, SeennClient
+from seenn._client.resources import AsyncJob, BatchResult, Job, JobFamily, JobPage
+from seenn._core.events import JobEvent
+from seenn._core.models import ChildrenStats, JobError, JobResult, ParentInfo, Queue, Stage
+from seenn._instrumentation import tracker as _tracker
+from seenn._instrumentation.job import StageScope, TrackedJob
+from seenn._instrumentation.tracker import Tracker
 from seenn._version import __version__
 from seenn.errors import (
     APIConnectionError,
@@ -27,6 +28,7 @@ from seenn.errors import (
     ServerError,
     ValidationError,
 )
+from seenn.exporters import _setup
 
 __all__ = [
     "APIConnectionError",
@@ -69,9 +71,14 @@ __all__ = [
     "with_current_job",
 ]
 
+# The seam between instrumentation and the exporters, wired here at the top:
+# configure() builds its pipeline through it. (seenn.propagation, imported
+# above, plugs in the carrier format of TrackedJob.hand_off() the same way.)
+_tracker.set_pipeline_builder(_setup.build_pipeline)
+
 # The facade: bound methods of one default tracker. configure() changes this
 # tracker in place, so a `from seenn import track` made earlier stays valid.
-_default_tracker = Tracker()
+_default_tracker = _tracker.default_tracker()
 configure = _default_tracker.configure
 track = _default_tracker.track
 job = _default_tracker.job

@@ -53,12 +53,10 @@ from opentelemetry.propagators.textmap import (
     default_setter,
 )
 
-from seenn._context import current_job
-from seenn._events import RESUMED_SEQUENCE_UNIT
-from seenn._models import Stage
-from seenn._pipeline import logger
-from seenn._tracked_job import MAX_STAGES, RetryRule, TrackedJob, _check_plan, plain_job
-from seenn._validation import (
+from seenn._core.events import RESUMED_SEQUENCE_UNIT
+from seenn._core.models import Stage
+from seenn._core.pipeline import logger
+from seenn._core.validation import (
     MAX_JOB_TYPE,
     MAX_TITLE,
     MAX_USER_ID,
@@ -66,11 +64,14 @@ from seenn._validation import (
     coerce_stage,
     fail,
 )
+from seenn._instrumentation.context import current_job
+from seenn._instrumentation.job import TrackedJob, plain_job, set_hand_off_codec
+from seenn._instrumentation.outcomes import RetryRule
+from seenn._instrumentation.plan import MAX_STAGES, check_plan
+from seenn._instrumentation.tracker import Tracker, default_tracker
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-    from seenn._tracker import Tracker
 
 __all__ = [
     "CARRIER_KEY",
@@ -269,7 +270,7 @@ def _decode(value: object) -> JobContext:
 
 def _plan(value: object) -> tuple[str, ...] | int | None:
     try:
-        return _check_plan(value)
+        return check_plan(value)
     except Exception as exc:
         _bad(f"declares malformed stages: {exc}")
 
@@ -370,9 +371,7 @@ def resume(carrier: Mapping[str, Any] | JobContext | None, /, *,
     context = (carrier if carrier is None or isinstance(carrier, JobContext)
                else extract(carrier))
     if tracker is None:
-        from seenn import _default_tracker
-
-        tracker = _default_tracker
+        tracker = default_tracker()
     if context is None:
         logger.warning("seenn: resume(): the carrier holds no job (no %r key); the block "
                        "runs without one", CARRIER_KEY)
@@ -529,3 +528,8 @@ class SeennPropagator(TextMapPropagator):
     def fields(self) -> set[str]:
         """The carrier keys :meth:`inject` sets: ``{"seenn-job"}``."""
         return {CARRIER_KEY}
+
+
+# TrackedJob.hand_off() writes its carrier through this module, which sits above
+# instrumentation: plug the format in now (``import seenn`` imports this module).
+set_hand_off_codec(_encode_job, _carrier_for_hand_off)

@@ -12,11 +12,11 @@
 * :class:`OTelExporter` records them on OpenTelemetry spans (inline).
 """
 
-from seenn._console import ConsoleExporter
-from seenn._http_exporter import DeliveryStats, HTTPExporter
-from seenn._otel import OTelExporter
-from seenn._pipeline import Exporter, ExportResult, Processor
-from seenn._processors import BatchProcessor, SimpleProcessor
+from seenn._core.pipeline import Exporter, ExportResult, Processor
+from seenn.exporters._console import ConsoleExporter
+from seenn.exporters._http import DeliveryStats, HTTPExporter
+from seenn.exporters._otel import OTelExporter
+from seenn.exporters._processors import BatchProcessor, SimpleProcessor
 
 __all__ = [
     "BatchProcessor",

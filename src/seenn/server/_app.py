@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
-from seenn._validation import (
+from seenn._core.validation import (
     CHILD_PROGRESS_MODES,
     MAX_JOB_TYPE,
     MAX_LIST_LIMIT,

@@ -7,12 +7,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from seenn._pipeline import ExportResult, set_strict
-from seenn._processors import SimpleProcessor
+from seenn._core.pipeline import ExportResult, set_strict
+from seenn._instrumentation.tracker import Tracker, default_tracker
+from seenn.exporters._processors import SimpleProcessor
 
 if TYPE_CHECKING:
-    from seenn._events import JobEvent
-    from seenn._tracker import Tracker
+    from seenn._core.events import JobEvent
 
 __all__ = ["InMemoryExporter", "capture_jobs", "strict_mode"]
 
@@ -104,9 +104,7 @@ def capture_jobs(tracker: Tracker | None = None, *, strict: bool = True
         The exporter receiving the events.
     """
     if tracker is None:
-        from seenn import _default_tracker
-
-        tracker = _default_tracker
+        tracker = default_tracker()
     exporter = InMemoryExporter()
     previous = tracker._swap_pipeline((SimpleProcessor(exporter),), enable=True)
     try:

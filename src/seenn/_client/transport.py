@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from seenn._validation import fail
+from seenn._core.validation import fail
 from seenn._version import __version__
 from seenn.errors import (
     APIConnectionError,

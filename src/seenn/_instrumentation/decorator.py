@@ -1,4 +1,4 @@
-"""``@job`` and ``@stage`` as decorators, built once with wrapt.
+"""``@job``: every call of a decorated function runs as its own job.
 
 Each call of a decorated function makes its own :class:`TrackedJob`; nothing
 about a call is stored on the decorator, so concurrent calls (threads,
@@ -9,25 +9,12 @@ path does no inspection.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
-from types import CoroutineType, FunctionType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from types import CoroutineType
+from typing import Any, TypeAlias
 
-import wrapt
-
-from seenn._context import CURRENT_JOB
-from seenn._models import JobResult
-from seenn._stages import StageScope
-from seenn._tracked_job import (
-    RetryRule,
-    StagePlan,
-    TrackedJob,
-    _check_plan,
-    _check_retry_rule,
-    plain_job,
-)
-from seenn._validation import (
+from seenn._core.models import JobResult
+from seenn._core.validation import (
     MAX_JOB_TYPE,
     MAX_TITLE,
     MAX_USER_ID,
@@ -36,89 +23,27 @@ from seenn._validation import (
     coerce_result,
     fail,
 )
+from seenn._instrumentation.job import TrackedJob, plain_job
+from seenn._instrumentation.lifecycle import CURRENT_JOB, ProcessorSource
+from seenn._instrumentation.outcomes import RetryRule, check_retry_rule
+from seenn._instrumentation.plan import StagePlan, check_plan
+from seenn._instrumentation.wrapping import (
+    JobFunction,
+    Wrapper,
+    default_job_type,
+    fast_target,
+    kind_of,
+)
 
-if TYPE_CHECKING:
-    from seenn._tracker import Tracker
-
-__all__ = ["ResultMapper", "job_decorator", "stage_decorator"]
+__all__ = ["ResultMapper", "job_decorator"]
 
 ResultMapper: TypeAlias = bool | Callable[[Any], JobResult | Mapping[str, Any] | None] | None
 """``True`` sends the return value as the result; a callable maps it to one."""
 
-_Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+_Wrapper = Wrapper
 
 _set = CURRENT_JOB.set
 _reset = CURRENT_JOB.reset
-
-
-class _JobFunction(wrapt.FunctionWrapper[Any, Any]):
-    """The decorated function; pickles by reference, like the function it replaces."""
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        # A string tells pickle to look the object up by name in its module,
-        # where it finds this very wrapper: a process pool can send it.
-        return self.__qualname__
-
-    def __copy__(self) -> _JobFunction:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> _JobFunction:
-        return self
-
-
-class _BoundJobFunction(wrapt.BoundFunctionWrapper[Any, Any]):
-    """A decorated method bound to its instance (or class); pickles as ``getattr``."""
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        owner = self._self_instance if self._self_instance is not None else self._self_owner
-        return getattr, (owner, self.__name__)
-
-
-_JobFunction.__bound_function_wrapper__ = _BoundJobFunction  # type: ignore[misc]
-
-
-def _fast_target(func: Any) -> Any:
-    """Return what wrapt should wrap for ``func``.
-
-    For a plain function wrapt looks up ``__self__`` on every call, in case it
-    was handed a bound method; the failed lookup raises internally and costs
-    more than the rest of the call. A copy of the function that has
-    ``__self__ = None`` answers at once. The copy shares code, globals,
-    closure and attributes, and the caller's function is left untouched.
-    """
-    if type(func) is not FunctionType or "__self__" in func.__dict__:
-        return func
-    clone = FunctionType(func.__code__, func.__globals__, func.__name__, func.__defaults__,
-                         func.__closure__)
-    clone.__kwdefaults__ = func.__kwdefaults__
-    clone.__qualname__ = func.__qualname__
-    clone.__module__ = func.__module__
-    clone.__doc__ = func.__doc__
-    clone.__annotations__ = func.__annotations__
-    type_params = getattr(func, "__type_params__", None)
-    if type_params:
-        clone.__type_params__ = type_params  # type: ignore[attr-defined]
-    clone.__dict__.update(func.__dict__)
-    clone.__self__ = None  # type: ignore[attr-defined]
-    return clone
-
-
-def _kind(func: Any) -> str:
-    target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
-    if inspect.isasyncgenfunction(target):
-        return "asyncgen"
-    if inspect.iscoroutinefunction(target):
-        return "async"
-    if inspect.isgeneratorfunction(target):
-        return "generator"
-    return "sync"
-
-
-def default_job_type(func: Any) -> str:
-    """The job type for a bare ``@job``: the function's qualified name, without ``<locals>``."""
-    target = func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
-    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or "job"
-    return name.replace("<locals>.", "")[-MAX_JOB_TYPE:]
 
 
 class _JobSpec:
@@ -127,7 +52,8 @@ class _JobSpec:
     __slots__ = ("job_type", "metadata", "metadata_fn", "plan", "result", "retryable",
                  "simple", "title", "title_fn", "tracker", "user_id", "user_id_fn")
 
-    def __init__(self, tracker: Tracker, job_type: str, user_id: Any, title: Any, metadata: Any,
+    def __init__(self, tracker: ProcessorSource, job_type: str, user_id: Any, title: Any,
+                 metadata: Any,
                  stages: StagePlan, result: ResultMapper, retryable: RetryRule) -> None:
         check_text("job_type", job_type, max_len=MAX_JOB_TYPE)
         self.tracker = tracker
@@ -142,11 +68,11 @@ class _JobSpec:
             check_text("title", self.title, max_len=MAX_TITLE)
         self.metadata_fn = metadata if callable(metadata) else None
         self.metadata = None if callable(metadata) else check_metadata(metadata)
-        self.plan = _check_plan(stages)
+        self.plan = check_plan(stages)
         if result is not None and not isinstance(result, bool) and not callable(result):
             fail("result", "must be True or a callable mapping the return value to a result")
         self.result = result if result else None
-        self.retryable = _check_retry_rule(retryable)
+        self.retryable = check_retry_rule(retryable)
         # The common decoration: nothing computed per call, nothing beyond the
         # user id to store.
         self.simple = (self.user_id_fn is None and self.title is None and self.title_fn is None
@@ -380,52 +306,12 @@ _WRAPPERS: dict[str, Callable[[_JobSpec], _Wrapper]] = {
 }
 
 
-def job_decorator(tracker: Tracker, func: Any, job_type: str | None, user_id: Any, title: Any,
-                  metadata: Any, stages: StagePlan, result: ResultMapper,
+def job_decorator(tracker: ProcessorSource, func: Any, job_type: str | None, user_id: Any,
+                  title: Any, metadata: Any, stages: StagePlan, result: ResultMapper,
                   retryable: RetryRule) -> Any:
     """Wrap ``func`` so that each call runs as a new job of ``tracker``."""
     if not callable(func) and not isinstance(func, (classmethod, staticmethod)):
         raise TypeError(f"@job needs a function, got {type(func).__name__}")
     spec = _JobSpec(tracker, job_type if job_type is not None else default_job_type(func),
                     user_id, title, metadata, stages, result, retryable)
-    return _JobFunction(_fast_target(func), _WRAPPERS[_kind(func)](spec))
-
-
-def stage_decorator(name: str, description: str | None, job: TrackedJob | None,
-                    func: Any) -> Any:
-    """Wrap ``func`` so that each call runs inside a new ``StageScope``."""
-    kind = _kind(func)
-
-    if kind == "async":
-        async def run_async(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            async with StageScope(name, description, job):
-                return await wrapped(*args, **kwargs)
-
-        def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
-            return run_async(wrapped, args, kwargs)
-    elif kind == "generator":
-        def run_gen(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            with StageScope(name, description, job):
-                return (yield from wrapped(*args, **kwargs))
-
-        def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
-            return run_gen(wrapped, args, kwargs)
-    elif kind == "asyncgen":
-        async def run_agen(wrapped: Any, args: tuple[Any, ...],
-                           kwargs: dict[str, Any]) -> AsyncGenerator[Any, Any]:
-            async with StageScope(name, description, job):
-                async for item in wrapped(*args, **kwargs):
-                    yield item
-
-        def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
-            return run_agen(wrapped, args, kwargs)
-    else:
-        def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> Any:
-            with StageScope(name, description, job):
-                return wrapped(*args, **kwargs)
-
-    return _JobFunction(_fast_target(func), wrapper)
+    return JobFunction(fast_target(func), _WRAPPERS[kind_of(func)](spec))

@@ -59,8 +59,8 @@ def run(out: TextIO, *, pace: float = 1.0, fail: bool = False, interval: float =
     """Run the demo, writing to ``out``; return the exit status (0 when the job completed)."""
     import seenn
     import seenn.server
-    from seenn._cli_jobs import watch
-    from seenn._http_exporter import HTTPExporter
+    from seenn._cli.jobs import watch
+    from seenn.exporters._http import HTTPExporter
 
     tty = out.isatty()
     with tempfile.TemporaryDirectory(prefix="seenn-demo-") as tmp, \

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from seenn._http import quote_id
-from seenn._models import (
+from seenn._client.transport import quote_id
+from seenn._core.models import (
     TERMINAL_STATUSES,
     ChildrenStats,
     JobError,
@@ -24,7 +24,7 @@ from seenn._models import (
     Queue,
     Stage,
 )
-from seenn._validation import (
+from seenn._core.validation import (
     CHILD_PROGRESS_MODES,
     MAX_JOB_TYPE,
     MAX_MESSAGE,
@@ -57,8 +57,22 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     from typing_extensions import Self
 
-if TYPE_CHECKING:
-    from seenn._client import AsyncJobs, Jobs
+
+
+class JobsAPI(Protocol):
+    """What a :class:`Job` calls on its ``client.jobs`` (a ``Jobs``)."""
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any: ...
+
+    def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any: ...
+
+
+class AsyncJobsAPI(Protocol):
+    """What an :class:`AsyncJob` awaits on its ``client.jobs`` (an ``AsyncJobs``)."""
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any: ...
+
+    async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any: ...
 
 __all__ = ["AsyncJob", "BatchResult", "Job", "JobFamily", "JobPage"]
 
@@ -242,7 +256,7 @@ class Job(BaseJob):
 
     __slots__ = ()
 
-    def __init__(self, data: Mapping[str, Any], jobs: Jobs) -> None:
+    def __init__(self, data: Mapping[str, Any], jobs: JobsAPI) -> None:
         super().__init__(data)
         self._jobs = jobs
 
@@ -343,7 +357,7 @@ class AsyncJob(BaseJob):
 
     __slots__ = ()
 
-    def __init__(self, data: Mapping[str, Any], jobs: AsyncJobs) -> None:
+    def __init__(self, data: Mapping[str, Any], jobs: AsyncJobsAPI) -> None:
         super().__init__(data)
         self._jobs = jobs
 

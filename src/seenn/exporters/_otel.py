@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from seenn._events import RESUMED_SEQUENCE_UNIT
-from seenn._pipeline import ExportResult, internal_error, is_strict
+from seenn._core.events import RESUMED_SEQUENCE_UNIT
+from seenn._core.pipeline import ExportResult, internal_error, is_strict
 from seenn._version import __version__
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
     from opentelemetry.util.types import AttributeValue
 
-    from seenn._events import JobEvent
-    from seenn._models import Stage
+    from seenn._core.events import JobEvent
+    from seenn._core.models import Stage
 
 __all__ = ["OTelExporter"]
 
@@ -108,7 +108,7 @@ class OTelExporter:
         progress_interval: float = 1.0,
         max_progress_events: int = 50,
     ) -> None:
-        from seenn._validation import fail
+        from seenn._core.validation import fail
 
         if progress_interval < 0:
             fail("progress_interval", "must not be negative")

@@ -2,33 +2,29 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from collections.abc import Sequence as Seq
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
-from seenn._console import ConsoleExporter
-from seenn._context import current_job as _current_job
-from seenn._context import with_current_job as _with_current_job
-from seenn._decorator import ResultMapper, job_decorator
-from seenn._models import Queue, Stage
-from seenn._pipeline import internal_error, is_strict, logger
-from seenn._processors import BatchProcessor, SimpleProcessor
-from seenn._stages import StageScope
-from seenn._stages import iterate as _iterate
-from seenn._tracked_job import RetryRule, StagePlan, TrackedJob
-from seenn._validation import MAX_JOB_TYPE, MAX_USER_ID, check_text
+from seenn._core.models import Queue, Stage
+from seenn._core.pipeline import internal_error, is_strict
+from seenn._core.validation import MAX_JOB_TYPE, MAX_USER_ID, check_text
+from seenn._instrumentation.context import current_job as _current_job
+from seenn._instrumentation.context import with_current_job as _with_current_job
+from seenn._instrumentation.decorator import ResultMapper, job_decorator
+from seenn._instrumentation.iteration import iterate as _iterate
+from seenn._instrumentation.job import StageScope, TrackedJob
+from seenn._instrumentation.outcomes import RetryRule
+from seenn._instrumentation.plan import StagePlan
 
 if TYPE_CHECKING:
-    from seenn._events import JobEvent
-    from seenn._pipeline import Exporter, Processor
+    from seenn._core.pipeline import Exporter, Processor
 
-__all__ = ["ENV_EXPORTERS", "Tracker", "exporters_from_env"]
+__all__ = ["PipelineBuilder", "Tracker", "default_tracker", "set_pipeline_builder"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,79 +34,41 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _new_job = object.__new__
 _REPLACED_SHUTDOWN_TIMEOUT = 5.0
 
-def _http_exporter() -> Exporter:
-    from seenn._http_exporter import HTTPExporter
 
-    return HTTPExporter()
+class PipelineBuilder(Protocol):
+    """Turns what ``configure()`` was given into the processors of a pipeline.
+
+    Instrumentation knows processors only through their protocol; which
+    exporters exist, how ``SEENN_EXPORTER`` names them and how each is wrapped
+    belongs to ``seenn.exporters``, whose builder ``import seenn`` registers
+    with :func:`set_pipeline_builder`.
+    """
+
+    def __call__(self, *, exporters: Seq[Exporter] | None, processors: Seq[Processor] | None,
+                 api_key: str | None, base_url: str | None,
+                 debug: bool) -> list[Processor]: ...
 
 
-def _otel_exporter() -> Exporter:
-    from seenn._otel import OTelExporter
-
-    return OTelExporter()
+_builder: PipelineBuilder | None = None
+_default: Tracker | None = None
 
 
-ENV_EXPORTERS: dict[str, Callable[[], Exporter]] = {"console": ConsoleExporter,
-                                                    "http": _http_exporter,
-                                                    "otel": _otel_exporter}
-"""Exporters ``SEENN_EXPORTER`` may name, by name (``none`` means no exporter)."""
+def set_pipeline_builder(builder: PipelineBuilder) -> None:
+    """Register the builder every tracker's ``configure()`` uses (``import seenn`` does)."""
+    global _builder
+    _builder = builder
+
+
+def default_tracker() -> Tracker:
+    """Return the tracker behind ``seenn.track`` and the other facade functions."""
+    global _default
+    if _default is None:
+        _default = Tracker()
+    return _default
 
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE
-
-
-def exporters_from_env() -> list[Exporter]:
-    """Build the exporters named in ``SEENN_EXPORTER`` (a comma-separated list).
-
-    ``none`` (or an empty value) means no exporter. Unknown names are skipped
-    with a warning on the ``seenn`` logger that lists the known ones.
-    """
-    raw = os.environ.get("SEENN_EXPORTER")
-    if raw is None:
-        # A key in the environment is an application that wants its jobs seen.
-        raw = "http" if os.environ.get("SEENN_API_KEY") else ""
-    exporters: list[Exporter] = []
-    for part in raw.split(","):
-        name = part.strip().lower()
-        if not name or name == "none":
-            continue
-        factory = ENV_EXPORTERS.get(name)
-        if factory is None:
-            known = ", ".join(sorted([*ENV_EXPORTERS, "none"]))
-            logger.warning("seenn: SEENN_EXPORTER names an unknown exporter %r; it is "
-                           "ignored (known: %s)", name, known)
-            continue
-        try:
-            exporters.append(factory())
-        except Exception as exc:
-            # Configuration runs at import: a bad setting must not break `import seenn`.
-            logger.warning("seenn: SEENN_EXPORTER=%s could not be set up and is ignored: %s",
-                           name, exc)
-    return exporters
-
-
-class _DebugProcessor:
-    """Logs every event on the ``seenn`` logger at DEBUG level (``debug=True``)."""
-
-    def on_event(self, event: JobEvent) -> None:
-        logger.debug("seenn: %s %s %s %d%% seq=%d", event.kind, event.job_type, event.job_id,
-                     event.progress, event.sequence)
-
-    def force_flush(self, timeout: float = 30.0) -> bool:
-        return True
-
-    def shutdown(self, timeout: float = 30.0) -> None:
-        return None
-
-
-def _enable_debug_logging() -> None:
-    logger.setLevel(logging.DEBUG)
-    if not any(getattr(handler, "_seenn_debug", False) for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        handler._seenn_debug = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
 
 
 class Tracker:
@@ -175,29 +133,15 @@ class Tracker:
             disabled: Track nothing: every job is a no-op. ``None`` means
                 ``SEENN_DISABLED``.
         """
-        from seenn._http_exporter import HTTPExporter
-
-        if exporters is None and processors is None:
-            exporters = exporters_from_env()
-            if api_key is not None or base_url is not None:
-                exporters = [e for e in exporters if not isinstance(e, HTTPExporter)]
-        chosen = list(exporters or ())
-        if api_key is not None or base_url is not None:
-            chosen.append(HTTPExporter(api_key=api_key, base_url=base_url))
-        pipeline: list[Processor] = []
-        for exporter in chosen:
-            if getattr(exporter, "inline", False) is True:
-                pipeline.append(SimpleProcessor(exporter))
-            else:
-                interval = getattr(exporter, "progress_interval", None)
-                pipeline.append(BatchProcessor(exporter) if interval is None
-                                else BatchProcessor(exporter, progress_interval=interval))
-        pipeline.extend(processors or ())
-        self._debug = _env_flag("SEENN_DEBUG") if debug is None else bool(debug)
-        self._disabled = _env_flag("SEENN_DISABLED") if disabled is None else bool(disabled)
-        if self._debug:
-            _enable_debug_logging()
-            pipeline.append(_DebugProcessor())
+        debug = _env_flag("SEENN_DEBUG") if debug is None else bool(debug)
+        disabled = _env_flag("SEENN_DISABLED") if disabled is None else bool(disabled)
+        if _builder is None:  # pragma: no cover - import seenn registers it
+            raise RuntimeError("no pipeline builder: import seenn first")
+        # Built before anything changes: a bad argument leaves the tracker as it was.
+        pipeline = _builder(exporters=exporters, processors=processors, api_key=api_key,
+                            base_url=base_url, debug=debug)
+        self._debug = debug
+        self._disabled = disabled
         old = self._pipeline
         self._pipeline = tuple(pipeline)
         self._processors = () if self._disabled else self._pipeline

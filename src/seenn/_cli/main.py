@@ -12,16 +12,9 @@ import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 
+from seenn._cli.errors import CLIError
 from seenn._version import __version__
 from seenn.errors import SeennError
-
-
-class CLIError(Exception):
-    """A failure to report as one line, with an exit status."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _env_int(name: str) -> int | None:
@@ -104,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.set_defaults(func=_cmd_serve)
 
-    from seenn._cli_jobs import add_commands
+    from seenn._cli.jobs import add_commands
 
     add_commands(commands)
 
-    from seenn._demo import build_parser as demo_options
+    from seenn._cli.demo import build_parser as demo_options
 
     demo = commands.add_parser(
         "demo", help="run a tracked pipeline against an embedded backend",
@@ -121,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from seenn._demo import run
+    from seenn._cli.demo import run
 
     if args.pace < 0:
         raise CLIError("--pace must not be negative", 2)

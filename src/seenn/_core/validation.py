@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
 
-from seenn._models import JobError, JobResult, Queue, Stage
+from seenn._core.models import JobError, JobResult, Queue, Stage
 from seenn.errors import ValidationError
 
 MAX_JOB_TYPE = 100

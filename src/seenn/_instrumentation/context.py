@@ -1,26 +1,24 @@
-"""The ambient job: one ContextVar, and a helper to carry it into other threads."""
+"""The ambient job as users see it: ``current_job()`` and ``with_current_job()``."""
 
 from __future__ import annotations
 
 import contextvars
 import functools
 from collections.abc import Callable
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from typing_extensions import ParamSpec
 
-if TYPE_CHECKING:
-    from seenn._tracked_job import TrackedJob
+from seenn._instrumentation.job import TrackedJob
+from seenn._instrumentation.lifecycle import CURRENT_JOB
 
-__all__ = ["CURRENT_JOB", "current_job", "with_current_job"]
+__all__ = ["current_job", "with_current_job"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-CURRENT_JOB: ContextVar[TrackedJob | None] = ContextVar("seenn.current_job", default=None)
-
-_get = CURRENT_JOB.get
+# Every value of CURRENT_JOB is a TrackedJob (JobCore is never made on its own).
+_get: Callable[[], TrackedJob | None] = CURRENT_JOB.get  # type: ignore[assignment]
 
 
 def current_job() -> TrackedJob | None:

@@ -40,9 +40,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from seenn._events import RESUMED_SEQUENCE_UNIT
-from seenn._models import JobError, JobResult, Queue, Stage
-from seenn._pipeline import ExportResult
+from seenn._core.events import RESUMED_SEQUENCE_UNIT
+from seenn._core.models import JobError, JobResult, Queue, Stage
+from seenn._core.pipeline import ExportResult
 from seenn.errors import (
     APIConnectionError,
     ConflictError,
@@ -53,8 +53,8 @@ from seenn.errors import (
 )
 
 if TYPE_CHECKING:
-    from seenn._client import SeennClient
-    from seenn._events import JobEvent
+    from seenn._client.client import SeennClient
+    from seenn._core.events import JobEvent
 
 __all__ = ["DeliveryStats", "HTTPExporter"]
 
@@ -192,14 +192,14 @@ def _claim(path: str) -> Any:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        from seenn._validation import fail
+        from seenn._core.validation import fail
 
         fail("outbox", f"{path} is in use by another process: give each process its own")
     return handle
 
 
 def _event_from_dict(data: Mapping[str, Any]) -> JobEvent:
-    from seenn._events import JobEvent
+    from seenn._core.events import JobEvent
 
     return JobEvent(
         kind=data["kind"], job_id=data["job_id"], job_type=data["job_type"],
@@ -300,8 +300,8 @@ class HTTPExporter:
         request_timeout: float = 10.0,
         max_pending_jobs: int = 10_000,
     ) -> None:
-        from seenn._client import SeennClient
-        from seenn._validation import fail
+        from seenn._client.client import SeennClient
+        from seenn._core.validation import fail
 
         if max_concurrency < 1:
             fail("max_concurrency", "must be at least 1")
@@ -622,7 +622,7 @@ class HTTPExporter:
         return "ok", answer
 
     def _request(self, job: _Job, event: JobEvent) -> tuple[str, dict[str, Any]]:
-        from seenn._http import quote_id
+        from seenn._client.transport import quote_id
 
         if event.kind == "started":
             body: dict[str, Any] = {"id": event.job_id, "jobType": event.job_type,

@@ -1,103 +1,22 @@
-"""``stage()`` and ``iterate()``: progress that follows the shape of the work."""
+"""``iterate()``: progress that follows the items of a loop, sync or async."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import Any, Generic, TypeVar, overload
 
-from seenn._context import CURRENT_JOB
-from seenn._validation import MAX_MESSAGE, MAX_STAGE_NAME, check_int, check_opt_text, check_text
+from seenn._core.validation import MAX_MESSAGE, check_int, check_opt_text
+from seenn._instrumentation.lifecycle import CURRENT_JOB, JobCore
 
-if TYPE_CHECKING:
-    from types import TracebackType
-
-    from seenn._models import Stage
-    from seenn._tracked_job import TrackedJob
-
-__all__ = ["StageScope", "iterate", "stage"]
+__all__ = ["iterate"]
 
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class StageScope:
-    """Runs a block, or each call of a decorated function, as a stage of a job.
-
-    Made by ``seenn.stage(name)`` (acting on the ambient job, looked up on
-    entry) or ``job.stage(name)``. Entering moves the job to the stage; leaving
-    without an exception moves progress to the end of the stage when the job
-    declared its ``stages``. Outside a job it does nothing. As a context
-    manager it yields the job (or ``None``).
-    """
-
-    __slots__ = ("_description", "_entered", "_job", "_name")
-
-    def __init__(self, name: str, description: str | None = None,
-                 job: TrackedJob | None = None) -> None:
-        check_text("stage.name", name, max_len=MAX_STAGE_NAME)
-        check_opt_text("stage.description", description, max_len=MAX_MESSAGE)
-        self._name = name
-        self._description = description
-        self._job = job
-        self._entered: tuple[TrackedJob, Stage] | None = None
-
-    @property
-    def name(self) -> str:
-        """The stage's name."""
-        return self._name
-
-    def __enter__(self) -> TrackedJob | None:
-        job = self._job if self._job is not None else CURRENT_JOB.get()
-        if job is None:
-            return None
-        stage = job._resolve_stage(self._name, None, None, self._description)
-        job._change_stage(stage, warn=False)
-        self._entered = (job, stage)
-        return job
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        entered = self._entered
-        self._entered = None
-        if entered is not None and exc is None:
-            entered[0]._leave_stage(entered[1])
-
-    async def __aenter__(self) -> TrackedJob | None:
-        return self.__enter__()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-    def __call__(self, func: F, /) -> F:
-        """Decorate ``func`` so that each call runs as this stage (sync, async or generator)."""
-        from seenn._decorator import stage_decorator
-
-        decorated: F = stage_decorator(self._name, self._description, self._job, func)
-        return decorated
-
-
-def stage(name: str, /, *, description: str | None = None) -> StageScope:
-    """Run a block (``with``/``async with``) or a function (decorator) as stage ``name``.
-
-    It acts on the ambient job; outside one it does nothing. With the job's
-    ``stages`` declared, the stage's number and the total follow from the
-    declaration and progress advances stage by stage.
-
-    Args:
-        name: The stage's name; with a declared list of stages, one of them.
-        description: An optional human-readable description.
-
-    Raises:
-        ValidationError: On entry, if the name is not one of the declared stages.
-    """
-    return StageScope(name, description)
 
 
 class _ProgressIterator(Generic[T]):
     __slots__ = ("_count", "_it", "_job", "_last", "_lo", "_message", "_span", "_total")
 
-    def __init__(self, job: TrackedJob, it: Any, total: int | None, lo: int, hi: int,
+    def __init__(self, job: JobCore, it: Any, total: int | None, lo: int, hi: int,
                  message: str | None) -> None:
         self._job = job
         self._it = it

@@ -16,13 +16,13 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING
 
-from seenn._pipeline import ExportResult, internal_error, is_strict, logger
+from seenn._core.pipeline import ExportResult, internal_error, is_strict, logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from seenn._events import JobEvent
-    from seenn._pipeline import Exporter
+    from seenn._core.events import JobEvent
+    from seenn._core.pipeline import Exporter
 
 __all__ = ["BatchProcessor", "SimpleProcessor"]
 

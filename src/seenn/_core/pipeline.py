@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from seenn._events import JobEvent
+    from seenn._core.events import JobEvent
 
 __all__ = [
     "ExportResult",

@@ -11,10 +11,10 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, TextIO
 
-from seenn._pipeline import ExportResult
+from seenn._core.pipeline import ExportResult
 
 if TYPE_CHECKING:
-    from seenn._events import JobEvent
+    from seenn._core.events import JobEvent
 
 __all__ = ["ConsoleExporter"]
 

@@ -2,7 +2,7 @@
 
 They are frozen, slotted dataclasses. Building one directly does not validate
 it; every API that accepts one (or the equivalent plain dict) validates it
-through :mod:`seenn._validation` before anything is sent or changed.
+through :mod:`seenn._core.validation` before anything is sent or changed.
 """
 
 from __future__ import annotations

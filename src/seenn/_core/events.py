@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from opentelemetry import trace as _otel_trace
 
-from seenn._models import JobError, JobResult, JobStatus, Queue, Stage
+from seenn._core.models import JobError, JobResult, JobStatus, Queue, Stage
 
 __all__ = [
     "EventBuilder",

@@ -9,14 +9,13 @@ import sys
 import time
 from typing import Any, TextIO
 
-from seenn._client import SeennClient
-from seenn._rest import Job
+from seenn._cli.errors import CLIError
+from seenn._client.client import SeennClient
+from seenn._client.resources import Job
 from seenn.errors import NotFoundError, SeennError
 
 
 def _fail(message: str, status: int = 1) -> Exception:
-    from seenn._cli import CLIError
-
     return CLIError(message, status)
 
 

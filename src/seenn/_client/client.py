@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 
-from seenn._http import DEFAULT_BASE_PATH, AsyncHTTP, BaseClient, SyncHTTP, quote_id
-from seenn._models import ChildProgressMode, Queue, Stage
-from seenn._rest import AsyncJob, BatchResult, Job, JobFamily, JobPage, start_body
-from seenn._validation import (
+from seenn._client.resources import AsyncJob, BatchResult, Job, JobFamily, JobPage, start_body
+from seenn._client.transport import DEFAULT_BASE_PATH, AsyncHTTP, BaseClient, SyncHTTP, quote_id
+from seenn._core.models import ChildProgressMode, Queue, Stage
+from seenn._core.validation import (
     MAX_LIST_LIMIT,
     MAX_TITLE,
     MAX_TOTAL_CHILDREN,

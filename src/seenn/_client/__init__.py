@@ -1,0 +1,1 @@
+"""The REST client: ``SeennClient`` and ``AsyncSeennClient`` over the wire protocol."""

@@ -1,0 +1,460 @@
+"""The tracked job's state machine: lifecycle, state changes under its lock, and events.
+
+``JobCore`` is the part of :class:`~seenn.TrackedJob` that the rest of
+instrumentation drives: entering and leaving the block, adopting a parent,
+ending as the outcome table says, moving stages and automatic progress, and
+turning every change into a :class:`~seenn.JobEvent` for the processors,
+inline and without I/O. A job with no processors (nothing configured) takes
+no lock and builds no events at all, which is what keeps the unconfigured
+path cheap. The public, validating methods live on ``TrackedJob``
+(``seenn._instrumentation.job``); stage numbering lives in ``plan``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
+
+from seenn._core.events import EventBuilder, EventKind, JobEvent, get_current_span
+from seenn._core.models import JobError, JobResult, JobStatus, Queue, Stage
+from seenn._core.pipeline import internal_error, is_strict, logger
+from seenn._instrumentation.ids import new_job_id
+from seenn._instrumentation.outcomes import (
+    RetryRule,
+    error_from_exception,
+    is_success_exit,
+    retryable_for,
+)
+from seenn._instrumentation.plan import Plan, resolve_stage, stage_share
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+    from seenn._core.pipeline import Processor
+
+__all__ = ["CURRENT_JOB", "DONE", "HANDED", "NEW", "RUNNING", "JobCore", "ProcessorSource"]
+
+NEW = 0
+RUNNING = 1
+DONE = 2
+HANDED = 3  # running, but continued elsewhere: leaving the block does not complete it
+_NEW, _RUNNING, _DONE, _HANDED = NEW, RUNNING, DONE, HANDED
+
+CURRENT_JOB: ContextVar[JobCore | None] = ContextVar("seenn.current_job", default=None)
+"""The ambient job: the one ContextVar of seenn (every value in it is a ``TrackedJob``)."""
+
+
+class ProcessorSource(Protocol):
+    """Where a job finds its processors when it starts (a ``Tracker``)."""
+
+    _processors: tuple[Processor, ...]
+
+
+_child_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread may have held the lock when the process forked.
+    global _child_lock
+    _child_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+_get = CURRENT_JOB.get
+_time = time.time
+_set = CURRENT_JOB.set
+_reset = CURRENT_JOB.reset
+
+
+def _restore(token: Any) -> None:
+    try:
+        _reset(token)
+    except ValueError:
+        # The block was left in another context than it was entered in (a
+        # generator resumed elsewhere): put back what was ambient, by value.
+        old = token.old_value
+        _set(None if old is token.MISSING else old)
+
+
+
+class JobCore:
+    """The state machine of a tracked job; ``TrackedJob`` adds the public methods."""
+
+
+    # The attributes read on every call live in slots; the rest are class
+    # attributes acting as defaults until a job sets its own (in __dict__), so
+    # making a job stores only what the caller gave: the unconfigured path is
+    # mostly the cost of making the job.
+    __slots__ = ("__dict__", "__weakref__", "_id", "_job_type", "_lock", "_procs", "_progress",
+                 "_queue", "_seq", "_state", "_status", "_token", "_tracker", "_user_id")
+
+    _tracker: ProcessorSource
+    _job_type: str
+    _token: Any
+    _user_id: str | None
+    _queue: Queue | None
+    _status: JobStatus
+    _progress: int
+    _lock: threading.Lock | None
+    _state: int
+    _id: str | None
+    # Set when the job gets processors, and only read after that.
+    _procs: tuple[Processor, ...]
+    _seq: int
+    _title: str | None = None
+    _metadata: Mapping[str, Any] | None = None
+    _plan: Plan = None
+    _stage_count = 0
+    _retry_rule: RetryRule = None
+    _message: str | None = None
+    _stage: Stage | None = None
+    _result: JobResult | None = None
+    _error: JobError | None = None
+    _retryable: bool | None = None
+    _parent: JobCore | None = None
+    _child_index: int | None = None
+    _children = 0
+    _warned = False
+
+    @property
+    def id(self) -> str:
+        """The job's id: ``job_`` + a ULID, made on first use, unless given to ``track()``."""
+        job_id = self._id
+        if job_id is None:
+            job_id = self._id = new_job_id()
+        return job_id
+
+    # -- lifecycle (used by track(), @job, stages and resume()) ------------------------
+
+    def __enter__(self) -> Self:
+        if self._state != _NEW:
+            raise RuntimeError("a TrackedJob can be entered only once")
+        # _start(), inlined: this is the hot path.
+        parent = _get()
+        if parent is not None:
+            self._adopt(parent)
+        self._state = _RUNNING
+        self._status = "queued" if self._queue is not None else "running"
+        procs = self._tracker._processors
+        if procs:
+            self._open(procs)
+        self._token = _set(self)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        token = self._token
+        self._token = None
+        if exc is None and self._lock is None:
+            # Nothing configured: completing is three assignments.
+            if self._state == _RUNNING:
+                self._state = _DONE
+                self._status = "completed"
+                self._progress = 100
+        else:
+            try:
+                if exc is None:
+                    self._succeed(None)
+                else:
+                    self._fail_with(exc)
+            except BaseException:
+                _restore(token)
+                raise
+        try:
+            _reset(token)
+        except ValueError:
+            _restore(token)
+
+    async def __aenter__(self) -> Self:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def _start(self) -> None:
+        parent = _get()
+        if parent is not None:
+            self._adopt(parent)
+        self._state = _RUNNING
+        self._status = "queued" if self._queue is not None else "running"
+        procs = self._tracker._processors
+        if procs:
+            self._open(procs)
+
+    def _open(self, procs: tuple[Processor, ...]) -> None:
+        self._procs = procs
+        self._seq = 0
+        # No other thread can reach the job before it is entered: no locking yet.
+        self._lock = threading.Lock()
+        self._emit("started")
+
+    def _adopt(self, parent: JobCore) -> None:
+        self._parent = parent
+        with _child_lock:
+            self._child_index = parent._children
+            parent._children += 1
+        if self._user_id is None:
+            self._user_id = parent._user_id
+
+    def _succeed(self, result: JobResult | None) -> None:
+        """End the job as completed (unless it already ended, or was handed off)."""
+        if self._lock is None and self._state == _RUNNING:
+            # Nothing configured: no event, no lock; just the state.
+            self._state = _DONE
+            self._status = "completed"
+            self._progress = 100
+            if result is not None:
+                self._result = result
+            return
+        if self._state == _HANDED:
+            self._leave_handed_off()
+            return
+        self._finish("completed", result, None, None, None, warn=False)
+
+    def _leave_handed_off(self) -> None:
+        """Tell the processors that ask (``on_hand_off``) that the job goes on elsewhere."""
+        if self._lock is None:
+            return
+        job_id = self.id
+        for processor in self._procs:
+            hook = getattr(processor, "on_hand_off", None)
+            if hook is None:
+                continue
+            try:
+                hook(job_id)
+            except Exception as exc:
+                internal_error(f"processor {type(processor).__name__}.on_hand_off()", exc,
+                               (job_id,))
+                if is_strict():
+                    raise
+
+    def _enter_resumed(self, sequence: int) -> None:
+        """Enter the block of a job resumed from a carrier: no ``started`` event.
+
+        The job becomes ambient; with processors configured it reports one
+        ``progress`` event (it runs here now), its events numbered from ``sequence``.
+        """
+        if self._state != _NEW:
+            raise RuntimeError("a TrackedJob can be entered only once")
+        self._state = _RUNNING
+        self._status = "running"
+        procs = self._tracker._processors
+        if procs:
+            self._procs = procs
+            self._seq = sequence
+            lock = self._lock = threading.Lock()
+            with lock:
+                self._emit("progress")
+        self._token = _set(self)
+
+    def _fail_with(self, exc: BaseException) -> None:
+        """End the job as the outcome table says for ``exc`` (unless it already ended)."""
+        if self._state == _DONE:
+            return
+        if is_success_exit(exc):
+            if self._state == _HANDED:
+                self._leave_handed_off()
+                return
+            self._finish("completed", None, None, None, None, warn=False)
+            return
+        error = error_from_exception(exc, full=self._lock is not None)
+        retryable = retryable_for(self._retry_rule, exc)
+        self._finish("failed", None, None, error, retryable, warn=False)
+
+    def _finish(self, kind: EventKind, result: JobResult | None, message: str | None,
+                error: JobError | None, retryable: bool | None, *, warn: bool) -> None:
+        if self._state == _NEW:
+            self._start()
+        lock = self._lock
+        if lock is None:
+            self._end(kind, result, message, error, retryable, warn)
+            return
+        lock.acquire()
+        try:
+            if self._end(kind, result, message, error, retryable, warn):
+                self._emit(kind)
+        finally:
+            lock.release()
+
+    def _end(self, kind: EventKind, result: JobResult | None, message: str | None,
+             error: JobError | None, retryable: bool | None, warn: bool) -> bool:
+        if self._state == _DONE:
+            if warn:
+                self._ignored("complete" if kind == "completed" else "fail")
+            return False
+        self._state = _DONE
+        if message is not None:
+            self._message = message
+        if kind == "completed":
+            self._status = "completed"
+            self._progress = 100
+            if result is not None:
+                self._result = result
+        else:
+            self._status = "failed"
+            self._error = error
+            self._retryable = retryable
+        return True
+
+    def _ignored(self, what: str) -> None:
+        if not self._warned:
+            self._warned = True
+            logger.warning("seenn: %s() on job %s ignored: the job has already %s "
+                           "(later updates are ignored silently)", what, self.id, self._status)
+
+    # -- stages and automatic progress -------------------------------------------------
+
+    def _apply(self, progress: int, message: str | None, stage: Stage | None,
+               queue: Queue | None, metadata: Mapping[str, Any] | None) -> None:
+        """Store a ``set_progress`` change; the caller holds the lock, if there is one."""
+        self._progress = progress
+        if message is not None:
+            self._message = message
+        if stage is not None:
+            self._stage = stage
+            self._stage_count = stage.current
+        if metadata is not None:
+            self._metadata = metadata
+        if queue is not None:
+            self._queue = queue
+            self._status = "queued"
+        elif self._state == _RUNNING:
+            self._status = "running"
+
+    # -- stages and automatic progress -------------------------------------------------
+
+    def _resolve_stage(self, stage: Stage | Mapping[str, Any] | str,
+                       current: int | None = None, total: int | None = None,
+                       description: str | None = None) -> Stage:
+        return resolve_stage(self._plan, self._stage_count, stage, current, total, description)
+
+    def _stage_share(self, stage: Stage | None) -> tuple[int, int] | None:
+        """The progress range of ``stage`` when stages are declared, else ``None``."""
+        return stage_share(self._plan, stage)
+
+    def _change_stage(self, stage: Stage, *, warn: bool) -> bool:
+        lock = self._lock
+        if lock is None:
+            return self._apply_stage(stage, warn)
+        lock.acquire()
+        try:
+            if self._apply_stage(stage, warn):
+                self._emit("progress")
+                return True
+            return False
+        finally:
+            lock.release()
+
+    def _apply_stage(self, stage: Stage, warn: bool) -> bool:
+        if self._state == _DONE:
+            if warn:
+                self._ignored("set_stage")
+            return False
+        self._stage = stage
+        self._stage_count = stage.current
+        if self._state == _RUNNING:
+            self._status = "running"
+        share = self._stage_share(stage)
+        if share is not None and share[0] > self._progress:
+            self._progress = share[0]
+        return True
+
+    def _leave_stage(self, stage: Stage) -> None:
+        if self._stage is not stage:
+            return
+        share = self._stage_share(stage)
+        if share is not None:
+            self._auto_progress(share[1], None)
+
+    def _auto_progress(self, progress: int, message: str | None) -> None:
+        """Move progress forward (never back) on behalf of stages and ``iterate()``."""
+        lock = self._lock
+        if lock is None:
+            if self._state != _DONE:
+                if progress > self._progress:
+                    self._progress = progress
+                if message is not None:
+                    self._message = message
+            return
+        lock.acquire()
+        try:
+            if self._state == _DONE:
+                return
+            changed = progress > self._progress
+            if changed:
+                self._progress = progress
+            if message is not None and message != self._message:
+                self._message = message
+                changed = True
+            if changed:
+                self._emit("progress")
+        finally:
+            lock.release()
+
+    # -- events ------------------------------------------------------------------------
+
+    def _emit(self, kind: EventKind) -> None:
+        """Build the event for the current state and hand it to the processors.
+
+        The caller holds ``self._lock``: that keeps the sequence numbers and the
+        order in which processors see a job's events the same. This runs for
+        every change of a configured job, so helpers are inlined.
+        """
+        try:
+            seq = self._seq
+            self._seq = seq + 1
+            job_id = self._id
+            if job_id is None:
+                job_id = self._id = new_job_id()
+            parent = self._parent
+            span = get_current_span().get_span_context()
+            if span.is_valid:
+                trace_id: str | None = format(span.trace_id, "032x")
+                span_id: str | None = format(span.span_id, "016x")
+            else:
+                trace_id = span_id = None
+            event = EventBuilder(
+                kind,
+                job_id,
+                self._job_type,
+                self._user_id,
+                self._title,
+                self._status,
+                self._progress,
+                self._message,
+                self._stage,
+                self._queue,
+                self._metadata,
+                self._result if kind == "completed" else None,
+                self._error if kind == "failed" else None,
+                self._retryable if kind == "failed" else None,
+                parent.id if parent is not None else None,
+                self._child_index,
+                seq,
+                _time(),
+                trace_id,
+                span_id,
+            )
+            event.__class__ = JobEvent  # see seenn._events.make_event
+        except Exception as exc:
+            # A bug here must not break the tracked code any more than a failing
+            # exporter would.
+            internal_error("building a job event", exc, (self._id or "-",))
+            if is_strict():
+                raise
+            return
+        for processor in self._procs:
+            try:
+                processor.on_event(event)
+            except Exception as exc:
+                internal_error(f"processor {type(processor).__name__}", exc, (job_id,))
+                if is_strict():
+                    raise
