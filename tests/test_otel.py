@@ -20,7 +20,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 import seenn
-from seenn.exporters._setup import exporters_from_env
 from seenn.exporters import (
     BatchProcessor,
     ConsoleExporter,
@@ -28,6 +27,7 @@ from seenn.exporters import (
     OTelExporter,
     SimpleProcessor,
 )
+from seenn.exporters._setup import exporters_from_env
 from seenn.testing import strict_mode
 from tests.conftest import SECRET
 from tests.server import RecordingServer

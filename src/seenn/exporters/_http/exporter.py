@@ -1,0 +1,274 @@
+"""``HTTPExporter``: job events to a Seenn-compatible backend, in order, never blocking.
+
+This module owns the exporter's face and lifecycle: its settings, the replay
+from the outbox at start, ``export``/``persist``, ``force_flush``/``shutdown``
+and a fresh start after ``os.fork()``. The machinery is in ``delivery``, the
+REST mapping in ``wire``, the SQLite outbox in ``outbox``.
+
+How it works:
+
+* ``export()`` only files events into per-job queues (and, with an outbox,
+  into SQLite) and returns; a small pool of delivery threads sends them.
+* Per job, one call at a time, in event order; different jobs go out
+  concurrently, up to ``max_concurrency``. A child's start waits for its
+  parent's start, so the backend never sees a child of an unknown parent.
+* Progress is coalesced per job: a progress event waiting to be sent is
+  replaced by a newer one, and a job sends at most one progress call per
+  ``progress_interval``. Start and terminal events are never coalesced.
+* Failures are retried with exponential backoff and full jitter, honouring
+  ``Retry-After`` (a 429 pauses every job, since the limit is per key), for up
+  to ``delivery_timeout`` per event; a retry waits on a timer, not on a thread.
+  400/401/403 are not retried: logged with the job id and counted, and a
+  rejected start drops the rest of its job instead of causing a storm of 404s.
+* A job resumed from another process (``seenn.propagation``) retries a 404 for
+  up to a minute: its start may still be on its way from the process that
+  started it.
+* Every call carries ``Idempotency-Key: <job id>.<sequence>``: the same on
+  every retry and after a replay from the outbox, so nothing is applied twice.
+* Memory is bounded by ``max_pending_jobs``; what is dropped is counted and
+  logged, terminal events last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from seenn._core.pipeline import ExportResult
+from seenn.exporters._http.delivery import DeliveryCore
+from seenn.exporters._http.outbox import Outbox
+from seenn.exporters._http.state import DeliveryStats
+
+if TYPE_CHECKING:
+    from seenn._client.client import SeennClient
+    from seenn._core.events import JobEvent
+
+__all__ = ["HTTPExporter"]
+
+logger = logging.getLogger("seenn")
+
+
+_live: weakref.WeakSet[HTTPExporter] = weakref.WeakSet()
+_inherited: list[Outbox] = []  # outboxes a forked child must leave alone
+
+
+def _after_fork_in_child() -> None:
+    for exporter in list(_live):
+        exporter._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class HTTPExporter(DeliveryCore):
+    """Delivers job events to a Seenn-compatible backend (Seenn Cloud or ``seenn serve``).
+
+    Put it behind a :class:`~seenn.exporters.BatchProcessor` (``seenn.configure``
+    does). Started jobs become ``POST /jobs`` with the in-process job id,
+    progress ``POST /jobs/{id}/progress``, completion ``.../complete`` and
+    failure ``.../fail``. See the module documentation for the guarantees.
+
+    Args:
+        api_key: The secret key; defaults to ``SEENN_API_KEY``.
+        base_url: The backend; defaults to ``SEENN_BASE_URL``, then Seenn Cloud.
+        client: A :class:`~seenn.SeennClient` to send with instead (its transport and
+            settings are used; its retry policy is not: the exporter retries itself).
+        include_traceback: Send the traceback and exception chain of a failure in
+            ``error.details``. Off by default: job errors are readable by end users
+            through public keys.
+        include_trace_context: Put the OpenTelemetry ``traceId``/``spanId`` of the
+            start in the job's metadata, so a backend can link the job to its trace.
+        progress_interval: The least time between two progress calls of one job.
+        max_concurrency: How many calls may be in flight at once (different jobs).
+        outbox: A SQLite file keeping undelivered events across crashes and restarts.
+        max_outbox_events: The outbox's size cap: beyond it, progress and new jobs
+            are kept in memory only (and counted); terminal events are always written.
+        delivery_timeout: How long an event may keep failing before it counts as lost.
+        request_timeout: Seconds one HTTP attempt may take.
+        max_pending_jobs: How many jobs may have undelivered events in memory.
+    """
+
+    inline = False
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        client: SeennClient | None = None,
+        include_traceback: bool = False,
+        include_trace_context: bool = False,
+        progress_interval: float = 0.25,
+        max_concurrency: int = 8,
+        outbox: str | os.PathLike[str] | None = None,
+        max_outbox_events: int = 100_000,
+        delivery_timeout: float = 300.0,
+        request_timeout: float = 10.0,
+        max_pending_jobs: int = 10_000,
+    ) -> None:
+        from seenn._client.client import SeennClient
+        from seenn._core.validation import fail
+
+        if max_concurrency < 1:
+            fail("max_concurrency", "must be at least 1")
+        if progress_interval < 0:
+            fail("progress_interval", "must not be negative")
+        if delivery_timeout <= 0:
+            fail("delivery_timeout", "must be positive")
+        if max_pending_jobs < 1:
+            fail("max_pending_jobs", "must be at least 1")
+        self._owns_client = client is None
+        self._client = client if client is not None else SeennClient(
+            api_key, base_url=base_url, timeout=request_timeout, max_retries=0, deadline=None)
+        self.include_traceback = include_traceback
+        self.include_trace_context = include_trace_context
+        self.progress_interval = progress_interval
+        self.max_concurrency = max_concurrency
+        self.delivery_timeout = delivery_timeout
+        self.max_pending_jobs = max_pending_jobs
+        self.stats = DeliveryStats()
+        self._outbox_path = os.fspath(outbox) if outbox is not None else None
+        self._max_outbox_events = max_outbox_events
+        self._outbox = None
+        # Seams for tests.
+        self._clock = time.monotonic
+        self._random = random.random
+        self._reset()
+        if self._outbox_path is not None:
+            self._outbox = Outbox(self._outbox_path, max_outbox_events)
+            replay = self._outbox.load()
+            if replay:
+                with self._cond:
+                    for event in replay:
+                        self._accept(event, durable=True)
+                    self.stats.replayed += len(replay)
+                    self._start_workers()
+                logger.info("seenn: HTTP exporter: replaying %d undelivered event(s) from %s",
+                            len(replay), self._outbox_path)
+        _live.add(self)
+
+    def _after_fork(self) -> None:
+        # The parent's threads, locks and sockets are not the child's: start over.
+        closed = self._closed
+        self._reset()
+        self.stats = DeliveryStats()
+        if closed:
+            self._closed = self._stopping = True
+            return
+        if self._owns_client:
+            self._client = type(self._client)(
+                self._client._http._api_key, base_url=self._client.base_url,
+                base_path=self._client.base_path, timeout=self._client.timeout,
+                max_retries=0, deadline=None)
+        if self._outbox is not None:
+            # The parent keeps its outbox (and its claim on it): a forked child
+            # delivers from memory, or opens an outbox of its own in a new exporter.
+            logger.warning("seenn: HTTP exporter: a forked process does not share the "
+                           "outbox %s; its events are kept in memory only",
+                           self._outbox_path)
+            # Never close the inherited connection: SQLite could take the parent's
+            # WAL for its own and checkpoint or delete it.
+            _inherited.append(self._outbox)
+            self._outbox = None
+            self._outbox_path = None
+
+    # The processor side ---------------------------------------------------------------
+
+    def persist(self, event: JobEvent) -> None:
+        """Write a start or terminal event to the outbox now (called inline by the processor).
+
+        Without an outbox this does nothing. It is what makes a job's start and end
+        durable before ``track()`` returns, whatever the processor's queue holds.
+        """
+        if self._outbox is not None and event.kind != "progress" and not self._closed:
+            self._outbox.add(event)
+
+    def export(self, events: Sequence[JobEvent]) -> ExportResult:
+        """File the events for delivery; returns at once (no network I/O here)."""
+        with self._cond:
+            if self._closed:
+                return ExportResult.FAILURE
+            for event in events:
+                self._accept(event, durable=False)
+            self._start_workers()
+            self._cond.notify_all()
+        return ExportResult.SUCCESS
+
+    # Flush and shutdown ---------------------------------------------------------------
+
+    def __enter__(self) -> HTTPExporter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    @property
+    def pending(self) -> int:
+        """Events not yet delivered (or given up on)."""
+        with self._cond:
+            return sum(len(job.queue) for job in self._jobs.values())
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        """Send everything pending now (progress too) and wait up to ``timeout`` seconds.
+
+        Returns:
+            ``True`` if nothing is left undelivered.
+        """
+        deadline = self._clock() + max(timeout, 0.0)
+        with self._cond:
+            self._flushing += 1
+            try:
+                for job in self._jobs.values():
+                    if job.queue and not job.busy and job.queue[0].event.kind == "progress":
+                        self._ready.append(job.id)  # held back by the progress rate only
+                self._cond.notify_all()
+                while self._jobs:
+                    left = deadline - self._clock()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(min(left, 0.05))
+                return True
+            finally:
+                self._flushing -= 1
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Deliver what is pending within ``timeout`` seconds, then stop.
+
+        What could not be delivered is reported in one log line; with an outbox it
+        stays there for the next start.
+        """
+        with self._cond:
+            if self._closed:
+                return
+        deadline = self._clock() + max(timeout, 0.0)
+        delivered = self.force_flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._stopping = True
+            left = sum(len(job.queue) for job in self._jobs.values())
+            jobs = sum(1 for job in self._jobs.values() if job.queue)
+            if left and self._outbox is None:
+                self.stats.lost += left
+            self._jobs.clear()  # what is left stays in the outbox, if there is one
+            self._cond.notify_all()
+            workers = list(self._workers)
+        if not delivered and left:
+            where = (f"; they stay in the outbox {self._outbox_path}"
+                     if self._outbox is not None else "")
+            logger.warning("seenn: HTTP exporter shut down with %d event(s) of %d job(s) "
+                           "undelivered%s", left, jobs, where)
+        # Threads blocked in a call finish it in the background (they are daemons and
+        # touch nothing closed: the outbox ignores writes once closed).
+        grace = self._clock() + 0.5
+        for worker in workers:
+            worker.join(max(0.0, min(deadline, grace) - self._clock()))
+        if self._outbox is not None:
+            self._outbox.close()
+        if self._owns_client and not any(worker.is_alive() for worker in workers):
+            self._client.close()

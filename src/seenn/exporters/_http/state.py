@@ -1,0 +1,80 @@
+"""The records of delivery: each job's queue and state, what outlives it, and the counters.
+
+``Job`` and ``Pending`` are guarded by the exporter's lock; ``DeliveryStats``
+is what ``HTTPExporter.stats`` reports.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from seenn._core.events import JobEvent
+    from seenn._core.models import Stage
+
+__all__ = ["DeliveryStats", "Job", "Pending", "remember"]
+
+
+@dataclass
+class DeliveryStats:
+    """Counters of an :class:`HTTPExporter` (read ``exporter.stats``).
+
+    Attributes:
+        accepted: Events taken by ``export()``.
+        delivered: Events the backend acknowledged.
+        requests: HTTP calls made (attempts included).
+        retries: Attempts that failed and were retried.
+        coalesced: Progress events replaced by a newer one before they were sent.
+        rejected: Events the backend refused for good (400/401/403/404/409) and
+            events dropped because their job's start was refused.
+        dropped: Events dropped because memory or the outbox was full.
+        lost: Events given up on after ``delivery_timeout`` or at shutdown.
+        replayed: Events read back from the outbox at start.
+    """
+
+    accepted: int = 0
+    delivered: int = 0
+    requests: int = 0
+    retries: int = 0
+    coalesced: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    lost: int = 0
+    replayed: int = 0
+
+
+_MAX_REMEMBERED = 100_000
+
+
+def remember(memory: dict[str, Any], job_id: str, value: Any = None) -> None:
+    """Set ``memory[job_id]``, forgetting the oldest half past ``_MAX_REMEMBERED``."""
+    memory[job_id] = value
+    if len(memory) > _MAX_REMEMBERED:
+        for old in list(memory)[:_MAX_REMEMBERED // 2]:
+            del memory[old]
+
+
+@dataclass(slots=True)
+class Pending:
+    event: JobEvent
+    accepted: float
+    attempts: int = 0
+    key_suffix: str = ""  # "p" for the progress call made from a terminal event
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    parent_id: str | None = None
+    queue: deque[Pending] = field(default_factory=deque)
+    busy: bool = False  # a delivery thread is sending the head event
+    scheduled: bool = False  # in the ready queue or on a timer
+    due: float = 0.0  # the head may not be sent before this (retry or progress rate)
+    started_acked: bool = False
+    server_id: str | None = None
+    last_progress: float = float("-inf")
+    dependents: list[str] = field(default_factory=list)
+    shown: tuple[int, Stage | None, str | None] = (0, None, None)  # what the backend will show
+    finished: bool = False  # its terminal event was handled
