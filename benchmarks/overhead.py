@@ -17,7 +17,10 @@ It prints a table of four measurements:
 4. One job with 1,000,000 ``set_progress`` calls through a ``BatchProcessor``:
    how many events reached the exporter (progress is coalesced per job).
 
-Each figure is the best of ``--repeat`` runs of ``--number`` iterations.
+Each figure is the best of ``--repeat`` runs of ``--number`` iterations. A
+figure and its baseline are measured in alternating runs, so that a noisy
+neighbour (this machine is a shared VM) slows both alike instead of skewing
+the ratio; each pipeline is flushed between runs, outside the timing.
 """
 
 from __future__ import annotations
@@ -78,9 +81,21 @@ class DiscardingSpanExporter(SpanExporter):
         return None
 
 
-def best_us(func: Callable[[], Any], number: int, repeat: int) -> float:
-    """The best time per call of ``func`` over ``repeat`` runs, in microseconds."""
-    return min(timeit.repeat(func, number=number, repeat=repeat)) / number * 1e6
+
+def best_pair_us(subject: Callable[[], Any], baseline: Callable[[], Any], number: int,
+                 repeat: int, settle: Callable[[], Any] = lambda: None) -> tuple[float, float]:
+    """The best times per call of ``subject`` and ``baseline``, measured in alternating runs.
+
+    ``settle`` runs after every run, untimed (a flush, so that no run pays for
+    the backlog of the one before).
+    """
+    subject_best = baseline_best = float("inf")
+    for _ in range(repeat):
+        baseline_best = min(baseline_best, timeit.timeit(baseline, number=number))
+        settle()
+        subject_best = min(subject_best, timeit.timeit(subject, number=number))
+        settle()
+    return subject_best / number * 1e6, baseline_best / number * 1e6
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,8 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with track("benchmark", user_id="user_1") as job:
             job.set_progress(50)
 
-    baseline = best_us(minimal, number * 5, repeat)
-    noop = best_us(tracked, number * 5, repeat)
+    noop, baseline = best_pair_us(tracked, minimal, number * 5, repeat)
     rows.append(("1. track()+set_progress, nothing configured", f"{noop:.2f} us",
                  f"{baseline:.2f} us (ContextVar class CM)", f"{noop / baseline:.2f}x (<= 3x)"))
 
@@ -121,10 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     discard = DiscardingExporter()
     processor = BatchProcessor(discard)
     seenn.configure(processors=[processor])
-    otel_us = best_us(otel, number, repeat)
-    provider.force_flush()
-    batch_us = best_us(tracked, number, repeat)
-    seenn.force_flush()
+
+    def settle() -> None:
+        provider.force_flush()
+        seenn.force_flush()
+
+    batch_us, otel_us = best_pair_us(tracked, otel, number, repeat, settle)
     rows.append(("2. same block, BatchProcessor + discarding exporter", f"{batch_us:.2f} us",
                  f"{otel_us:.2f} us (OTel SDK span + event, BSP)",
                  f"{batch_us / otel_us:.2f}x (<= 0.5x)"))
@@ -138,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return value
 
     decorated = seenn.job("benchmark")(plain)
-    plain_us = best_us(lambda: plain(1), number * 5, repeat)
-    decorated_us = best_us(lambda: decorated(1), number * 5, repeat)
+    decorated_us, plain_us = best_pair_us(lambda: decorated(1), lambda: plain(1), number * 5,
+                                          repeat)
     rows.append(("3. @seenn.job sync call, nothing configured", f"{decorated_us:.2f} us",
                  f"{plain_us:.2f} us (plain call)",
                  f"+{decorated_us - plain_us:.2f} us per call"))
