@@ -14,6 +14,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING
 
 from seenn._core.pipeline import ExportResult, internal_error, is_strict, logger
@@ -193,7 +194,10 @@ class BatchProcessor:
         self._ready: deque[JobEvent] = deque()
         self._held: dict[str, JobEvent] = {}  # progress waiting for its job's next slot
         self._last_sent: dict[str, float] = {}  # job id -> when its last progress was released
-        self._slots: deque[tuple[float, str]] = deque()  # (due, job id), in time order
+        # (due, job id) of each held progress event, a heap: a slot is made only
+        # when an event has to wait, so a job that reports less often than
+        # progress_interval costs the worker nothing here.
+        self._slots: list[tuple[float, str]] = []
         self._refused: set[str] = set()  # jobs dropped whole because the queue was full
         self._worker: threading.Thread | None = None
         self._stopping = False
@@ -313,11 +317,11 @@ class BatchProcessor:
             last = self._last_sent.get(job_id)
             if last is None or now - last >= self._interval:
                 self._last_sent[job_id] = now
-                self._slots.append((now + self._interval, job_id))
             else:
+                heappush(self._slots, (last + self._interval, job_id))
                 held[job_id] = event
                 if self._worker_idle:
-                    self._wake.notify()
+                    self._wake_worker()
                 return
         elif kind == "started":
             if len(ready) + len(self._held) >= self._max_lifecycle:
@@ -337,7 +341,7 @@ class BatchProcessor:
         ready.append(event)
         self._enqueued += 1
         if self._worker_idle or (self._collecting and len(ready) >= self._max_batch):
-            self._wake.notify()
+            self._wake_worker()
 
     def on_hand_off(self, job_id: str) -> None:
         """Forget what is kept per job for a job that goes on in another process.
@@ -364,22 +368,32 @@ class BatchProcessor:
         ready.append(event)
         self._enqueued += 1
         if self._worker_idle or (self._collecting and len(ready) >= self._max_batch):
-            self._wake.notify()
+            self._wake_worker()
+
+    def _wake_worker(self) -> None:
+        """Wake the waiting worker; the caller holds the lock."""
+        # Once is enough: the worker needs the GIL to wake, and until it gets it
+        # every further event would call notify() (a Python-level call) again.
+        # The worker raises the flags again before it next waits.
+        self._worker_idle = self._collecting = False
+        self._wake.notify()
 
     def _release(self, job_id: str, event: JobEvent, now: float) -> None:
         self._last_sent[job_id] = now
-        self._slots.append((now + self._interval, job_id))
         self._append(event)
 
     def _release_due(self, now: float) -> None:
         slots = self._slots
         held = self._held
         last_sent = self._last_sent
+        interval = self._interval
         while slots and slots[0][0] <= now:
-            _, job_id = slots.popleft()
-            # A slot may be stale: the job released a progress event since (its
-            # newer slot comes later in the queue) and must wait for that one.
-            if job_id in held and now - last_sent.get(job_id, -self._interval) >= self._interval:
+            due, job_id = heappop(slots)
+            # A slot is stale if its event went already (a flush, the job's end)
+            # and the job released progress since: the held event, if any, has
+            # a later slot of its own. Same sum as when the slot was made, so an
+            # unchanged last_sent matches exactly.
+            if job_id in held and last_sent.get(job_id, -interval) + interval <= due:
                 self._release(job_id, held.pop(job_id), now)
 
     def _release_all(self) -> None:
@@ -434,7 +448,6 @@ class BatchProcessor:
         nothing and each batch one wake-up.
         """
         deadline = _monotonic() + self._delay
-        self._collecting = True
         try:
             while not (self._stopping or self._urgent or len(self._ready) >= self._max_batch):
                 now = _monotonic()
@@ -443,6 +456,7 @@ class BatchProcessor:
                     timeout = min(timeout, self._slots[0][0] - now)
                 if timeout <= 0:
                     return
+                self._collecting = True
                 self._wake.wait(timeout)
         finally:
             self._collecting = False
