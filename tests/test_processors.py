@@ -421,7 +421,7 @@ def test_failure_building_an_event_is_contained(monkeypatch: pytest.MonkeyPatch,
     def broken_span() -> object:
         raise RuntimeError("span lookup broke")
 
-    monkeypatch.setattr(tracked_job, "get_current_span", broken_span)
+    monkeypatch.setattr(tracked_job, "current_context", broken_span)
     exporter = InMemoryExporter()
     tracker = seenn.Tracker(processors=[SimpleProcessor(exporter)])
     with caplog.at_level(logging.ERROR, logger="seenn"), tracker.track("t") as job:

@@ -9,7 +9,7 @@ to the state machine it inherits from ``JobCore`` (``lifecycle``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from seenn._core.models import JobError, JobResult, JobStatus, Queue, Stage
 from seenn._core.validation import (
@@ -28,11 +28,13 @@ from seenn._core.validation import (
     fail,
 )
 from seenn._instrumentation.lifecycle import (
-    _DONE,
-    _HANDED,
-    _NEW,
-    _RUNNING,
+    COMPLETED,
     CURRENT_JOB,
+    HANDED,
+    NEW,
+    QUEUED,
+    RUNNING,
+    STATUS,
     JobCore,
     ProcessorSource,
 )
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["StageScope", "TrackedJob", "plain_job", "set_hand_off_codec", "stage"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_PROGRESS_OPTIONS = frozenset({"message", "stage", "queue", "metadata"})
 
 # Every value of CURRENT_JOB is a TrackedJob (JobCore is never made on its own).
 _current: Callable[[], TrackedJob | None] = CURRENT_JOB.get  # type: ignore[assignment]
@@ -111,10 +115,9 @@ class TrackedJob(JobCore):
         self._job_type = job_type
         self._user_id = user_id
         self._queue = None
-        self._status = "pending"
         self._progress = 0
         self._lock = None
-        self._state = _NEW
+        self._state = NEW
         self._id = None
         if title is not None or metadata is not None or queue is not None or \
                 stage is not None or stages is not None or job_id is not None or \
@@ -168,7 +171,7 @@ class TrackedJob(JobCore):
     @property
     def status(self) -> JobStatus:
         """``pending`` before the block starts, then ``running``/``queued``, then terminal."""
-        return self._status
+        return STATUS[self._state]
 
     @property
     def progress(self) -> int:
@@ -224,14 +227,18 @@ class TrackedJob(JobCore):
     @property
     def is_done(self) -> bool:
         """Whether the job has completed or failed."""
-        return self._state == _DONE
+        return self._state >= COMPLETED
 
     def __repr__(self) -> str:
-        return (f"<TrackedJob {self.id} {self._job_type!r} status={self._status} "
+        return (f"<TrackedJob {self.id} {self._job_type!r} status={self.status} "
                 f"progress={self._progress}>")
 
     # -- updates -----------------------------------------------------------------------
 
+    @overload
+    def set_progress(self, progress: float, /) -> None: ...
+
+    @overload
     def set_progress(
         self,
         progress: float,
@@ -241,7 +248,12 @@ class TrackedJob(JobCore):
         stage: Stage | Mapping[str, Any] | str | None = None,
         queue: Queue | Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
-    ) -> None:
+    ) -> None: ...
+
+    # **options rather than keyword-only parameters, as in Tracker.track(): a
+    # bare percentage, the common call, then pays for no default lookups. The
+    # overloads above are the typed signature.
+    def set_progress(self, progress: float, /, **options: Any) -> None:
         """Report how far the job has got.
 
         Args:
@@ -255,50 +267,68 @@ class TrackedJob(JobCore):
         Raises:
             ValidationError: An argument is out of range; nothing was changed.
         """
-        # Fast path: a bare in-range int with nothing configured is the common call.
-        if type(progress) is int and 0 <= progress <= 100:
-            value: int = progress
-        else:
-            value = check_progress(progress)
-        if message is None and stage is None and queue is None and metadata is None:
-            if self._lock is None:
-                if self._state == _RUNNING:
-                    self._progress = value
-                    self._status = "running"
-                elif self._state == _DONE:
-                    self._ignored("set_progress")
-                else:
-                    self._progress = value
+        # Fast path: a bare in-range int with nothing configured is the common
+        # call. (Plain comparisons and attributes read twice rather than kept
+        # in locals: fewer bytecodes.)
+        if type(progress) is not int or progress < 0 or progress > 100:
+            progress = check_progress(progress)
+        if options:
+            self._update(progress, **options)
+            return
+        if self._lock is None:
+            if self._state == 1:  # RUNNING
+                self._progress = progress
+            elif self._state >= COMPLETED:
+                self._ignored("set_progress")
+            else:
+                self._progress = progress
+                if self._state == QUEUED:
+                    self._state = RUNNING
+            return
+        if progress == self._progress and (self._state == RUNNING or self._state == HANDED):
+            # Nothing would change: no event. Loops that report per item
+            # often repeat the same percentage many times.
+            return
+        # _apply() for a bare percentage, inlined: the configured hot path.
+        with self._lock:
+            if self._state >= COMPLETED:
+                self._ignored("set_progress")
                 return
-            if value == self._progress and self._status == "running":
-                # Nothing would change: no event. Loops that report per item
-                # often repeat the same percentage many times.
-                return
-            new_stage = None
-        else:
-            if message is not None:
-                check_opt_text("message", message, max_len=MAX_MESSAGE)
-            new_stage = self._resolve_stage(stage) if stage is not None else None
-            if queue is not None:
-                queue = coerce_queue(queue)
-            if metadata is not None:
-                metadata = check_metadata(metadata)
+            self._progress = progress
+            if self._state == QUEUED:
+                self._state = RUNNING
+            self._emit("progress")
+
+    def _update(self, value: int, **options: Any) -> None:
+        """``set_progress()`` with options: check them all, then apply them at once."""
+        unknown = options.keys() - _PROGRESS_OPTIONS
+        if unknown:
+            raise TypeError(f"set_progress() got an unexpected keyword argument "
+                            f"{min(unknown)!r}")
+        message = options.get("message")
+        stage = options.get("stage")
+        queue = options.get("queue")
+        metadata = options.get("metadata")
+        if message is not None:
+            check_opt_text("message", message, max_len=MAX_MESSAGE)
+        new_stage = self._resolve_stage(stage) if stage is not None else None
+        if queue is not None:
+            queue = coerce_queue(queue)
+        if metadata is not None:
+            metadata = check_metadata(metadata)
         lock = self._lock
         if lock is None:
-            if self._state == _DONE:
+            if self._state >= COMPLETED:
                 self._ignored("set_progress")
                 return
             self._apply(value, message, new_stage, queue, metadata)
             return
-        lock.acquire()
-        try:
-            if self._state == _DONE:
+        with lock:
+            if self._state >= COMPLETED:
                 self._ignored("set_progress")
                 return
             self._apply(value, message, new_stage, queue, metadata)
             self._emit("progress")
-        finally:
-            lock.release()
 
     def set_stage(
         self,
@@ -340,14 +370,14 @@ class TrackedJob(JobCore):
         checked = coerce_result(result)
         lock = self._lock
         if lock is None:
-            if self._state == _DONE:
+            if self._state >= COMPLETED:
                 self._ignored("set_result")
                 return
             self._result = checked
             return
         lock.acquire()
         try:
-            if self._state == _DONE:
+            if self._state >= COMPLETED:
                 self._ignored("set_result")
                 return
             self._result = checked
@@ -420,13 +450,14 @@ class TrackedJob(JobCore):
         if lock is not None:
             lock.acquire()
         try:
-            if self._state == _NEW:
+            if self._state <= 0:  # NEW, NEW_QUEUED
                 raise RuntimeError("hand_off() needs a started job: call it inside the "
                                    "job's block")
-            if self._state == _DONE:
-                raise RuntimeError(f"hand_off(): job {self.id} has already {self._status}")
+            if self._state >= COMPLETED:
+                raise RuntimeError(f"hand_off(): job {self.id} has already {self.status}")
             value = codec[0](self)
-            self._state = _HANDED
+            if self._state < HANDED:
+                self._state += HANDED - RUNNING  # RUNNING -> HANDED, QUEUED -> HANDED_QUEUED
         finally:
             if lock is not None:
                 lock.release()
@@ -449,10 +480,9 @@ def plain_job(tracker: ProcessorSource, job_type: str, user_id: str | None) -> T
     job._job_type = job_type
     job._user_id = user_id
     job._queue = None
-    job._status = "pending"
     job._progress = 0
     job._lock = None
-    job._state = _NEW
+    job._state = NEW
     job._id = None
     return job
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
-from seenn._core.events import EventBuilder, EventKind, JobEvent, get_current_span
+from seenn._core.events import SPAN_KEY, EventBuilder, EventKind, JobEvent, current_context
 from seenn._core.models import JobError, JobResult, JobStatus, Queue, Stage
 from seenn._core.pipeline import internal_error, is_strict, logger
 from seenn._instrumentation.ids import new_job_id
@@ -38,13 +38,27 @@ if TYPE_CHECKING:
 
     from seenn._core.pipeline import Processor
 
-__all__ = ["CURRENT_JOB", "DONE", "HANDED", "NEW", "RUNNING", "JobCore", "ProcessorSource"]
+__all__ = ["CURRENT_JOB", "STATUS", "JobCore", "ProcessorSource"]
 
-NEW = 0
+# A job's state is one small int, and its status is read off it (STATUS): the
+# unconfigured path then stores one attribute per transition, not two. The
+# numbering makes each question one comparison:
+#   not started: state <= 0   live here: 0 < state < 3   handed off: 2 < state < 5
+#   ended: state >= 5
+NEW = 0  # made, not started: "pending"
 RUNNING = 1
-DONE = 2
+QUEUED = 2  # started, and the last update gave a queue
 HANDED = 3  # running, but continued elsewhere: leaving the block does not complete it
-_NEW, _RUNNING, _DONE, _HANDED = NEW, RUNNING, DONE, HANDED
+HANDED_QUEUED = 4
+COMPLETED = 5
+FAILED = 6
+NEW_QUEUED = -1  # not started, but set_progress(queue=...) said it waits in a queue
+
+STATUS: tuple[JobStatus, ...] = (
+    "pending", "running", "queued", "running", "queued", "completed", "failed",
+    "queued",  # STATUS[-1]: NEW_QUEUED
+)
+"""The status of each state, by index."""
 
 CURRENT_JOB: ContextVar[JobCore | None] = ContextVar("seenn.current_job", default=None)
 """The ambient job: the one ContextVar of seenn (every value in it is a ``TrackedJob``)."""
@@ -68,6 +82,8 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 _get = CURRENT_JOB.get
+_new_event = object.__new__
+_Lock = threading.Lock
 _time = time.time
 _set = CURRENT_JOB.set
 _reset = CURRENT_JOB.reset
@@ -93,14 +109,13 @@ class JobCore:
     # making a job stores only what the caller gave: the unconfigured path is
     # mostly the cost of making the job.
     __slots__ = ("__dict__", "__weakref__", "_id", "_job_type", "_lock", "_procs", "_progress",
-                 "_queue", "_seq", "_state", "_status", "_token", "_tracker", "_user_id")
+                 "_queue", "_seq", "_state", "_token", "_tracker", "_user_id")
 
     _tracker: ProcessorSource
     _job_type: str
     _token: Any
     _user_id: str | None
     _queue: Queue | None
-    _status: JobStatus
     _progress: int
     _lock: threading.Lock | None
     _state: int
@@ -134,29 +149,31 @@ class JobCore:
     # -- lifecycle (used by track(), @job, stages and resume()) ------------------------
 
     def __enter__(self) -> Self:
-        if self._state != _NEW:
+        # _start() and _open(), inlined: this is the hot path of every job.
+        if self._state > 0:
             raise RuntimeError("a TrackedJob can be entered only once")
-        # _start(), inlined: this is the hot path.
         parent = _get()
         if parent is not None:
             self._adopt(parent)
-        self._state = _RUNNING
-        self._status = "queued" if self._queue is not None else "running"
-        procs = self._tracker._processors
-        if procs:
-            self._open(procs)
+        self._state = 2 if self._queue is not None else 1  # QUEUED, RUNNING
+        if self._tracker._processors:
+            self._procs = self._tracker._processors
+            self._seq = 0
+            # No other thread can reach the job before it is entered: no locking yet.
+            self._lock = _Lock()
+            self._emit("started")
         self._token = _set(self)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        token = self._token
-        self._token = None
+        # The token stays on the job and is read where needed rather than kept
+        # in a local: on the unconfigured path every bytecode counts.
         if exc is None and self._lock is None:
-            # Nothing configured: completing is three assignments.
-            if self._state == _RUNNING:
-                self._state = _DONE
-                self._status = "completed"
+            # Nothing configured: completing is two assignments. (Entered, so
+            # not NEW: below HANDED means RUNNING or QUEUED.)
+            if self._state < 3:
+                self._state = 5  # COMPLETED
                 self._progress = 100
         else:
             try:
@@ -165,12 +182,12 @@ class JobCore:
                 else:
                     self._fail_with(exc)
             except BaseException:
-                _restore(token)
+                _restore(self._token)
                 raise
         try:
-            _reset(token)
+            _reset(self._token)
         except ValueError:
-            _restore(token)
+            _restore(self._token)
 
     async def __aenter__(self) -> Self:
         return self.__enter__()
@@ -183,8 +200,7 @@ class JobCore:
         parent = _get()
         if parent is not None:
             self._adopt(parent)
-        self._state = _RUNNING
-        self._status = "queued" if self._queue is not None else "running"
+        self._state = QUEUED if self._queue is not None else RUNNING
         procs = self._tracker._processors
         if procs:
             self._open(procs)
@@ -206,17 +222,28 @@ class JobCore:
 
     def _succeed(self, result: JobResult | None) -> None:
         """End the job as completed (unless it already ended, or was handed off)."""
-        if self._lock is None and self._state == _RUNNING:
+        state = self._state
+        if self._lock is None and 0 < state < HANDED:
             # Nothing configured: no event, no lock; just the state.
-            self._state = _DONE
-            self._status = "completed"
+            self._state = COMPLETED
             self._progress = 100
             if result is not None:
                 self._result = result
             return
-        if self._state == _HANDED:
+        if HANDED <= state < COMPLETED:
             self._leave_handed_off()
             return
+        lock = self._lock
+        if lock is not None and 0 < state < HANDED:
+            # _finish() and _end(), written out for the common end of a configured job.
+            with lock:
+                if 0 < self._state < HANDED:  # no other thread ended or handed it meanwhile
+                    self._state = COMPLETED
+                    self._progress = 100
+                    if result is not None:
+                        self._result = result
+                    self._emit("completed")
+                    return
         self._finish("completed", result, None, None, None, warn=False)
 
     def _leave_handed_off(self) -> None:
@@ -242,10 +269,9 @@ class JobCore:
         The job becomes ambient; with processors configured it reports one
         ``progress`` event (it runs here now), its events numbered from ``sequence``.
         """
-        if self._state != _NEW:
+        if self._state > 0:
             raise RuntimeError("a TrackedJob can be entered only once")
-        self._state = _RUNNING
-        self._status = "running"
+        self._state = RUNNING
         procs = self._tracker._processors
         if procs:
             self._procs = procs
@@ -257,10 +283,10 @@ class JobCore:
 
     def _fail_with(self, exc: BaseException) -> None:
         """End the job as the outcome table says for ``exc`` (unless it already ended)."""
-        if self._state == _DONE:
+        if self._state >= COMPLETED:
             return
         if is_success_exit(exc):
-            if self._state == _HANDED:
+            if HANDED <= self._state < COMPLETED:
                 self._leave_handed_off()
                 return
             self._finish("completed", None, None, None, None, warn=False)
@@ -271,7 +297,7 @@ class JobCore:
 
     def _finish(self, kind: EventKind, result: JobResult | None, message: str | None,
                 error: JobError | None, retryable: bool | None, *, warn: bool) -> None:
-        if self._state == _NEW:
+        if self._state <= 0:  # NEW, NEW_QUEUED
             self._start()
         lock = self._lock
         if lock is None:
@@ -286,20 +312,19 @@ class JobCore:
 
     def _end(self, kind: EventKind, result: JobResult | None, message: str | None,
              error: JobError | None, retryable: bool | None, warn: bool) -> bool:
-        if self._state == _DONE:
+        if self._state >= COMPLETED:
             if warn:
                 self._ignored("complete" if kind == "completed" else "fail")
             return False
-        self._state = _DONE
         if message is not None:
             self._message = message
         if kind == "completed":
-            self._status = "completed"
+            self._state = COMPLETED
             self._progress = 100
             if result is not None:
                 self._result = result
         else:
-            self._status = "failed"
+            self._state = FAILED
             self._error = error
             self._retryable = retryable
         return True
@@ -308,7 +333,8 @@ class JobCore:
         if not self._warned:
             self._warned = True
             logger.warning("seenn: %s() on job %s ignored: the job has already %s "
-                           "(later updates are ignored silently)", what, self.id, self._status)
+                           "(later updates are ignored silently)", what, self.id,
+                           STATUS[self._state])
 
     # -- stages and automatic progress -------------------------------------------------
 
@@ -323,11 +349,12 @@ class JobCore:
             self._stage_count = stage.current
         if metadata is not None:
             self._metadata = metadata
+        state = self._state
         if queue is not None:
             self._queue = queue
-            self._status = "queued"
-        elif self._state == _RUNNING:
-            self._status = "running"
+            self._state = NEW_QUEUED if state <= 0 else QUEUED if state < HANDED else HANDED_QUEUED
+        elif state == QUEUED:
+            self._state = RUNNING
 
     # -- stages and automatic progress -------------------------------------------------
 
@@ -354,14 +381,14 @@ class JobCore:
             lock.release()
 
     def _apply_stage(self, stage: Stage, warn: bool) -> bool:
-        if self._state == _DONE:
+        if self._state >= COMPLETED:
             if warn:
                 self._ignored("set_stage")
             return False
         self._stage = stage
         self._stage_count = stage.current
-        if self._state == _RUNNING:
-            self._status = "running"
+        if self._state == QUEUED:
+            self._state = RUNNING
         share = self._stage_share(stage)
         if share is not None and share[0] > self._progress:
             self._progress = share[0]
@@ -378,7 +405,7 @@ class JobCore:
         """Move progress forward (never back) on behalf of stages and ``iterate()``."""
         lock = self._lock
         if lock is None:
-            if self._state != _DONE:
+            if self._state < COMPLETED:
                 if progress > self._progress:
                     self._progress = progress
                 if message is not None:
@@ -386,7 +413,7 @@ class JobCore:
             return
         lock.acquire()
         try:
-            if self._state == _DONE:
+            if self._state >= COMPLETED:
                 return
             changed = progress > self._progress
             if changed:
@@ -415,35 +442,38 @@ class JobCore:
             if job_id is None:
                 job_id = self._id = new_job_id()
             parent = self._parent
-            span = get_current_span().get_span_context()
-            if span.is_valid:
-                trace_id: str | None = format(span.trace_id, "032x")
-                span_id: str | None = format(span.span_id, "016x")
-            else:
-                trace_id = span_id = None
-            event = EventBuilder(
-                kind,
-                job_id,
-                self._job_type,
-                self._user_id,
-                self._title,
-                self._status,
-                self._progress,
-                self._message,
-                self._stage,
-                self._queue,
-                self._metadata,
-                self._result if kind == "completed" else None,
-                self._error if kind == "failed" else None,
-                self._retryable if kind == "failed" else None,
-                parent.id if parent is not None else None,
-                self._child_index,
-                seq,
-                _time(),
-                trace_id,
-                span_id,
-            )
-            event.__class__ = JobEvent  # see seenn._events.make_event
+            # current_span_ids(), inlined: with no span active this is two lookups.
+            span = current_context().get(SPAN_KEY)
+            trace_id: str | None = None
+            span_id: str | None = None
+            if span is not None:
+                span_context = span.get_span_context()  # type: ignore[attr-defined]
+                if span_context.is_valid:
+                    trace_id = format(span_context.trace_id, "032x")
+                    span_id = format(span_context.span_id, "016x")
+            # make_event(), written out: plain slot stores on a builder (see EventBuilder).
+            event: Any = _new_event(EventBuilder)
+            event.kind = kind
+            event.job_id = job_id
+            event.job_type = self._job_type
+            event.user_id = self._user_id
+            event.title = self._title
+            event.status = STATUS[self._state]
+            event.progress = self._progress
+            event.message = self._message
+            event.stage = self._stage
+            event.queue = self._queue
+            event.metadata = self._metadata
+            event.result = self._result if kind == "completed" else None
+            event.error = self._error if kind == "failed" else None
+            event.retryable = self._retryable if kind == "failed" else None
+            event.parent_id = parent.id if parent is not None else None
+            event.child_index = self._child_index
+            event.sequence = seq
+            event.timestamp = _time()
+            event.trace_id = trace_id
+            event.span_id = span_id
+            event.__class__ = JobEvent
         except Exception as exc:
             # A bug here must not break the tracked code any more than a failing
             # exporter would.

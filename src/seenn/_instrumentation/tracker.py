@@ -33,6 +33,13 @@ T = TypeVar("T")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _new_job = object.__new__
 _REPLACED_SHUTDOWN_TIMEOUT = 5.0
+# Job types that passed check_text(): a program uses a handful, and one set
+# lookup is cheaper than the type and length checks. Bounded, in case types
+# are made per call.
+_checked_types: set[str] = set()
+_MAX_CHECKED_TYPES = 1024
+_TRACK_OPTIONS = frozenset({"title", "metadata", "queue", "stage", "stages", "job_id",
+                            "retryable"})
 
 
 class PipelineBuilder(Protocol):
@@ -178,6 +185,10 @@ class Tracker:
 
     # -- tracking ----------------------------------------------------------------------
 
+    @overload
+    def track(self, job_type: str, /, *, user_id: str | None = None) -> TrackedJob: ...
+
+    @overload
     def track(
         self,
         job_type: str,
@@ -191,7 +202,14 @@ class Tracker:
         stages: StagePlan = None,
         job_id: str | None = None,
         retryable: RetryRule = None,
-    ) -> TrackedJob:
+    ) -> TrackedJob: ...
+
+    # The options arrive as **options, not as keyword-only parameters: CPython
+    # fills each missing keyword-only parameter with a dict lookup, and the
+    # common call (a type and a user id) then paid for eight of them. The
+    # overloads above are the typed signature.
+    def track(self, job_type: str, /, *, user_id: str | None = None,
+              **options: Any) -> TrackedJob:
         """Make a job to run as a ``with`` (or ``async with``) block.
 
         Entering the block starts the job and makes it the ambient job (a child
@@ -217,27 +235,33 @@ class Tracker:
         Raises:
             ValidationError: An argument is malformed.
         """
-        if (title is None and metadata is None and queue is None and stage is None
-                and stages is None and job_id is None and retryable is None
-                and type(job_type) is str and 0 < len(job_type) <= MAX_JOB_TYPE
-                and (user_id is None or (type(user_id) is str
-                                         and 0 < len(user_id) <= MAX_USER_ID))):
-            # The common call, checked above in full: build the job without the
-            # general constructor's frame (this is most of the unconfigured cost).
-            job = _new_job(TrackedJob)
-            # The stores of plain_job(), inlined: one frame less on the hot path.
-            job._tracker = self
-            job._job_type = job_type
-            job._user_id = user_id
-            job._queue = None
-            job._status = "pending"
-            job._progress = 0
-            job._lock = None
-            job._state = 0
-            job._id = None
-            return job
-        return TrackedJob(self, job_type, user_id, title, metadata, queue, stage, stages,
-                          job_id, retryable)
+        try:
+            if (not options and job_type in _checked_types
+                    and (user_id is None or (type(user_id) is str and user_id
+                                             and len(user_id) <= MAX_USER_ID))):
+                # The common call, checked above in full: build the job without
+                # the general constructor's frame (most of the unconfigured cost).
+                job = _new_job(TrackedJob)
+                # The stores of plain_job(), inlined: one frame less on the hot path.
+                job._tracker = self
+                job._job_type = job_type
+                job._user_id = user_id
+                job._queue = None
+                job._progress = 0
+                job._lock = None
+                job._state = 0
+                job._id = None
+                return job
+        except TypeError:  # an unhashable job type: the constructor says what is wrong
+            pass
+        unknown = options.keys() - _TRACK_OPTIONS
+        if unknown:
+            raise TypeError(f"track() got an unexpected keyword argument {min(unknown)!r}")
+        job = TrackedJob(self, job_type, user_id, **options)
+        if len(_checked_types) < _MAX_CHECKED_TYPES:
+            # Checked by the constructor: the next track() of this type skips the checks.
+            _checked_types.add(job_type)
+        return job
 
     @overload
     def job(self, func: Callable[P, R], /) -> Callable[P, R]: ...

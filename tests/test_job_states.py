@@ -1,0 +1,158 @@
+"""TrackedJob's status through every transition, with and without processors.
+
+The state machine keeps one small int per job and reads the status off it;
+these tests pin each transition, in both modes (nothing configured: no events,
+no lock; configured: the same statuses, and events that say so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+import seenn
+from seenn import ValidationError
+from seenn.exporters import SimpleProcessor
+from seenn.testing import InMemoryExporter
+from tests.tracking_helpers import no_job_left_behind  # noqa: F401 (autouse fixture)
+
+
+@contextmanager
+def tracker_in(mode: str) -> Iterator[tuple[seenn.Tracker, InMemoryExporter]]:
+    """A tracker with nothing configured, or with an in-memory exporter."""
+    exporter = InMemoryExporter()
+    processors = [] if mode == "unconfigured" else [SimpleProcessor(exporter)]
+    yield seenn.Tracker(exporters=[], processors=processors), exporter
+
+
+MODES = ["unconfigured", "configured"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_queued_job_completes_when_its_block_ends(mode: str) -> None:
+    """A job started with a queue reads queued, then completed at 100 on exit."""
+    with tracker_in(mode) as (tracker, exporter):
+        job = tracker.track("t", queue={"position": 2})
+        assert job.status == "pending"
+        with job:
+            assert job.status == "queued"
+        assert (job.status, job.progress, job.is_done) == ("completed", 100, True)
+    if mode == "configured":
+        assert [(e.kind, e.status) for e in exporter.events] == [
+            ("started", "queued"), ("completed", "completed")]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_progress_without_a_queue_moves_a_queued_job_to_running(mode: str) -> None:
+    """set_progress() without a queue, or a stage, takes a queued job out of the queue."""
+    with tracker_in(mode) as (tracker, _), \
+            tracker.track("t", queue={"position": 1}, stages=["a", "b"]) as job:
+        job.set_progress(10)
+        assert job.status == "running"
+        job.set_progress(20, queue={"position": 1})
+        assert job.status == "queued"
+        job.set_stage("b")
+        assert job.status == "running"
+        job.set_progress(30, queue={"position": 1}, message="waiting")
+        assert job.status == "queued"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_queue_given_before_the_block_reads_queued(mode: str) -> None:
+    """set_progress(queue=...) before entering marks the job queued; entering keeps it so."""
+    with tracker_in(mode) as (tracker, _):
+        job = tracker.track("t")
+        job.set_progress(5, queue={"position": 3})
+        assert (job.status, job.progress) == ("queued", 5)
+        with job:
+            assert job.status == "queued"
+        assert job.status == "completed"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_failed_job_keeps_its_progress_and_ignores_updates(mode: str) -> None:
+    """A failure ends the job at its progress; later updates change nothing."""
+    jobs: list[seenn.TrackedJob] = []
+
+    def fail_at_40(tracker: seenn.Tracker) -> None:
+        with tracker.track("t") as job:
+            jobs.append(job)
+            job.set_progress(40)
+            raise RuntimeError("boom")
+
+    with tracker_in(mode) as (tracker, _):
+        with pytest.raises(RuntimeError, match="boom"):
+            fail_at_40(tracker)
+        job = jobs[0]
+        assert (job.status, job.progress, job.is_done) == ("failed", 40, True)
+        job.set_progress(90)
+        job.set_stage("late")
+        job.complete()
+        assert (job.status, job.progress) == ("failed", 40)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_handed_off_queued_job_stays_running_elsewhere(mode: str) -> None:
+    """A handed-off job is not completed by its block, whatever its queue status."""
+    with tracker_in(mode) as (tracker, _):
+        with tracker.track("t", queue={"position": 1}) as job:
+            job.hand_off()
+            assert job.status == "queued"
+            job.set_progress(50)
+            assert (job.status, job.progress) == ("queued", 50)
+        assert (job.status, job.is_done) == ("queued", False)
+        job.complete()
+        assert (job.status, job.progress) == ("completed", 100)
+
+
+def test_a_handed_off_job_reports_an_unchanged_progress_once() -> None:
+    """Repeating the same percentage on a handed-off job emits no second event."""
+    with tracker_in("configured") as (tracker, exporter), tracker.track("t") as job:
+        job.hand_off()
+        job.set_progress(30)
+        job.set_progress(30)
+    assert [e.progress for e in exporter.events if e.kind == "progress"] == [30]
+
+
+def test_entering_twice_is_refused_in_every_state() -> None:
+    """A job can be entered once: running, ended or queued-before-entry alike."""
+    with tracker_in("unconfigured") as (tracker, _):
+        job = tracker.track("t")
+        job.set_progress(1, queue={"position": 1})
+        with job, pytest.raises(RuntimeError, match="entered only once"), job:
+            pass
+        with pytest.raises(RuntimeError, match="entered only once"), job:
+            pass
+
+
+def test_unknown_options_are_type_errors_naming_the_call() -> None:
+    """track() and set_progress() refuse an unknown keyword like a plain signature does."""
+    with tracker_in("unconfigured") as (tracker, _):
+        with pytest.raises(TypeError, match=r"track\(\) got an unexpected keyword.*'colour'"):
+            tracker.track("t", colour="red")  # type: ignore[call-overload]
+        with tracker.track("t") as job:
+            with pytest.raises(TypeError, match=r"set_progress\(\).*'colour'"):
+                job.set_progress(5, colour="red")  # type: ignore[call-overload]
+            assert job.progress == 0
+
+
+@pytest.mark.parametrize("job_type", [["a", "list"], {"a": "dict"}, "", "x" * 101, 7])
+def test_a_bad_job_type_is_a_validation_error_even_after_good_ones(job_type: object) -> None:
+    """The cache of checked job types never lets a bad (or unhashable) type through."""
+    with tracker_in("unconfigured") as (tracker, _):
+        with tracker.track("fine"):
+            pass
+        with pytest.raises(ValidationError, match="job_type"):
+            tracker.track(job_type)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("user_id", ["", "u" * 256, 42])
+def test_a_bad_user_id_is_refused_for_a_known_job_type(user_id: object) -> None:
+    """The fast path for a known job type still checks the user id."""
+    with tracker_in("unconfigured") as (tracker, _):
+        with tracker.track("known", user_id="ok"):
+            pass
+        with pytest.raises(ValidationError, match="user_id"):
+            tracker.track("known", user_id=user_id)  # type: ignore[arg-type]
