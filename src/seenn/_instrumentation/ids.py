@@ -24,11 +24,12 @@ _RANDOM_CHARS = bytes(_ALPHABET[b & 31] for b in range(256))
 _POOL_BYTES = 4096  # 256 ids per refill
 _RANDOM_LEN = 16
 
-# (pool, counter): each counter value hands out one 16-byte slice of its pool
-# exactly once, so threads need no lock; a pool used up is replaced whole (two
-# threads may both replace it, which only wastes bytes).
-_state: tuple[bytes, Iterator[int]] = (b"", itertools.count())
-_time_cache: tuple[int, str] = (-1, "")
+# (pool, counter): the pool is random characters, already mapped to the
+# alphabet; each counter value (a multiple of 16) hands out one 16-character
+# slice of it exactly once, so threads need no lock; a pool used up is
+# replaced whole (two threads may both replace it, which only wastes bytes).
+_state: tuple[str, Iterator[int]] = ("", itertools.count(0, _RANDOM_LEN))
+_time_cache: tuple[int, str] = (-1, "")  # (ms, "job_" + its 10 characters)
 
 
 def _encode_time(ms: int) -> str:
@@ -39,27 +40,30 @@ def _encode_time(ms: int) -> str:
     return chars.decode("ascii")
 
 
+def _random_pool() -> str:
+    return os.urandom(_POOL_BYTES).translate(_RANDOM_CHARS).decode("ascii")
+
+
 def new_job_id() -> str:
     """Return a new ``job_`` + ULID id."""
     global _state, _time_cache
     ms = time.time_ns() // 1_000_000
     cached_ms, prefix = _time_cache
     if ms != cached_ms:
-        prefix = _encode_time(ms)
+        prefix = "job_" + _encode_time(ms)
         _time_cache = (ms, prefix)
     pool, counter = _state
-    start = next(counter) * _RANDOM_LEN
+    start = next(counter)
     if start + _RANDOM_LEN > len(pool):
-        pool, counter = _state = (os.urandom(_POOL_BYTES), itertools.count(1))
+        pool, counter = _state = (_random_pool(), itertools.count(_RANDOM_LEN, _RANDOM_LEN))
         start = 0
-    chunk = pool[start:start + _RANDOM_LEN]
-    return "job_" + prefix + chunk.translate(_RANDOM_CHARS).decode("ascii")
+    return prefix + pool[start:start + _RANDOM_LEN]
 
 
 def _after_fork_in_child() -> None:
     # A child must not hand out the random bytes its parent also holds.
     global _state
-    _state = (b"", itertools.count())
+    _state = ("", itertools.count(0, _RANDOM_LEN))
 
 
 if hasattr(os, "register_at_fork"):

@@ -463,8 +463,6 @@ class TrackedJob(JobCore):
                 lock.release()
         return codec[1](value, self)
 
-    # -- lifecycle (used by track(), @job and stages) ----------------------------------
-
 
 _new_object = object.__new__
 

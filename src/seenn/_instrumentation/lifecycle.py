@@ -82,7 +82,6 @@ def _after_fork_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 _get = CURRENT_JOB.get
-_new_event = object.__new__
 _Lock = threading.Lock
 _time = time.time
 _set = CURRENT_JOB.set
@@ -177,10 +176,19 @@ class JobCore:
                 self._progress = 100
         else:
             try:
-                if exc is None:
-                    self._succeed(None)
-                else:
+                if exc is not None:
                     self._fail_with(exc)
+                elif self._state < 3:  # RUNNING, QUEUED: _succeed(), inlined
+                    with self._lock:  # type: ignore[union-attr]  # not None here
+                        ending = self._state < 3  # fail() or hand_off() may have won
+                        if ending:
+                            self._state = 5  # COMPLETED
+                            self._progress = 100
+                            self._emit("completed")
+                    if not ending:
+                        self._succeed(None)
+                else:
+                    self._succeed(None)
             except BaseException:
                 _restore(self._token)
                 raise
@@ -452,7 +460,7 @@ class JobCore:
                     trace_id = format(span_context.trace_id, "032x")
                     span_id = format(span_context.span_id, "016x")
             # make_event(), written out: plain slot stores on a builder (see EventBuilder).
-            event: Any = _new_event(EventBuilder)
+            event: Any = EventBuilder()
             event.kind = kind
             event.job_id = job_id
             event.job_type = self._job_type
