@@ -8,10 +8,13 @@ It prints a table of four measurements:
 
 1. ``with seenn.track(...)`` plus one ``set_progress`` with nothing configured,
    against a minimal class context manager that sets and resets one
-   ``ContextVar`` (the floor for any ambient-context API). Target: <= 3x.
+   ``ContextVar`` (the floor for any ambient-context API). Target: <= 2x.
 2. The same block with a ``BatchProcessor`` and an exporter that discards,
    against OpenTelemetry SDK's ``start_as_current_span`` + ``add_event`` with a
-   ``BatchSpanProcessor`` and an exporter that discards. Target: <= 0.5x.
+   ``BatchSpanProcessor`` and an exporter that discards. Target: <= 0.25x.
+   Both queues hold a whole run, so each worker handles every event (none is
+   dropped: a dropped event would be cheaper than a delivered one), sharing
+   the GIL with the tracked loop as it would in production.
 3. A call of a ``@seenn.job`` sync function (nothing configured) against the
    plain call, in microseconds.
 4. One job with 1,000,000 ``set_progress`` calls through a ``BatchProcessor``:
@@ -121,11 +124,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     noop, baseline = best_pair_us(tracked, minimal, number * 5, repeat)
     rows.append(("1. track()+set_progress, nothing configured", f"{noop:.2f} us",
-                 f"{baseline:.2f} us (ContextVar class CM)", f"{noop / baseline:.2f}x (<= 3x)"))
+                 f"{baseline:.2f} us (ContextVar class CM)", f"{noop / baseline:.2f}x (<= 2x)"))
 
     # 2. BatchProcessor + discarding exporter vs OpenTelemetry SDK.
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(DiscardingSpanExporter()))
+    # Queues that hold a whole run: both workers must handle every event, none
+    # is dropped (a dropped event is cheaper than a delivered one).
+    queue_size = 4 * number
+    provider.add_span_processor(BatchSpanProcessor(DiscardingSpanExporter(),
+                                                   max_queue_size=queue_size))
     tracer = provider.get_tracer("benchmark")
 
     def otel() -> None:
@@ -133,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             span.add_event("progress", {"progress": 50})
 
     discard = DiscardingExporter()
-    processor = BatchProcessor(discard)
+    processor = BatchProcessor(discard, max_queue_size=queue_size)
     seenn.configure(processors=[processor])
 
     def settle() -> None:
@@ -143,9 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     batch_us, otel_us = best_pair_us(tracked, otel, number, repeat, settle)
     rows.append(("2. same block, BatchProcessor + discarding exporter", f"{batch_us:.2f} us",
                  f"{otel_us:.2f} us (OTel SDK span + event, BSP)",
-                 f"{batch_us / otel_us:.2f}x (<= 0.5x)"))
-    if processor.dropped:
-        rows.append(("   (events dropped by a full queue)", str(processor.dropped), "", ""))
+                 f"{batch_us / otel_us:.2f}x (<= 0.25x)"))
+    rows.append(("   events exported (and dropped)", f"{discard.events:,} ({processor.dropped})",
+                 "", ""))
     provider.shutdown()
     seenn.configure(exporters=[])
 

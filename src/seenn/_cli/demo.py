@@ -60,7 +60,7 @@ def run(out: TextIO, *, pace: float = 1.0, fail: bool = False, interval: float =
     import seenn
     import seenn.server
     from seenn._cli.jobs import watch
-    from seenn.exporters._http import HTTPExporter
+    from seenn.exporters import HTTPExporter
 
     tty = out.isatty()
     with tempfile.TemporaryDirectory(prefix="seenn-demo-") as tmp, \

@@ -1,4 +1,4 @@
-"""The ``seenn`` command line: ``serve``, ``jobs get|list|watch``, ``conformance``.
+"""The ``seenn`` command line: ``serve``, ``jobs get|list|watch``, ``conformance``, ``demo``.
 
 Every failure ends in one clear line on stderr and a non-zero exit status,
 never a traceback.
