@@ -7,10 +7,13 @@ no lock; configured: the same statuses, and events that say so).
 
 from __future__ import annotations
 
+from collections import UserString
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+from opentelemetry import context
+from opentelemetry.trace.propagation import _SPAN_KEY
 
 import seenn
 from seenn import ValidationError
@@ -156,3 +159,74 @@ def test_a_bad_user_id_is_refused_for_a_known_job_type(user_id: object) -> None:
             pass
         with pytest.raises(ValidationError, match="user_id"):
             tracker.track("known", user_id=user_id)  # type: ignore[arg-type]
+
+
+def test_an_option_given_as_none_is_no_option() -> None:
+    """set_progress(p, message=None) repeating the progress emits nothing, like set_progress(p)."""
+    with tracker_in("configured") as (tracker, exporter), tracker.track("t") as job:
+        job.set_progress(10)
+        job.set_progress(10, message=None, stage=None, queue=None, metadata=None)
+    assert [e.kind for e in exporter.events] == ["started", "progress", "completed"]
+
+
+def test_an_unknown_option_is_refused_before_the_progress_is_checked() -> None:
+    """A misspelt keyword is a TypeError even when the percentage is out of range too."""
+    with tracker_in("unconfigured") as (tracker, _), tracker.track("t") as job, \
+            pytest.raises(TypeError, match="colour"):
+        job.set_progress(150, colour="red")  # type: ignore[call-overload]
+
+
+def test_a_value_under_the_span_key_that_is_no_span_means_no_span() -> None:
+    """Whatever sits under OpenTelemetry's span key, if it is no Span the events carry no ids."""
+    token = context.attach(context.set_value(_SPAN_KEY, "not-a-span"))
+    try:
+        with tracker_in("configured") as (tracker, exporter), tracker.track("t") as job:
+            job.set_progress(5)
+    finally:
+        context.detach(token)
+    assert [(e.kind, e.trace_id, e.span_id) for e in exporter.events] == [
+        ("started", None, None), ("progress", None, None), ("completed", None, None)]
+
+
+def test_a_job_type_equal_to_a_checked_one_but_no_str_is_refused() -> None:
+    """The cache of checked job types compares types too: a UserString is still refused."""
+    with tracker_in("unconfigured") as (tracker, _):
+        with tracker.track("video"):
+            pass
+        with pytest.raises(ValidationError, match="job_type"):
+            tracker.track(UserString("video"))  # type: ignore[call-overload]
+
+
+def test_a_str_subclass_job_type_is_accepted_and_not_cached() -> None:
+    """A str subclass (even an unhashable one) is checked as text every time and accepted."""
+    class Unhashable(str):
+        __hash__ = None  # type: ignore[assignment]
+
+    with tracker_in("unconfigured") as (tracker, _):
+        for _ in range(2):
+            with tracker.track(Unhashable("video")) as job:
+                pass
+            assert job.status == "completed"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_update_that_read_queued_never_undoes_a_failure(mode: str) -> None:
+    """Leaving the queue re-checks the state under the job's guard: a fail() in between wins."""
+    with tracker_in(mode) as (tracker, _):
+        with tracker.track("t", queue={"position": 1}) as job:
+            # What a second thread's set_progress() does after it read QUEUED,
+            # had fail() landed in between.
+            job.fail(error="boom")
+            job._leave_queue()
+            assert (job.status, job.is_done) == ("failed", True)
+        assert job.status == "failed"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_handed_off_job_stays_handed_off_after_a_late_update(mode: str) -> None:
+    """A queue update racing with hand_off() leaves the job handed off, not running here."""
+    with tracker_in(mode) as (tracker, _), tracker.track("t", queue={"position": 1}) as job:
+        job.hand_off()
+        job._leave_queue()
+        job.set_progress(40, queue={"position": 1})
+    assert (job.status, job.is_done) == ("queued", False)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from opentelemetry import trace as _otel_trace
+from opentelemetry.trace import Span
 
 from seenn._core.models import JobError, JobResult, JobStatus, Queue, Stage
 
@@ -17,6 +18,7 @@ __all__ = [
     "JobEvent",
     "RESUMED_SEQUENCE_UNIT",
     "SPAN_KEY",
+    "Span",
     "current_context",
     "current_span_ids",
     "get_current_span",
@@ -180,9 +182,9 @@ current_context, SPAN_KEY = _context_reader()
 def current_span_ids() -> tuple[str | None, str | None]:
     """Return the active OpenTelemetry span's (trace_id, span_id) in hex, or ``(None, None)``."""
     span = current_context().get(SPAN_KEY)
-    if span is None:
+    if span is None or not isinstance(span, Span):  # get_current_span() says INVALID_SPAN
         return None, None
-    context = span.get_span_context()  # type: ignore[attr-defined]
+    context = span.get_span_context()
     if context.is_valid:
         return format(context.trace_id, "032x"), format(context.span_id, "016x")
     return None, None

@@ -267,14 +267,13 @@ class TrackedJob(JobCore):
         Raises:
             ValidationError: An argument is out of range; nothing was changed.
         """
+        if options and self._update(progress, options):
+            return
         # Fast path: a bare in-range int with nothing configured is the common
         # call. (Plain comparisons and attributes read twice rather than kept
         # in locals: fewer bytecodes.)
         if type(progress) is not int or progress < 0 or progress > 100:
             progress = check_progress(progress)
-        if options:
-            self._update(progress, **options)
-            return
         if self._lock is None:
             if self._state == 1:  # RUNNING
                 self._progress = progress
@@ -283,7 +282,7 @@ class TrackedJob(JobCore):
             else:
                 self._progress = progress
                 if self._state == QUEUED:
-                    self._state = RUNNING
+                    self._leave_queue()
             return
         if progress == self._progress and (self._state == RUNNING or self._state == HANDED):
             # Nothing would change: no event. Loops that report per item
@@ -299,16 +298,29 @@ class TrackedJob(JobCore):
                 self._state = RUNNING
             self._emit("progress")
 
-    def _update(self, value: int, **options: Any) -> None:
-        """``set_progress()`` with options: check them all, then apply them at once."""
+    def _update(self, progress: float, options: dict[str, Any]) -> bool:
+        """``set_progress()`` with options: check them all, then apply them at once.
+
+        Returns:
+            ``False`` if every option was ``None``: the caller goes on as for a
+            bare percentage.
+
+        Raises:
+            TypeError: An option has an unknown name (checked first, as a plain
+                signature would).
+            ValidationError: An argument is malformed; nothing was changed.
+        """
         unknown = options.keys() - _PROGRESS_OPTIONS
         if unknown:
             raise TypeError(f"set_progress() got an unexpected keyword argument "
                             f"{min(unknown)!r}")
+        value = check_progress(progress)
         message = options.get("message")
         stage = options.get("stage")
         queue = options.get("queue")
         metadata = options.get("metadata")
+        if message is None and stage is None and queue is None and metadata is None:
+            return False
         if message is not None:
             check_opt_text("message", message, max_len=MAX_MESSAGE)
         new_stage = self._resolve_stage(stage) if stage is not None else None
@@ -316,19 +328,15 @@ class TrackedJob(JobCore):
             queue = coerce_queue(queue)
         if metadata is not None:
             metadata = check_metadata(metadata)
-        lock = self._lock
-        if lock is None:
-            if self._state >= COMPLETED:
-                self._ignored("set_progress")
-                return
-            self._apply(value, message, new_stage, queue, metadata)
-            return
-        with lock:
-            if self._state >= COMPLETED:
-                self._ignored("set_progress")
-                return
-            self._apply(value, message, new_stage, queue, metadata)
-            self._emit("progress")
+        with self._guard():
+            ended = self._state >= COMPLETED
+            if not ended:
+                self._apply(value, message, new_stage, queue, metadata)
+                if self._lock is not None:
+                    self._emit("progress")
+        if ended:  # logged outside the lock
+            self._ignored("set_progress")
+        return True
 
     def set_stage(
         self,
@@ -446,10 +454,7 @@ class TrackedJob(JobCore):
         codec = _hand_off_codec
         if codec is None:  # pragma: no cover - import seenn registers it
             raise RuntimeError("hand_off() needs seenn.propagation: import seenn first")
-        lock = self._lock
-        if lock is not None:
-            lock.acquire()
-        try:
+        with self._guard():
             if self._state <= 0:  # NEW, NEW_QUEUED
                 raise RuntimeError("hand_off() needs a started job: call it inside the "
                                    "job's block")
@@ -458,9 +463,6 @@ class TrackedJob(JobCore):
             value = codec[0](self)
             if self._state < HANDED:
                 self._state += HANDED - RUNNING  # RUNNING -> HANDED, QUEUED -> HANDED_QUEUED
-        finally:
-            if lock is not None:
-                lock.release()
         return codec[1](value, self)
 
 

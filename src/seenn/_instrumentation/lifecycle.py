@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
-from seenn._core.events import SPAN_KEY, EventBuilder, EventKind, JobEvent, current_context
+from seenn._core.events import SPAN_KEY, EventBuilder, EventKind, JobEvent, Span, current_context
 from seenn._core.models import JobError, JobResult, JobStatus, Queue, Stage
 from seenn._core.pipeline import internal_error, is_strict, logger
 from seenn._instrumentation.ids import new_job_id
@@ -71,12 +71,17 @@ class ProcessorSource(Protocol):
 
 
 _child_lock = threading.Lock()
+# A job with nothing configured has no lock of its own; its rare state changes
+# from two threads (an update taking it out of its queue, fail() or hand_off()
+# from another thread) are ordered by this one instead. See JobCore._guard().
+_state_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    # Another thread may have held the lock when the process forked.
-    global _child_lock
+    # Another thread may have held a lock when the process forked.
+    global _child_lock, _state_lock
     _child_lock = threading.Lock()
+    _state_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -166,8 +171,9 @@ class JobCore:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        # The token stays on the job and is read where needed rather than kept
-        # in a local: on the unconfigured path every bytecode counts.
+        # The token is read where needed rather than kept in a local: on the
+        # unconfigured path every bytecode counts. It is dropped at the end: it
+        # holds the whole context the block was entered in.
         if exc is None and self._lock is None:
             # Nothing configured: completing is two assignments. (Entered, so
             # not NEW: below HANDED means RUNNING or QUEUED.)
@@ -191,11 +197,13 @@ class JobCore:
                     self._succeed(None)
             except BaseException:
                 _restore(self._token)
+                self._token = None
                 raise
         try:
             _reset(self._token)
         except ValueError:
             _restore(self._token)
+        self._token = None
 
     async def __aenter__(self) -> Self:
         return self.__enter__()
@@ -307,22 +315,34 @@ class JobCore:
                 error: JobError | None, retryable: bool | None, *, warn: bool) -> None:
         if self._state <= 0:  # NEW, NEW_QUEUED
             self._start()
-        lock = self._lock
-        if lock is None:
-            self._end(kind, result, message, error, retryable, warn)
-            return
-        lock.acquire()
-        try:
-            if self._end(kind, result, message, error, retryable, warn):
+        with self._guard():
+            ended_now = self._end(kind, result, message, error, retryable)
+            if ended_now and self._lock is not None:
                 self._emit(kind)
-        finally:
-            lock.release()
+        if not ended_now and warn:  # logged outside the lock
+            self._ignored("complete" if kind == "completed" else "fail")
+
+    def _guard(self) -> Any:
+        """The lock that orders this job's state changes.
+
+        The job's own once it has processors; with nothing configured (no lock
+        of its own, and no events to order) one lock shared by such jobs, so a
+        ``fail()`` or ``hand_off()`` from another thread is never undone by an
+        update that read the state just before.
+        """
+        lock = self._lock
+        return lock if lock is not None else _state_lock
+
+    def _leave_queue(self) -> None:
+        """QUEUED -> RUNNING, unless another thread ended or handed off the job meanwhile."""
+        with self._guard():
+            if self._state == QUEUED:
+                self._state = RUNNING
 
     def _end(self, kind: EventKind, result: JobResult | None, message: str | None,
-             error: JobError | None, retryable: bool | None, warn: bool) -> bool:
+             error: JobError | None, retryable: bool | None) -> bool:
+        """End the job; ``False`` if it had already ended. The caller holds ``_guard()``."""
         if self._state >= COMPLETED:
-            if warn:
-                self._ignored("complete" if kind == "completed" else "fail")
             return False
         if message is not None:
             self._message = message
@@ -376,22 +396,16 @@ class JobCore:
         return stage_share(self._plan, stage)
 
     def _change_stage(self, stage: Stage, *, warn: bool) -> bool:
-        lock = self._lock
-        if lock is None:
-            return self._apply_stage(stage, warn)
-        lock.acquire()
-        try:
-            if self._apply_stage(stage, warn):
+        with self._guard():
+            applied = self._apply_stage(stage)
+            if applied and self._lock is not None:
                 self._emit("progress")
-                return True
-            return False
-        finally:
-            lock.release()
+        if not applied and warn:  # logged outside the lock
+            self._ignored("set_stage")
+        return applied
 
-    def _apply_stage(self, stage: Stage, warn: bool) -> bool:
+    def _apply_stage(self, stage: Stage) -> bool:
         if self._state >= COMPLETED:
-            if warn:
-                self._ignored("set_stage")
             return False
         self._stage = stage
         self._stage_count = stage.current
@@ -454,8 +468,8 @@ class JobCore:
             span = current_context().get(SPAN_KEY)
             trace_id: str | None = None
             span_id: str | None = None
-            if span is not None:
-                span_context = span.get_span_context()  # type: ignore[attr-defined]
+            if span is not None and isinstance(span, Span):
+                span_context = span.get_span_context()
                 if span_context.is_valid:
                     trace_id = format(span_context.trace_id, "032x")
                     span_id = format(span_context.span_id, "016x")

@@ -36,7 +36,7 @@ _REPLACED_SHUTDOWN_TIMEOUT = 5.0
 # Job types that passed check_text(): a program uses a handful, and one set
 # lookup is cheaper than the type and length checks. Bounded, in case types
 # are made per call.
-_checked_types: set[str] = set()
+_checked_types: dict[str, None] = {}  # a dict: str-keyed lookups are its fast path
 _MAX_CHECKED_TYPES = 1024
 _TRACK_OPTIONS = frozenset({"title", "metadata", "queue", "stage", "stages", "job_id",
                             "retryable"})
@@ -236,7 +236,7 @@ class Tracker:
             ValidationError: An argument is malformed.
         """
         try:
-            if (not options and job_type in _checked_types
+            if (not options and type(job_type) is str and job_type in _checked_types
                     and (user_id is None or (type(user_id) is str and user_id
                                              and len(user_id) <= MAX_USER_ID))):
                 # The common call, checked above in full: build the job without
@@ -258,9 +258,9 @@ class Tracker:
         if unknown:
             raise TypeError(f"track() got an unexpected keyword argument {min(unknown)!r}")
         job = TrackedJob(self, job_type, user_id, **options)
-        if len(_checked_types) < _MAX_CHECKED_TYPES:
+        if type(job_type) is str and len(_checked_types) < _MAX_CHECKED_TYPES:
             # Checked by the constructor: the next track() of this type skips the checks.
-            _checked_types.add(job_type)
+            _checked_types[job_type] = None
         return job
 
     @overload
