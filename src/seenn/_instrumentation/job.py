@@ -176,7 +176,8 @@ class TrackedJob(JobCore):
     @property
     def progress(self) -> int:
         """Percent done, 0 to 100 (100 once completed)."""
-        return self._progress
+        # A job completed with nothing configured skips storing the 100.
+        return 100 if self._state == COMPLETED else self._progress
 
     @property
     def message(self) -> str | None:
@@ -231,7 +232,7 @@ class TrackedJob(JobCore):
 
     def __repr__(self) -> str:
         return (f"<TrackedJob {self.id} {self._job_type!r} status={self.status} "
-                f"progress={self._progress}>")
+                f"progress={self.progress}>")
 
     # -- updates -----------------------------------------------------------------------
 

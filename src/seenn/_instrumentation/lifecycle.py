@@ -175,11 +175,11 @@ class JobCore:
         # unconfigured path every bytecode counts. It is dropped at the end: it
         # holds the whole context the block was entered in.
         if exc is None and self._lock is None:
-            # Nothing configured: completing is two assignments. (Entered, so
-            # not NEW: below HANDED means RUNNING or QUEUED.)
+            # Nothing configured: completing is one assignment (the progress
+            # property reads 100 for a completed job). Entered, so not NEW:
+            # below HANDED means RUNNING or QUEUED.
             if self._state < 3:
                 self._state = 5  # COMPLETED
-                self._progress = 100
         else:
             try:
                 if exc is not None:

@@ -235,25 +235,22 @@ class Tracker:
         Raises:
             ValidationError: An argument is malformed.
         """
-        try:
-            if (not options and type(job_type) is str and job_type in _checked_types
-                    and (user_id is None or (type(user_id) is str and user_id
-                                             and len(user_id) <= MAX_USER_ID))):
-                # The common call, checked above in full: build the job without
-                # the general constructor's frame (most of the unconfigured cost).
-                job = _new_job(TrackedJob)
-                # The stores of plain_job(), inlined: one frame less on the hot path.
-                job._tracker = self
-                job._job_type = job_type
-                job._user_id = user_id
-                job._queue = None
-                job._progress = 0
-                job._lock = None
-                job._state = 0
-                job._id = None
-                return job
-        except TypeError:  # an unhashable job type: the constructor says what is wrong
-            pass
+        if (not options and type(job_type) is str and job_type in _checked_types
+                and (user_id is None or (type(user_id) is str and user_id
+                                         and len(user_id) <= MAX_USER_ID))):
+            # The common call, checked above in full: build the job without
+            # the general constructor's frame (most of the unconfigured cost).
+            job = _new_job(TrackedJob)
+            # The stores of plain_job(), inlined: one frame less on the hot path.
+            job._tracker = self
+            job._job_type = job_type
+            job._user_id = user_id
+            job._queue = None
+            job._progress = 0
+            job._lock = None
+            job._state = 0
+            job._id = None
+            return job
         unknown = options.keys() - _TRACK_OPTIONS
         if unknown:
             raise TypeError(f"track() got an unexpected keyword argument {min(unknown)!r}")
