@@ -37,6 +37,18 @@ def fail(field: str, message: str) -> NoReturn:
     raise ValidationError(f"{field}: {message}", details={"field": field, "reason": message})
 
 
+def check_option_names(call: str, options: Mapping[str, object], known: frozenset[str]) -> None:
+    """Refuse an unknown keyword passed through ``**options``, as a plain signature would.
+
+    Raises:
+        TypeError: ``options`` names something not in ``known``; the message
+            names ``call`` and the (first, sorted) unknown keyword.
+    """
+    unknown = options.keys() - known
+    if unknown:
+        raise TypeError(f"{call}() got an unexpected keyword argument {min(unknown)!r}")
+
+
 def check_text(field: str, value: object, *, max_len: int, min_len: int = 1) -> str:
     """Check that ``value`` is a string of ``min_len`` to ``max_len`` characters."""
     if not isinstance(value, str):

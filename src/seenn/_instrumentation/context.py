@@ -9,21 +9,12 @@ from typing import TypeVar
 
 from typing_extensions import ParamSpec
 
-from seenn._instrumentation.job import TrackedJob
-from seenn._instrumentation.lifecycle import CURRENT_JOB
+from seenn._instrumentation.job import current_job
 
 __all__ = ["current_job", "with_current_job"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# Every value of CURRENT_JOB is a TrackedJob (JobCore is never made on its own).
-_get: Callable[[], TrackedJob | None] = CURRENT_JOB.get  # type: ignore[assignment]
-
-
-def current_job() -> TrackedJob | None:
-    """Return the job of the innermost ``track()`` or ``@job`` call running here, if any."""
-    return _get()
 
 
 def with_current_job(func: Callable[P, R], /) -> Callable[P, R]:

@@ -40,8 +40,6 @@ __all__ = ["ResultMapper", "job_decorator"]
 ResultMapper: TypeAlias = bool | Callable[[Any], JobResult | Mapping[str, Any] | None] | None
 """``True`` sends the return value as the result; a callable maps it to one."""
 
-_Wrapper = Wrapper
-
 _set = CURRENT_JOB.set
 _reset = CURRENT_JOB.reset
 
@@ -136,7 +134,7 @@ def _job_factory(spec: _JobSpec) -> Callable[[tuple[Any, ...], dict[str, Any]], 
     return new_plain_job
 
 
-def _sync_wrapper(spec: _JobSpec) -> _Wrapper:
+def _sync_wrapper(spec: _JobSpec) -> Wrapper:
     new_job = _job_factory(spec)
     map_result = spec.map_result if spec.result is not None else None
 
@@ -161,7 +159,7 @@ def _sync_wrapper(spec: _JobSpec) -> _Wrapper:
     return call_in_job
 
 
-def _async_wrapper(spec: _JobSpec) -> _Wrapper:
+def _async_wrapper(spec: _JobSpec) -> Wrapper:
     new_job = _job_factory(spec)
 
     async def run(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -186,7 +184,7 @@ def _async_wrapper(spec: _JobSpec) -> _Wrapper:
     return call_in_job
 
 
-def _generator_wrapper(spec: _JobSpec) -> _Wrapper:
+def _generator_wrapper(spec: _JobSpec) -> Wrapper:
     new_job = _job_factory(spec)
 
     def run(wrapped: Any, args: tuple[Any, ...],
@@ -246,7 +244,7 @@ def _generator_wrapper(spec: _JobSpec) -> _Wrapper:
     return call_in_job
 
 
-def _async_generator_wrapper(spec: _JobSpec) -> _Wrapper:
+def _async_generator_wrapper(spec: _JobSpec) -> Wrapper:
     new_job = _job_factory(spec)
 
     async def run(wrapped: Any, args: tuple[Any, ...],
@@ -298,7 +296,7 @@ def _async_generator_wrapper(spec: _JobSpec) -> _Wrapper:
     return call_in_job
 
 
-_WRAPPERS: dict[str, Callable[[_JobSpec], _Wrapper]] = {
+_WRAPPERS: dict[str, Callable[[_JobSpec], Wrapper]] = {
     "sync": _sync_wrapper,
     "async": _async_wrapper,
     "generator": _generator_wrapper,

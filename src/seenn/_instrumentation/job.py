@@ -20,6 +20,7 @@ from seenn._core.validation import (
     MAX_USER_ID,
     check_metadata,
     check_opt_text,
+    check_option_names,
     check_progress,
     check_text,
     coerce_error,
@@ -45,7 +46,7 @@ from seenn._instrumentation.wrapping import wrap_stage
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["StageScope", "TrackedJob", "plain_job", "set_hand_off_codec", "stage"]
+__all__ = ["StageScope", "TrackedJob", "current_job", "plain_job", "set_hand_off_codec", "stage"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +54,13 @@ _PROGRESS_OPTIONS = frozenset({"message", "stage", "queue", "metadata"})
 
 # Every value of CURRENT_JOB is a TrackedJob (JobCore is never made on its own).
 _current: Callable[[], TrackedJob | None] = CURRENT_JOB.get  # type: ignore[assignment]
+
+
+
+def current_job() -> TrackedJob | None:
+    """Return the job of the innermost ``track()`` or ``@job`` call running here, if any."""
+    return _current()
+
 
 _hand_off_codec: tuple[Callable[[TrackedJob], str],
                        Callable[[str, TrackedJob], dict[str, str]]] | None = None
@@ -311,10 +319,7 @@ class TrackedJob(JobCore):
                 signature would).
             ValidationError: An argument is malformed; nothing was changed.
         """
-        unknown = options.keys() - _PROGRESS_OPTIONS
-        if unknown:
-            raise TypeError(f"set_progress() got an unexpected keyword argument "
-                            f"{min(unknown)!r}")
+        check_option_names("set_progress", options, _PROGRESS_OPTIONS)
         value = check_progress(progress)
         message = options.get("message")
         stage = options.get("stage")
@@ -377,21 +382,12 @@ class TrackedJob(JobCore):
             ValidationError: The result is malformed or too large; nothing was changed.
         """
         checked = coerce_result(result)
-        lock = self._lock
-        if lock is None:
-            if self._state >= COMPLETED:
-                self._ignored("set_result")
-                return
-            self._result = checked
-            return
-        lock.acquire()
-        try:
-            if self._state >= COMPLETED:
-                self._ignored("set_result")
-                return
-            self._result = checked
-        finally:
-            lock.release()
+        with self._guard():
+            ended = self._state >= COMPLETED
+            if not ended:
+                self._result = checked
+        if ended:  # logged outside the lock
+            self._ignored("set_result")
 
     def complete(self, *, result: JobResult | Mapping[str, Any] | None = None,
                  message: str | None = None) -> None:

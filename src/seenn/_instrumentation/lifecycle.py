@@ -70,18 +70,17 @@ class ProcessorSource(Protocol):
     _processors: tuple[Processor, ...]
 
 
-_child_lock = threading.Lock()
-# A job with nothing configured has no lock of its own; its rare state changes
-# from two threads (an update taking it out of its queue, fail() or hand_off()
-# from another thread) are ordered by this one instead. See JobCore._guard().
-_state_lock = threading.Lock()
+# Orders what jobs without a lock of their own share: a parent's count of
+# children, and the rare state changes of a job with nothing configured (an
+# update taking it out of its queue against a fail() or hand_off() from
+# another thread). Held for a few stores, never across I/O. See JobCore._guard().
+_shared_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
-    # Another thread may have held a lock when the process forked.
-    global _child_lock, _state_lock
-    _child_lock = threading.Lock()
-    _state_lock = threading.Lock()
+    # Another thread may have held the lock when the process forked.
+    global _shared_lock
+    _shared_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -103,10 +102,8 @@ def _restore(token: Any) -> None:
         _set(None if old is token.MISSING else old)
 
 
-
 class JobCore:
     """The state machine of a tracked job; ``TrackedJob`` adds the public methods."""
-
 
     # The attributes read on every call live in slots; the rest are class
     # attributes acting as defaults until a job sets its own (in __dict__), so
@@ -153,7 +150,7 @@ class JobCore:
     # -- lifecycle (used by track(), @job, stages and resume()) ------------------------
 
     def __enter__(self) -> Self:
-        # _start() and _open(), inlined: this is the hot path of every job.
+        # _start(), inlined: this is the hot path of every job.
         if self._state > 0:
             raise RuntimeError("a TrackedJob can be entered only once")
         parent = _get()
@@ -182,19 +179,10 @@ class JobCore:
                 self._state = 5  # COMPLETED
         else:
             try:
-                if exc is not None:
-                    self._fail_with(exc)
-                elif self._state < 3:  # RUNNING, QUEUED: _succeed(), inlined
-                    with self._lock:  # type: ignore[union-attr]  # not None here
-                        ending = self._state < 3  # fail() or hand_off() may have won
-                        if ending:
-                            self._state = 5  # COMPLETED
-                            self._progress = 100
-                            self._emit("completed")
-                    if not ending:
-                        self._succeed(None)
-                else:
+                if exc is None:
                     self._succeed(None)
+                else:
+                    self._fail_with(exc)
             except BaseException:
                 _restore(self._token)
                 self._token = None
@@ -217,20 +205,16 @@ class JobCore:
         if parent is not None:
             self._adopt(parent)
         self._state = QUEUED if self._queue is not None else RUNNING
-        procs = self._tracker._processors
-        if procs:
-            self._open(procs)
-
-    def _open(self, procs: tuple[Processor, ...]) -> None:
-        self._procs = procs
-        self._seq = 0
-        # No other thread can reach the job before it is entered: no locking yet.
-        self._lock = threading.Lock()
-        self._emit("started")
+        if self._tracker._processors:
+            self._procs = self._tracker._processors
+            self._seq = 0
+            # No other thread can reach the job before it starts: no locking yet.
+            self._lock = _Lock()
+            self._emit("started")
 
     def _adopt(self, parent: JobCore) -> None:
         self._parent = parent
-        with _child_lock:
+        with _shared_lock:
             self._child_index = parent._children
             parent._children += 1
         if self._user_id is None:
@@ -251,7 +235,7 @@ class JobCore:
             return
         lock = self._lock
         if lock is not None and 0 < state < HANDED:
-            # _finish() and _end(), written out for the common end of a configured job.
+            # _finish() and _end(), written out: the common end of a configured job.
             with lock:
                 if 0 < self._state < HANDED:  # no other thread ended or handed it meanwhile
                     self._state = COMPLETED
@@ -292,7 +276,7 @@ class JobCore:
         if procs:
             self._procs = procs
             self._seq = sequence
-            lock = self._lock = threading.Lock()
+            lock = self._lock = _Lock()
             with lock:
                 self._emit("progress")
         self._token = _set(self)
@@ -322,7 +306,7 @@ class JobCore:
         if not ended_now and warn:  # logged outside the lock
             self._ignored("complete" if kind == "completed" else "fail")
 
-    def _guard(self) -> Any:
+    def _guard(self) -> threading.Lock:
         """The lock that orders this job's state changes.
 
         The job's own once it has processors; with nothing configured (no lock
@@ -331,7 +315,7 @@ class JobCore:
         update that read the state just before.
         """
         lock = self._lock
-        return lock if lock is not None else _state_lock
+        return lock if lock is not None else _shared_lock
 
     def _leave_queue(self) -> None:
         """QUEUED -> RUNNING, unless another thread ended or handed off the job meanwhile."""
@@ -364,7 +348,7 @@ class JobCore:
                            "(later updates are ignored silently)", what, self.id,
                            STATUS[self._state])
 
-    # -- stages and automatic progress -------------------------------------------------
+    # -- updates -----------------------------------------------------------------------
 
     def _apply(self, progress: int, message: str | None, stage: Stage | None,
                queue: Queue | None, metadata: Mapping[str, Any] | None) -> None:
@@ -464,7 +448,7 @@ class JobCore:
             if job_id is None:
                 job_id = self._id = new_job_id()
             parent = self._parent
-            # current_span_ids(), inlined: with no span active this is two lookups.
+            # The active span: with none, this is two lookups (see current_context).
             span = current_context().get(SPAN_KEY)
             trace_id: str | None = None
             span_id: str | None = None

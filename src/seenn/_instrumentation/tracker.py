@@ -12,7 +12,7 @@ from typing_extensions import ParamSpec
 
 from seenn._core.models import Queue, Stage
 from seenn._core.pipeline import internal_error, is_strict
-from seenn._core.validation import MAX_JOB_TYPE, MAX_USER_ID, check_text
+from seenn._core.validation import MAX_JOB_TYPE, MAX_USER_ID, check_option_names, check_text
 from seenn._instrumentation.context import current_job as _current_job
 from seenn._instrumentation.context import with_current_job as _with_current_job
 from seenn._instrumentation.decorator import ResultMapper, job_decorator
@@ -251,9 +251,7 @@ class Tracker:
             job._state = 0
             job._id = None
             return job
-        unknown = options.keys() - _TRACK_OPTIONS
-        if unknown:
-            raise TypeError(f"track() got an unexpected keyword argument {min(unknown)!r}")
+        check_option_names("track", options, _TRACK_OPTIONS)
         job = TrackedJob(self, job_type, user_id, **options)
         if type(job_type) is str and len(_checked_types) < _MAX_CHECKED_TYPES:
             # Checked by the constructor: the next track() of this type skips the checks.
