@@ -222,20 +222,16 @@ class JobCore:
 
     def _succeed(self, result: JobResult | None) -> None:
         """End the job as completed (unless it already ended, or was handed off)."""
-        state = self._state
-        if self._lock is None and 0 < state < HANDED:
-            # Nothing configured: no event, no lock; just the state.
-            self._state = COMPLETED
-            self._progress = 100
-            if result is not None:
-                self._result = result
-            return
-        if HANDED <= state < COMPLETED:
-            self._leave_handed_off()
-            return
         lock = self._lock
-        if lock is not None and 0 < state < HANDED:
-            # _finish() and _end(), written out: the common end of a configured job.
+        if 0 < self._state < HANDED:  # RUNNING or QUEUED: the common end
+            if lock is None:
+                # Nothing configured: no event, no lock; just the state.
+                self._state = COMPLETED
+                self._progress = 100
+                if result is not None:
+                    self._result = result
+                return
+            # _finish() and _end(), written out.
             with lock:
                 if 0 < self._state < HANDED:  # no other thread ended or handed it meanwhile
                     self._state = COMPLETED
@@ -244,6 +240,9 @@ class JobCore:
                         self._result = result
                     self._emit("completed")
                     return
+        elif HANDED <= self._state < COMPLETED:
+            self._leave_handed_off()
+            return
         self._finish("completed", result, None, None, None, warn=False)
 
     def _leave_handed_off(self) -> None:
