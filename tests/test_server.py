@@ -267,7 +267,7 @@ def test_rate_limit_answers_429_with_headers(tmp_path: Path) -> None:
         assert answers[3].headers["Retry-After"] == "1"
         assert answers[3].json()["error"]["code"] == "RATE_LIMITED"
         public = {"Authorization": f"Bearer {srv.public_key}"}
-        assert httpx.get(f"{srv.url}/v1/jobs?userId=u", headers=public).status_code == 200
+        assert httpx.get(f"{srv.url}/v1/jobs/missing", headers=public).status_code == 404
         srv.app.store.clock = lambda: 5001.0
         assert httpx.get(f"{srv.url}/v1/jobs?userId=u", headers=headers).status_code == 200
 
@@ -526,8 +526,8 @@ def test_restart_with_a_new_public_key_replaces_the_old_one(tmp_path: Path) -> N
     assert restarted.created_keys is None
     restarted.close()
     with seenn.server.running(db, api_key="sk_test_same", public_key="pk_test_new") as srv:
-        url = f"{srv.url}/v1/jobs?userId=u"
-        assert httpx.get(url, headers={"Authorization": "Bearer pk_test_new"}).status_code == 200
+        url = f"{srv.url}/v1/jobs/missing"
+        assert httpx.get(url, headers={"Authorization": "Bearer pk_test_new"}).status_code == 404
         assert httpx.get(url, headers={"Authorization": "Bearer pk_test_old"}).status_code == 401
 
 

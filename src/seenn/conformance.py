@@ -237,6 +237,23 @@ class _Runner:
         stats = body["parent"].get("children") or {}
         _expect(stats.get("total") == 2, f"the parent's children stats are {stats!r}")
 
+    def check_children_pagination(self) -> None:
+        parent = self.start("Conformance paged parent", totalChildren=3)
+        ids = [self.start(f"Paged child {index}", parentJobId=parent["id"],
+                          childIndex=index)["id"] for index in range(3)]
+        path = f"/jobs/{parent['id']}/children"
+        first = self.call("GET", path, params={"limit": 2})
+        _expect(first.status_code == 200, f"children with limit=2 answered {first.status_code}")
+        page = first.json()
+        cursor = page.get("nextCursor")
+        _expect([c.get("id") for c in page.get("children") or []] == ids[:2],
+                "limit=2 did not return the first two children in childIndex order")
+        _expect(isinstance(cursor, str) and cursor != "", "no nextCursor with a child left")
+        second = self.call("GET", path, params={"limit": 2, "cursor": cursor}).json()
+        _expect([c.get("id") for c in second.get("children") or []] == ids[2:],
+                "the second page does not hold the third child alone")
+        _expect("nextCursor" not in second, "a nextCursor on the last page")
+
     def check_idempotency(self) -> None:
         key = str(uuid.uuid4())
         body = {"jobType": "conformance", "userId": self.user, "title": "Idempotent"}
@@ -309,6 +326,7 @@ def run_checks(base_url: str, api_key: str, *, public_key: str | None = None,
         ("list: a user's jobs, newest first", runner.check_list, False),
         ("list: cursor pagination", runner.check_pagination, False),
         ("children: parent with its children", runner.check_children, False),
+        ("children: cursor pagination", runner.check_children_pagination, False),
         ("idempotency: one job per Idempotency-Key", runner.check_idempotency, False),
         ("public key: can read", runner.check_public_read, public_key is None),
         ("public key: cannot write (403)", runner.check_public_write, public_key is None),

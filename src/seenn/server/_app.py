@@ -1,11 +1,13 @@
 """The HTTP shell of ``seenn serve``: the WSGI application around the job operations.
 
 ``SeennServerApp`` owns everything about a request that is HTTP: routing a path to a
-read or a write, the Bearer key and which app it belongs to, per-key rate limits, CORS
-and its preflight, the size and JSON of a request body, ``GET`` with ETags, listing
-with cursors, ``Idempotency-Key`` replay, and turning ``HTTPError`` into the JSON error
-answer. A write opens one ``Store.write`` transaction and hands the parsed body to
-``_jobs`` (``start_job`` or ``update_job``), which does what happens to the jobs.
+read or a write, the Bearer key and which app it belongs to, user read tokens (minted
+by ``POST /v1/tokens``, checked here) and what each kind of credential may read,
+per-key rate limits, CORS and its preflight, the size, JSON and text of a request
+body, ``GET`` with ETags, lists and children in pages with cursors,
+``Idempotency-Key`` replay, and turning ``HTTPError`` into the JSON error answer. A
+write opens one ``Store.write`` transaction and hands the parsed body to ``_jobs``
+(``start_job`` or ``update_job``), which does what happens to the jobs.
 """
 
 from __future__ import annotations
@@ -14,19 +16,32 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
-from seenn._core.validation import MAX_LIST_LIMIT, MAX_USER_ID, check_int, check_text, fail
+from seenn._core.validation import (
+    MAX_LIST_LIMIT,
+    MAX_TTL_SECONDS,
+    MAX_USER_ID,
+    MIN_TTL_SECONDS,
+    check_int,
+    check_text,
+    fail,
+    format_datetime,
+)
 from seenn.server._errors import HTTPError, Response
 from seenn.server._jobs import Fields, start_job, update_job
-from seenn.server._store import Store, canonical_hash, key_hash
+from seenn.server._store import Store, StoredJob, Transaction, canonical_hash, key_hash
 
 logger = logging.getLogger("seenn.server")
 
@@ -34,6 +49,13 @@ StartResponse = Callable[..., Any]
 
 DEFAULT_LIMIT = 20
 MAX_BODY_BYTES = 512 * 1024
+TOKEN_PREFIX = "ut_"
+DEFAULT_TOKEN_TTL = 3600
+# A token is about 100 characters and its user id; far longer is not one of ours.
+_MAX_TOKEN_CHARS = 2048
+# Binds a signature to its use, should the signing key ever sign anything else.
+_TOKEN_CONTEXT = b"seenn-user-token-v1."
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _CORS_ALLOW = "Authorization, Content-Type, Idempotency-Key, If-None-Match"
 _CORS_EXPOSE = "ETag, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, Idempotent-Replayed"
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
@@ -67,6 +89,16 @@ class _RateLimiter:
             if len(self._windows) > 10_000:
                 self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
             return True, self.limit - count - 1, 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """Who sent a request: the app, the kind of credential, and for a token its user."""
+
+    app_id: str
+    kind: str  # "secret", "public" or "token"
+    rate_key: str
+    user_id: str | None = None
 
 
 class SeennServerApp:
@@ -113,6 +145,7 @@ class SeennServerApp:
             self.store.add_app(f"app_{key_hash(secret)[:12]}", secret, public)
             self.created_keys = (secret, public)
         self._keys = self.store.apps()
+        self._signing_keys = self.store.signing_keys()
         self._keys_loaded = time.monotonic()
         self._rate = _RateLimiter(rate_limit) if rate_limit else None
 
@@ -163,17 +196,19 @@ class SeennServerApp:
             listed = (*allowed, "OPTIONS") if self.cors_origin is not None else allowed
             raise HTTPError(405, "METHOD_NOT_ALLOWED", f"{method} is not allowed here",
                             headers={"Allow": ", ".join(listed)})
-        app_id, kind, key_digest = self._authenticate(environ)
-        rate_headers = self._rate_limit(key_digest)
-        if method == "POST" and kind != "secret":
-            raise HTTPError(403, "FORBIDDEN", "public keys can only read",
-                            headers=rate_headers)
+        caller = self._authenticate(environ)
+        rate_headers = self._rate_limit(caller.rate_key)
+        if method == "POST" and caller.kind != "secret":
+            what = "user tokens" if caller.kind == "token" else "public keys"
+            raise HTTPError(403, "FORBIDDEN", f"{what} can only read", headers=rate_headers)
         self.store.purge()
         try:
-            if method == "GET":
-                status, body, headers = self._get(route, app_id, environ)
+            if route == ("tokens",):
+                status, body, headers = self._mint_token(caller.app_id, environ)
+            elif method == "GET":
+                status, body, headers = self._get(route, caller, environ)
             else:
-                status, body, headers = self._post(route, app_id, environ)
+                status, body, headers = self._post(route, caller.app_id, environ)
         except HTTPError as error:
             error.headers.update(rate_headers)
             raise
@@ -182,21 +217,91 @@ class SeennServerApp:
 
     # Auth and rate limits -----------------------------------------------------------
 
-    def _authenticate(self, environ: Mapping[str, Any]) -> tuple[str, str, str]:
+    def _authenticate(self, environ: Mapping[str, Any]) -> _Caller:
         header = str(environ.get("HTTP_AUTHORIZATION", ""))
         scheme, _, key = header.partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise HTTPError(401, "UNAUTHORIZED", "missing API key: send Authorization: Bearer")
+        if key.startswith(TOKEN_PREFIX):
+            return self._read_token(key)
         digest = key_hash(key)
         found = self._keys.get(digest)
-        if found is None and time.monotonic() - self._keys_loaded > 1.0:
-            # Another process sharing the database may have registered the key.
-            self._keys, self._keys_loaded = self.store.apps(), time.monotonic()
+        if found is None and self._reload_keys():
             found = self._keys.get(digest)
         if found is None:
             raise HTTPError(401, "UNAUTHORIZED", "unknown API key")
-        return found[0], found[1], digest
+        return _Caller(found[0], found[1], digest)
+
+    def _reload_keys(self) -> bool:
+        """Read the apps again, at most once a second; whether it did."""
+        if time.monotonic() - self._keys_loaded <= 1.0:
+            return False
+        # Another process sharing the database may have registered the key.
+        self._keys, self._signing_keys = self.store.apps(), self.store.signing_keys()
+        self._keys_loaded = time.monotonic()
+        return True
+
+    def _signing_key(self, app_id: str) -> bytes | None:
+        key = self._signing_keys.get(app_id)
+        if key is None and self._reload_keys():
+            key = self._signing_keys.get(app_id)
+        return key
+
+    def _read_token(self, token: str) -> _Caller:
+        """Check a user token's signature and expiry; the token itself is never echoed."""
+        invalid = HTTPError(401, "UNAUTHORIZED", "invalid user token")
+        if len(token) > _MAX_TOKEN_CHARS:
+            raise invalid
+        payload, _, signature = token[len(TOKEN_PREFIX):].partition(".")
+        try:
+            claims = json.loads(_unbase64(payload))
+            given = _unbase64(signature)
+        except (ValueError, RecursionError):
+            raise invalid from None
+        # Only the app id is read before the signature is checked: it picks the key.
+        app_id = claims.get("app") if isinstance(claims, dict) else None
+        if not isinstance(app_id, str):
+            raise invalid
+        key = self._signing_key(app_id)
+        if key is None:
+            raise invalid
+        expected = hmac.new(key, _TOKEN_CONTEXT + payload.encode("ascii"),
+                            hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, given):
+            raise invalid
+        user_id, expires = claims.get("user"), claims.get("exp")
+        if not isinstance(user_id, str) or type(expires) is not int:
+            raise invalid
+        if expires <= self.store.clock():
+            raise HTTPError(401, "TOKEN_EXPIRED",
+                            "the user token has expired: get a new one from your backend")
+        # One rate window per user, however many tokens the user was given.
+        return _Caller(app_id, "token", key_hash(f"{TOKEN_PREFIX}{app_id}:{user_id}"), user_id)
+
+    def _mint_token(self, app_id: str, environ: Mapping[str, Any]) -> Response:
+        """``POST /v1/tokens``: a user token, signed and stored nowhere."""
+        body = self._read_json(environ)
+        fields = Fields()
+        user_id = fields.check("userId", lambda: check_text(
+            "userId", body.get("userId"), max_len=MAX_USER_ID))
+        ttl = fields.check("ttlSeconds", lambda: DEFAULT_TOKEN_TTL
+                           if body.get("ttlSeconds") is None else check_int(
+                               "ttlSeconds", body.get("ttlSeconds"), minimum=MIN_TTL_SECONDS,
+                               maximum=MAX_TTL_SECONDS))
+        fields.raise_if_any()
+        key = self._signing_key(app_id)
+        if key is None:
+            raise HTTPError(500, "INTERNAL", "the app has no signing key")
+        expires = int(self.store.clock()) + ttl
+        claims = {"app": app_id, "user": user_id, "exp": expires}
+        payload = _base64(json.dumps(claims, separators=(",", ":"),
+                                     ensure_ascii=False).encode("utf-8"))
+        signature = hmac.new(key, _TOKEN_CONTEXT + payload.encode("ascii"),
+                             hashlib.sha256).digest()
+        token = f"{TOKEN_PREFIX}{payload}.{_base64(signature)}"
+        expires_at = format_datetime(datetime.fromtimestamp(expires, tz=timezone.utc))
+        return 201, {"token": token, "expiresAt": expires_at}, {"Cache-Control": "no-store"}
 
     def _rate_limit(self, key_digest: str) -> dict[str, str]:
         if self._rate is None:
@@ -212,16 +317,30 @@ class SeennServerApp:
 
     # Reads --------------------------------------------------------------------------
 
-    def _get(self, route: tuple[str, ...], app_id: str, environ: Mapping[str, Any]) -> Response:
+    def _get(self, route: tuple[str, ...], caller: _Caller,
+             environ: Mapping[str, Any]) -> Response:
+        query = parse_qs(str(environ.get("QUERY_STRING", "")))
         if route == ("list",):
-            return self._list(app_id, parse_qs(str(environ.get("QUERY_STRING", ""))))
+            if caller.kind == "public":
+                # A public key ships inside apps, so anyone may hold it: it reads a job
+                # whose id it was given, never a list of somebody's jobs.
+                raise HTTPError(403, "FORBIDDEN",
+                                "a public key cannot list jobs: list with a user token "
+                                "(POST /v1/tokens) or a secret key")
+            return self._list(caller, query)
         job_id = route[1]
-        with self.store.read(app_id) as tx:
+        page = None
+        if route[0] == "children":
+            fields = Fields()
+            page = _page(query, "c", fields)
+            fields.raise_if_any()
+        with self.store.read(caller.app_id) as tx:
             stored = tx.get(job_id)
-            if stored is None:
+            if stored is None or (caller.user_id is not None
+                                  and stored.data.get("userId") != caller.user_id):
                 raise HTTPError(404, "NOT_FOUND", f"job {job_id} not found")
-            if route[0] == "children":
-                return 200, {"parent": stored.data, "children": tx.children(job_id)}, {}
+            if page is not None:
+                return self._children(tx, stored, caller, *page)
         etag = '"' + hashlib.sha1(json.dumps(stored.data, sort_keys=True).encode(),
                                   usedforsecurity=False).hexdigest()[:27] + '"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
@@ -229,22 +348,34 @@ class SeennServerApp:
             return 304, None, headers
         return 200, stored.data, headers
 
-    def _list(self, app_id: str, query: dict[str, list[str]]) -> Response:
+    def _list(self, caller: _Caller, query: dict[str, list[str]]) -> Response:
+        raw_user = _one(query, "userId")
+        if raw_user is None and caller.user_id is not None:
+            raw_user = caller.user_id  # a token lists its own user's jobs by default
         fields = Fields()
         user_id = fields.check("userId", lambda: check_text(
-            "userId", _one(query, "userId"), max_len=MAX_USER_ID))
-        raw_limit = _one(query, "limit")
-        limit = fields.check("limit", lambda: DEFAULT_LIMIT if raw_limit is None else check_int(
-            "limit", _as_int("limit", raw_limit), minimum=1, maximum=MAX_LIST_LIMIT))
-        raw_cursor = _one(query, "cursor")
-        before = fields.check("cursor", lambda: None if raw_cursor is None
-                              else _decode_cursor(raw_cursor))
+            "userId", raw_user, max_len=MAX_USER_ID))
+        limit, before = _page(query, "s", fields)
         fields.raise_if_any()
-        with self.store.read(app_id) as tx:
+        if caller.user_id is not None and user_id != caller.user_id:
+            raise HTTPError(403, "FORBIDDEN", "a user token lists its own user's jobs only",
+                            {"field": "userId"})
+        with self.store.read(caller.app_id) as tx:
             rows = tx.list_user(user_id, before_seq=before, limit=limit + 1)
         body: dict[str, Any] = {"jobs": [data for _, data in rows[:limit]]}
         if len(rows) > limit:
-            body["nextCursor"] = _encode_cursor(rows[limit - 1][0])
+            body["nextCursor"] = _encode_cursor("s", rows[limit - 1][0])
+        return 200, body, {}
+
+    def _children(self, tx: Transaction, parent: StoredJob, caller: _Caller,
+                  limit: int, after: int | None) -> Response:
+        # A token sees the children that belong to its user, as it does everywhere.
+        rows = tx.children_page(parent.data["id"], after_index=after, limit=limit + 1,
+                                user_id=caller.user_id)
+        body: dict[str, Any] = {"parent": parent.data,
+                                "children": [data for _, data in rows[:limit]]}
+        if len(rows) > limit:
+            body["nextCursor"] = _encode_cursor("c", rows[limit - 1][0])
         return 200, body, {}
 
     # Writes -------------------------------------------------------------------------
@@ -296,6 +427,11 @@ class SeennServerApp:
             raise HTTPError(400, "INVALID_JSON", "the request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise HTTPError(400, "INVALID_JSON", "the request body must be a JSON object")
+        field = _unencodable_field(body)
+        if field is not None:
+            reason = "must be valid Unicode text: it holds a lone surrogate"
+            raise HTTPError(400, "VALIDATION_ERROR", f"{field}: {reason}",
+                            {"field": field, "reason": reason, "fields": {field: reason}})
         return body
 
 def _path_segments(environ: Mapping[str, Any]) -> list[str]:
@@ -314,6 +450,8 @@ def _path_segments(environ: Mapping[str, Any]) -> list[str]:
 
 
 def _route(segments: list[str]) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    if segments == ["v1", "tokens"]:
+        return ("tokens",), ("POST",)
     if len(segments) < 2 or segments[:2] != ["v1", "jobs"]:
         return None, ()
     rest = segments[2:]
@@ -347,18 +485,77 @@ def _as_int(name: str, text: str) -> int:
         fail(name, f"must be an integer, got {text!r}")
 
 
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s:{seq}".encode()).decode().rstrip("=")
+def _page(query: dict[str, list[str]], kind: str, fields: Fields) -> tuple[int, int | None]:
+    """A page's ``limit`` and the position of its ``cursor`` of ``kind``; errors go to fields."""
+    raw_limit = _one(query, "limit")
+    limit = fields.check("limit", lambda: DEFAULT_LIMIT if raw_limit is None else check_int(
+        "limit", _as_int("limit", raw_limit), minimum=1, maximum=MAX_LIST_LIMIT))
+    raw_cursor = _one(query, "cursor")
+    position = fields.check("cursor", lambda: None if raw_cursor is None
+                            else _decode_cursor(raw_cursor, kind))
+    return limit, position
 
 
-def _decode_cursor(cursor: str) -> int:
+def _encode_cursor(kind: str, position: int) -> str:
+    """An opaque cursor: ``s:<seq>`` for a list of jobs, ``c:<childIndex>`` for children."""
+    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, kind: str) -> int:
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
-    if not (text.startswith("s:") and text[2:].isdigit() and len(text) < 24):
+    digits = text[len(kind) + 1:]
+    # isdigit() alone accepts "²" and other digits int() refuses: ASCII digits only.
+    if not (text.startswith(f"{kind}:") and 0 < len(digits) < 20 and digits.isascii()
+            and digits.isdigit()):
         fail("cursor", "is not a cursor this server made")
-    return int(text[2:])
+    return int(digits)
+
+
+def _base64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unbase64(text: str) -> bytes:
+    if not _BASE64URL.fullmatch(text):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _unencodable_field(body: dict[str, Any]) -> str | None:
+    """The path of a string (or key) in a body that UTF-8 cannot encode, if there is one.
+
+    ``json.loads`` turns the escape ``"\\ud800"`` into a lone surrogate, which no later
+    step could store or send back. Iterative, so a deeply nested body costs no recursion.
+    """
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not _encodable(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if not _encodable(key):
+                    # Named with the surrogate escaped: the key cannot be sent back as it is.
+                    key = key.encode("utf-8", "backslashreplace").decode("utf-8")
+                    return (f"{path}.{key}" if path else key)[:200]
+                stack.append(((f"{path}.{key}" if path else key)[:200], item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{index}"[:200], item) for index, item in enumerate(value))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,

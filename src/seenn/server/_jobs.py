@@ -2,13 +2,14 @@
 
 ``start_job`` creates a job (or answers again with the same one for a repeated client
 id) and ``update_job`` applies progress, complete and fail; both link a child to its
-parent and recompute the parent's children counts and, for a declared parent, its
-progress and outcome. Each checks its whole body first with ``Fields`` so that a 400
-names every bad field, and raises every ``HTTPError`` before it writes anything:
-``_app`` commits the transaction of a refused request to store its answer for
-``Idempotency-Key`` replay. HTTP itself (routing, keys, rate limits, replay, reading
-the body) belongs to ``_app``; these functions see only a ``Transaction``, the app id
-and a parsed body.
+parent and carry the change up to every ancestor: its children counts and, for a
+declared parent, its progress and outcome, updated by difference from sums stored
+with the parent (``_carry``), never by reading the siblings. Each checks its whole
+body first with ``Fields`` so that a 400 names every bad field, and raises every
+``HTTPError`` before it writes anything: ``_app`` commits the transaction of a
+refused request to store its answer for ``Idempotency-Key`` replay. HTTP itself
+(routing, keys, rate limits, replay, reading the body) belongs to ``_app``; these
+functions see only a ``Transaction``, the app id and a parsed body.
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ from seenn._core.validation import (
 )
 from seenn.errors import ValidationError
 from seenn.server._errors import HTTPError
-from seenn.server._store import Transaction, canonical_hash
+from seenn.server._store import FINISHED, StoredJob, Transaction, canonical_hash
 
-TERMINAL = ("completed", "failed", "cancelled")
+TERMINAL = FINISHED
+# A deeper tree is a mistake or an attack: every child change walks up all its ancestors.
+MAX_DEPTH = 32
+_WEIGHT_SCALE = 1_000_000
 DEFAULT_TTL = MAX_TTL_SECONDS
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:~-]{0,254}")
 
@@ -161,6 +165,12 @@ def start_job(tx: Transaction, app_id: str, body: dict[str, Any]) -> tuple[int, 
                 raise HTTPError(409, "CONFLICT",
                                 f"job {job_id} exists and was started with another body")
             return 200, existing.data
+        if tx.has_children(job_id):
+            # The id of an expired job whose children live on: a new job under it would
+            # adopt them, and naming one of them as its parent would close a cycle.
+            raise HTTPError(409, "CONFLICT",
+                            f"job {job_id} has expired but its children have not: "
+                            "its id is not free yet", {"field": "id"})
     now_iso = _now_iso(tx.now)
     job: dict[str, Any] = {
         "id": job_id or new_job_id(), "appId": app_id, "userId": user_id,
@@ -180,10 +190,10 @@ def start_job(tx: Transaction, app_id: str, body: dict[str, Any]) -> tuple[int, 
         job["childProgressMode"] = values.get("childProgressMode", "average")
     if "parentJobId" in values:
         job["parent"] = _parent_link(tx, values["parentJobId"], values.get("childIndex"))
-    tx.insert(job, start_hash=start_hash,
-              expires_at=tx.now + values.get("ttlSeconds", DEFAULT_TTL))
+    expires_at = tx.now + values.get("ttlSeconds", DEFAULT_TTL)
+    tx.insert(job, start_hash=start_hash, expires_at=expires_at)
     if "parent" in job:
-        _refresh_parent(tx, job["parent"]["parentJobId"])
+        _carry(tx, job["parent"]["parentJobId"], None, _share(job), expires_at)
     return 201, job
 
 
@@ -194,10 +204,11 @@ def _parent_link(tx: Transaction, parent_id: str, index: int | None) -> dict[str
                         {"field": "parentJobId"})
     if parent.data.get("status") in TERMINAL:
         raise HTTPError(409, "CONFLICT", f"parent job {parent_id} is already finished")
+    _check_depth(tx, parent)
     declared = parent.data.get("childProgressMode") is not None
-    siblings = tx.children(parent_id)
     if index is None:
-        index = max((c["parent"]["childIndex"] for c in siblings), default=-1) + 1
+        last = tx.last_child_index(parent_id)
+        index = 0 if last is None else last + 1
         if index >= MAX_TOTAL_CHILDREN:
             raise HTTPError(400, "VALIDATION_ERROR",
                             f"parentJobId: job {parent_id} has {MAX_TOTAL_CHILDREN} "
@@ -211,6 +222,21 @@ def _parent_link(tx: Transaction, parent_id: str, index: int | None) -> dict[str
     if tx.child_index_taken(parent_id, index):
         raise HTTPError(409, "CONFLICT", f"parent {parent_id} already has child {index}")
     return {"parentJobId": parent_id, "childIndex": index}
+
+
+def _check_depth(tx: Transaction, parent: StoredJob) -> None:
+    """Refuse a child that would nest deeper than ``MAX_DEPTH`` levels of jobs."""
+    levels, node = 2, parent  # the new job and its parent
+    while node.parent_id is not None:
+        above = tx.get(node.parent_id)
+        if above is None:
+            return
+        levels, node = levels + 1, above
+        if levels > MAX_DEPTH:
+            raise HTTPError(400, "VALIDATION_ERROR",
+                            f"parentJobId: jobs nest at most {MAX_DEPTH} levels deep",
+                            {"field": "parentJobId",
+                             "reason": f"jobs nest at most {MAX_DEPTH} levels deep"})
 
 
 def update_job(tx: Transaction, action: str, job_id: str,
@@ -251,6 +277,7 @@ def update_job(tx: Transaction, action: str, job_id: str,
     job = stored.data
     if job.get("status") in TERMINAL:
         raise HTTPError(409, "CONFLICT", f"job {job_id} is already {job['status']}")
+    before = _share(job)
     now_iso = _now_iso(tx.now)
     if action == "progress":
         if "metadata" in values:
@@ -278,32 +305,100 @@ def update_job(tx: Transaction, action: str, job_id: str,
         job.setdefault("startedAt", now_iso)
     job["updatedAt"] = now_iso
     tx.update(job)
-    if "parent" in job:
-        _refresh_parent(tx, job["parent"]["parentJobId"])
+    if stored.parent_id is not None:
+        _carry(tx, stored.parent_id, before, _share(job), None)
     return 200, job
 
 
-def _refresh_parent(tx: Transaction, parent_id: str) -> None:
-    """Recompute a parent's children counts and, for a declared parent, its progress."""
-    stored = tx.get(parent_id)
-    if stored is None:
-        return
-    parent = stored.data
-    children = tx.children(parent_id)
-    counts = {"completed": 0, "failed": 0, "running": 0, "pending": 0}
-    for child in children:
-        status = child.get("status")
-        bucket = ("completed" if status == "completed" else
-                  "failed" if status in ("failed", "cancelled") else
-                  "running" if status == "running" else "pending")
-        counts[bucket] += 1
+def _share(job: Mapping[str, Any]) -> tuple[str, int, int]:
+    """What a child adds to its parent's aggregate: bucket, progress and weight.
+
+    The progress counts 100 once the child is finished; the weight is in millionths.
+    """
+    status = job.get("status")
+    bucket = ("completed" if status == "completed" else
+              "failed" if status in ("failed", "cancelled") else
+              "running" if status == "running" else "pending")
+    done = 100 if status in TERMINAL else int(job.get("progress", 0))
+    # Whole millionths keep the weighted sums exact however often they change.
+    return bucket, done, max(1, round(_weight(job) * _WEIGHT_SCALE))
+
+
+def _empty_aggregate() -> dict[str, Any]:
+    return {"n": 0, "completed": 0, "failed": 0, "running": 0, "pending": 0,
+            "done": 0, "weight": 0, "weightedDone": 0, "expiresAt": None}
+
+
+def _count(aggregate: dict[str, Any], share: tuple[str, int, int], sign: int) -> None:
+    bucket, done, weight = share
+    aggregate[bucket] += sign
+    aggregate["done"] += sign * done
+    aggregate["weight"] += sign * weight
+    aggregate["weightedDone"] += sign * weight * done
+
+
+def _add_child(aggregate: dict[str, Any], share: tuple[str, int, int],
+               expires_at: float) -> None:
+    _count(aggregate, share, 1)
+    aggregate["n"] += 1
+    soonest = aggregate["expiresAt"]
+    aggregate["expiresAt"] = expires_at if soonest is None else min(soonest, expires_at)
+
+
+def _scan(tx: Transaction, parent_id: str) -> dict[str, Any]:
+    """A parent's aggregate built from all its live children (see ``_carry`` for when)."""
+    aggregate = _empty_aggregate()
+    for child, expires_at in tx.children(parent_id):
+        _add_child(aggregate, _share(child), expires_at)
+    return aggregate
+
+
+def _carry(tx: Transaction, parent_id: str, before: tuple[str, int, int] | None,
+           after: tuple[str, int, int], expires_at: float | None) -> None:
+    """Apply a child's change to its parent, and the parent's change to its own parent.
+
+    ``before`` is the child's share before the change (``None`` for a new child, which
+    then expires at ``expires_at``). Each level costs a few indexed reads and one write,
+    whatever the number of siblings: the parent's aggregate is updated by the difference.
+    It is built from all the children instead only when there is none yet (a parent's
+    first child, or a database written by a version without aggregates) or when one
+    of the children counted in it has expired since, which drops that child out.
+    """
+    for _ in range(MAX_DEPTH):
+        stored = tx.get(parent_id)
+        if stored is None:
+            return
+        parent = stored.data
+        parent_before = _share(parent)
+        aggregate = stored.aggregate
+        soonest = None if aggregate is None else aggregate["expiresAt"]
+        if aggregate is None or (soonest is not None and tx.now >= soonest):
+            aggregate = _scan(tx, parent_id)
+        elif before is None:
+            _add_child(aggregate, after, tx.now if expires_at is None else expires_at)
+        else:
+            _count(aggregate, before, -1)
+            _count(aggregate, after, 1)
+        _follow_children(tx, parent_id, parent, aggregate)
+        tx.update(parent, aggregate=aggregate)
+        if stored.parent_id is None:
+            return
+        parent_id, before, after, expires_at = (stored.parent_id, parent_before,
+                                                _share(parent), None)
+
+
+def _follow_children(tx: Transaction, parent_id: str, parent: dict[str, Any],
+                     aggregate: Mapping[str, Any]) -> None:
+    """Set a parent's children counts and, for a declared parent, its progress and status."""
+    counts = {name: aggregate[name] for name in ("completed", "failed", "running", "pending")}
     mode = parent.get("childProgressMode")
-    total = parent.get("children", {}).get("total", 0) if mode else len(children)
-    total = max(total, len(children))
+    count = aggregate["n"]
+    total = parent.get("children", {}).get("total", 0) if mode else count
+    total = max(total, count)
     parent["children"] = {"total": total, **counts}
+    now_iso = _now_iso(tx.now)
     if mode and parent.get("status") not in TERMINAL:
-        now_iso = _now_iso(tx.now)
-        parent["progress"] = _parent_progress(mode, children, total)
+        parent["progress"] = _parent_progress(tx, parent_id, mode, aggregate, total)
         done = counts["completed"] + counts["failed"]
         if done or counts["running"]:
             parent.setdefault("startedAt", now_iso)
@@ -317,35 +412,26 @@ def _refresh_parent(tx: Transaction, parent_id: str) -> None:
                 parent.update(status="completed", progress=100)
         elif done or counts["running"]:
             parent["status"] = "running"
-    parent["updatedAt"] = _now_iso(tx.now)
-    tx.update(parent)
-    if "parent" in parent:
-        _refresh_parent(tx, parent["parent"]["parentJobId"])
+    parent["updatedAt"] = now_iso
 
 
-def _parent_progress(mode: str, children: list[dict[str, Any]], total: int) -> int:
-    """A declared parent's progress from its children; see docs/self-hosted.md."""
+def _parent_progress(tx: Transaction, parent_id: str, mode: str,
+                     aggregate: Mapping[str, Any], total: int) -> int:
+    """A declared parent's progress from its aggregate; see docs/self-hosted.md."""
     if not total:
         return 0
-
-    def done(child: dict[str, Any]) -> float:
-        terminal = child.get("status") in TERMINAL
-        return 100.0 if terminal else float(child.get("progress", 0))
-
     if mode == "weighted":
-        weights = [_weight(c) for c in children]
-        missing = total - len(children)
-        return int(sum(w * done(c) for w, c in zip(weights, children, strict=True))
-                   / (sum(weights) + missing))
+        missing = total - aggregate["n"]
+        return int(aggregate["weightedDone"] // (aggregate["weight"] + missing * _WEIGHT_SCALE))
     if mode == "sequential":
-        finished = sum(1 for c in children if c.get("status") in TERMINAL)
-        running = next((c for c in children if c.get("status") not in TERMINAL), None)
-        current = float(running.get("progress", 0)) if running else 0.0
-        return int((finished * 100 + current) / total)
-    return int(sum(done(c) for c in children) / total)
+        finished = int(aggregate["completed"] + aggregate["failed"])
+        first_open = tx.first_open_child(parent_id)
+        current = int(first_open.get("progress", 0)) if first_open else 0
+        return (finished * 100 + current) // total
+    return int(aggregate["done"]) // total
 
 
-def _weight(child: dict[str, Any]) -> float:
+def _weight(child: Mapping[str, Any]) -> float:
     weight = (child.get("metadata") or {}).get("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
         return 1.0

@@ -4,18 +4,21 @@ One connection per thread (SQLite connections must not be shared across
 threads without a lock), WAL mode so readers never wait for the writer, and
 ``BEGIN IMMEDIATE`` for every write so a read-modify-write of a job is atomic.
 A job is stored as its protocol JSON document plus the columns that queries
-and the TTL need.
+and the TTL need; a parent also keeps the running sums of its children
+(``aggregate``) so that a child's change updates it without reading the siblings.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +27,8 @@ CREATE TABLE IF NOT EXISTS apps (
     id TEXT PRIMARY KEY,
     secret_hash TEXT NOT NULL UNIQUE,
     public_hash TEXT NOT NULL UNIQUE,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    signing_key TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -36,11 +40,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     start_hash TEXT NOT NULL,
     expires_at REAL NOT NULL,
     data TEXT NOT NULL,
+    finished INTEGER NOT NULL DEFAULT 0,
+    aggregate TEXT,
     UNIQUE (app_id, id)
 );
-CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (app_id, user_id, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (app_id, parent_id, child_index);
-CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at);
 CREATE TABLE IF NOT EXISTS idempotency (
     app_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -51,6 +54,15 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (app_id, key)
 );
 """
+# After the columns a database made by an older version gains in _migrate.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (app_id, user_id, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (app_id, parent_id, child_index);
+CREATE INDEX IF NOT EXISTS jobs_open_children ON jobs (app_id, parent_id, finished, child_index);
+CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at);
+"""
+# The statuses that end a job; a finished child no longer moves its parent.
+FINISHED = ("completed", "failed", "cancelled")
 
 IDEMPOTENCY_TTL = 24 * 3600.0
 
@@ -74,6 +86,8 @@ class StoredJob:
     data: dict[str, Any]
     start_hash: str
     expires_at: float
+    parent_id: str | None = None
+    aggregate: dict[str, Any] | None = None
 
 
 class Transaction:
@@ -87,12 +101,13 @@ class Transaction:
     def get(self, job_id: str) -> StoredJob | None:
         """The live (unexpired) job with this id in this app."""
         row = self._conn.execute(
-            "SELECT seq, data, start_hash, expires_at FROM jobs "
+            "SELECT seq, data, start_hash, expires_at, parent_id, aggregate FROM jobs "
             "WHERE app_id = ? AND id = ? AND expires_at > ?",
             (self.app_id, job_id, self.now)).fetchone()
         if row is None:
             return None
-        return StoredJob(row[0], json.loads(row[1]), row[2], row[3])
+        return StoredJob(row[0], json.loads(row[1]), row[2], row[3], row[4],
+                         None if row[5] is None else json.loads(row[5]))
 
     def insert(self, job: dict[str, Any], *, start_hash: str, expires_at: float) -> None:
         """Store a new job; any expired row with the same id is replaced."""
@@ -101,21 +116,75 @@ class Transaction:
         parent = job.get("parent") or {}
         self._conn.execute(
             "INSERT INTO jobs (app_id, id, user_id, parent_id, child_index, start_hash, "
-            "expires_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "expires_at, data, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.app_id, job["id"], job["userId"], parent.get("parentJobId"),
-             parent.get("childIndex"), start_hash, expires_at, _dump(job)))
+             parent.get("childIndex"), start_hash, expires_at, _dump(job),
+             job.get("status") in FINISHED))
 
-    def update(self, job: dict[str, Any]) -> None:
-        """Save a changed job document."""
-        self._conn.execute("UPDATE jobs SET data = ? WHERE app_id = ? AND id = ?",
-                           (_dump(job), self.app_id, job["id"]))
+    def update(self, job: dict[str, Any], *, aggregate: dict[str, Any] | None = None) -> None:
+        """Save a changed job document, and a parent's children aggregate when given."""
+        if aggregate is None:
+            self._conn.execute(
+                "UPDATE jobs SET data = ?, finished = ? WHERE app_id = ? AND id = ?",
+                (_dump(job), job.get("status") in FINISHED, self.app_id, job["id"]))
+        else:
+            self._conn.execute(
+                "UPDATE jobs SET data = ?, finished = ?, aggregate = ? "
+                "WHERE app_id = ? AND id = ?",
+                (_dump(job), job.get("status") in FINISHED, _dump(aggregate), self.app_id,
+                 job["id"]))
 
-    def children(self, parent_id: str) -> list[dict[str, Any]]:
-        """The live children of a parent, in child-index order."""
+    def children(self, parent_id: str) -> list[tuple[dict[str, Any], float]]:
+        """Every live child of a parent with its expiry, in child-index order.
+
+        This reads all of them: the job operations use it only to build a parent's
+        aggregate from scratch, never on the path of an ordinary child change.
+        """
         rows = self._conn.execute(
-            "SELECT data FROM jobs WHERE app_id = ? AND parent_id = ? AND expires_at > ? "
-            "ORDER BY child_index", (self.app_id, parent_id, self.now)).fetchall()
-        return [json.loads(row[0]) for row in rows]
+            "SELECT data, expires_at FROM jobs WHERE app_id = ? AND parent_id = ? "
+            "AND expires_at > ? ORDER BY child_index",
+            (self.app_id, parent_id, self.now)).fetchall()
+        return [(json.loads(row[0]), row[1]) for row in rows]
+
+    def children_page(self, parent_id: str, *, after_index: int | None, limit: int,
+                      user_id: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """Up to ``limit`` live children after ``after_index``, in child-index order.
+
+        With ``user_id``, only that user's children.
+        """
+        sql = ("SELECT child_index, data FROM jobs WHERE app_id = ? AND parent_id = ? "
+               "AND child_index > ? AND expires_at > ?")
+        args: list[Any] = [self.app_id, parent_id, -1 if after_index is None else after_index,
+                           self.now]
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            args.append(user_id)
+        rows = self._conn.execute(sql + " ORDER BY child_index LIMIT ?",
+                                  (*args, limit)).fetchall()
+        return [(row[0], json.loads(row[1])) for row in rows]
+
+    def last_child_index(self, parent_id: str) -> int | None:
+        """The highest child index among a parent's live children (``None`` if none)."""
+        row = self._conn.execute(
+            "SELECT child_index FROM jobs WHERE app_id = ? AND parent_id = ? "
+            "AND expires_at > ? ORDER BY child_index DESC LIMIT 1",
+            (self.app_id, parent_id, self.now)).fetchone()
+        return None if row is None else int(row[0])
+
+    def first_open_child(self, parent_id: str) -> dict[str, Any] | None:
+        """The live, unfinished child of a parent with the lowest child index."""
+        row = self._conn.execute(
+            "SELECT data FROM jobs WHERE app_id = ? AND parent_id = ? AND finished = 0 "
+            "AND expires_at > ? ORDER BY child_index LIMIT 1",
+            (self.app_id, parent_id, self.now)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def has_children(self, parent_id: str) -> bool:
+        """Whether any live job names ``parent_id`` as its parent."""
+        row = self._conn.execute(
+            "SELECT 1 FROM jobs WHERE app_id = ? AND parent_id = ? AND expires_at > ? LIMIT 1",
+            (self.app_id, parent_id, self.now)).fetchone()
+        return row is not None
 
     def child_index_taken(self, parent_id: str, child_index: int) -> bool:
         """Whether a live child of the parent already has this index."""
@@ -153,6 +222,41 @@ def _dump(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner only, if it does not exist yet.
+
+    It holds every job's metadata, results and errors, and the key that signs user
+    tokens. SQLite gives its ``-wal`` and ``-shm`` files the database file's mode.
+    """
+    if path in ("", ":memory:"):
+        return
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns a database made by an older version lacks (once, in one transaction)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        job_columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "finished" not in job_columns:
+            conn.execute("ALTER TABLE jobs ADD COLUMN finished INTEGER NOT NULL DEFAULT 0")
+            conn.execute("ALTER TABLE jobs ADD COLUMN aggregate TEXT")
+            done = [(seq,) for seq, data in conn.execute("SELECT seq, data FROM jobs")
+                    if json.loads(data).get("status") in FINISHED]
+            conn.executemany("UPDATE jobs SET finished = 1 WHERE seq = ?", done)
+        if "signing_key" not in {row[1] for row in conn.execute("PRAGMA table_info(apps)")}:
+            conn.execute("ALTER TABLE apps ADD COLUMN signing_key TEXT")
+        for (app_id,) in conn.execute(
+                "SELECT id FROM apps WHERE signing_key IS NULL").fetchall():
+            conn.execute("UPDATE apps SET signing_key = ? WHERE id = ?",
+                         (secrets.token_hex(32), app_id))
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 class Store:
     """The database of one ``seenn serve``; safe to use from many threads."""
 
@@ -167,8 +271,11 @@ class Store:
         self._last_purge = 0.0
         # The time source of TTLs and timestamps; tests move it forward.
         self.clock = time.time
+        _create_private(path)
         with self._connection() as conn:
             conn.executescript(SCHEMA)
+            _migrate(conn)
+            conn.executescript(INDEXES)
 
     def _open(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun explicitly, never implicitly.
@@ -237,6 +344,12 @@ class Store:
             keys[public_hash] = (app_id, "public")
         return keys
 
+    def signing_keys(self) -> dict[str, bytes]:
+        """App id -> the app's key for signing user tokens (made with the app, never sent)."""
+        with self._connection() as conn:
+            rows = conn.execute("SELECT id, signing_key FROM apps").fetchall()
+        return {app_id: bytes.fromhex(key) for app_id, key in rows}
+
     def add_app(self, app_id: str, secret_key: str, public_key: str | None) -> str:
         """Register a key pair as an app, or update the public key of the secret key's app.
 
@@ -256,9 +369,10 @@ class Store:
             if public_key is None:
                 raise ValueError("a new app needs a public key")
             try:
-                tx._conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at) "
-                                 "VALUES (?, ?, ?, ?)",
-                                 (app_id, key_hash(secret_key), key_hash(public_key), tx.now))
+                tx._conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at, "
+                                 "signing_key) VALUES (?, ?, ?, ?, ?)",
+                                 (app_id, key_hash(secret_key), key_hash(public_key), tx.now,
+                                  secrets.token_hex(32)))
             except sqlite3.IntegrityError:
                 raise ValueError("the public key belongs to another app") from None
         return app_id
