@@ -134,3 +134,18 @@ async def test_async_calls_run_concurrently(aclient: AsyncSeennClient,
     jobs = await asyncio.gather(*(aclient.jobs.start("v", user_id="u", title=f"{i}")
                                   for i in range(20)))
     assert len({j.id for j in jobs}) == 20
+
+
+async def test_async_create_token_and_children_pages(aclient: AsyncSeennClient,
+                                                     server: RecordingServer) -> None:
+    """The async client mints tokens and walks paginated children like the blocking one."""
+    server.reply(201, {"token": "ut_p.s", "expiresAt": "2030-01-01T00:00:00Z"})
+    minted = await aclient.create_token("u", ttl_seconds=120)
+    assert server.requests[-1].json == {"userId": "u", "ttlSeconds": 120}
+    assert minted.token == "ut_p.s"
+    parent = {"id": "job_p", "status": "running"}
+    server.reply(200, {"parent": parent, "children": [{"id": "job_a"}], "nextCursor": "x"})
+    server.reply(200, {"parent": parent, "children": [{"id": "job_b"}]})
+    ids = [child.id async for child in aclient.jobs.iter_children("job_p", page_size=1)]
+    assert ids == ["job_a", "job_b"]
+    assert server.requests[-1].query == {"cursor": ["x"], "limit": ["1"]}

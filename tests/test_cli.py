@@ -69,7 +69,7 @@ class _Server:
 
     def url(self) -> str:
         """The base URL from the "listening" line."""
-        match = re.search(r"http://\S+?(?=/v1)", self.line("listening"))
+        match = re.search(r"http://\S+", self.line("listening"))
         assert match is not None
         return match.group(0)
 

@@ -10,11 +10,13 @@ import threading
 import traceback
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from pathlib import Path
 
 import httpx
 import pytest
 
 import seenn
+import seenn.server
 from seenn import SeennClient
 from tests.conftest import SECRET, FakeClock
 from tests.server import RecordingServer
@@ -605,3 +607,107 @@ def test_errors_pickle_with_their_attributes() -> None:
     assert (copy.message, copy.code, copy.status_code, copy.retry_after, copy.limit,
             copy.remaining, copy.details) == ("slow", "RATE_LIMITED", 429, 3.0, 10, 0, {"a": 1})
     assert json.loads(json.dumps(copy.details)) == {"a": 1}
+
+
+def test_create_token_posts_user_and_ttl_and_hides_the_token(client: SeennClient,
+                                                             server: RecordingServer) -> None:
+    """create_token() posts {userId, ttlSeconds} to /v1/tokens; the UserToken repr hides it."""
+    token = "ut_eyJ1c2VyIjoidTEifQ.c2lnbmF0dXJlc2lnbmF0dXJl"
+    server.reply(201, {"token": token, "expiresAt": "2030-01-01T01:00:00.000Z"})
+    minted = client.create_token("user_123", ttl_seconds=600)
+    (request,) = server.requests
+    assert (request.method, request.path) == ("POST", "/v1/tokens")
+    assert request.json == {"userId": "user_123", "ttlSeconds": 600}
+    assert request.headers["Authorization"] == f"Bearer {SECRET}"
+    assert minted == seenn.UserToken(token, datetime(2030, 1, 1, 1, tzinfo=timezone.utc))
+    assert token not in repr(minted) and token not in str(minted)
+    assert "ut_" in repr(minted)
+
+
+def test_create_token_defaults_to_an_hour_and_checks_its_arguments(
+        client: SeennClient, server: RecordingServer) -> None:
+    """ttl_seconds defaults to 3600; a bad user id or TTL fails before any request."""
+    server.reply(201, {"token": "ut_a.b", "expiresAt": "2030-01-01T00:00:00Z"})
+    client.create_token("u")
+    assert server.requests[0].json == {"userId": "u", "ttlSeconds": 3600}
+    for call, field in [(lambda: client.create_token(""), "user_id"),
+                        (lambda: client.create_token("u", ttl_seconds=59), "ttl_seconds"),
+                        (lambda: client.create_token("u", ttl_seconds=2_592_001), "ttl_seconds"),
+                        (lambda: client.create_token("u", ttl_seconds=1.5), "ttl_seconds")]:
+        with pytest.raises(seenn.ValidationError) as caught:
+            call()  # type: ignore[no-untyped-call]
+        assert caught.value.field == field
+    assert len(server.requests) == 1
+
+
+def test_a_user_token_is_the_key_of_a_reading_client(server: RecordingServer) -> None:
+    """A client made with a ut_ token sends it as its Bearer key."""
+    token = "ut_eyJ1c2VyIjoidTEifQ.c2lnbmF0dXJl"
+    server.reply(200, JOB)
+    with SeennClient(token, base_url=server.url) as phone:
+        phone.jobs.get("job_01ABC")
+    assert server.requests[0].headers["Authorization"] == f"Bearer {token}"
+
+
+def _child(index: int) -> dict[str, object]:
+    return {**JOB, "id": f"job_c{index}", "parent": {"parentJobId": "job_p", "childIndex": index}}
+
+
+def test_children_pages_pass_cursor_and_limit_and_iterate(client: SeennClient,
+                                                          server: RecordingServer) -> None:
+    """children() sends cursor and limit; iter_children() follows nextCursor to the end."""
+    parent = {**JOB, "id": "job_p"}
+    server.reply(200, {"parent": parent, "children": [_child(0), _child(1)], "nextCursor": "c2"})
+    family = client.jobs.children("job_p", limit=2)
+    assert server.requests[-1].query == {"limit": ["2"]}
+    assert [c.id for c in family.children] == ["job_c0", "job_c1"]
+    assert family.next_cursor == "c2"
+    server.reply(200, {"parent": parent, "children": [_child(2)]})
+    last = client.jobs.children("job_p", cursor="c2", limit=2)
+    assert server.requests[-1].query == {"cursor": ["c2"], "limit": ["2"]}
+    assert last.next_cursor is None
+    server.reply(200, {"parent": parent, "children": [_child(0), _child(1)], "nextCursor": "c2"})
+    server.reply(200, {"parent": parent, "children": [_child(2)]})
+    before = len(server.requests)
+    assert [c.id for c in client.jobs.iter_children("job_p", page_size=2)] == [
+        "job_c0", "job_c1", "job_c2"]
+    assert [r.query for r in server.requests[before:]] == [
+        {"limit": ["2"]}, {"cursor": ["c2"], "limit": ["2"]}]
+
+
+def test_children_of_a_backend_that_does_not_paginate_are_one_page(
+        client: SeennClient, server: RecordingServer) -> None:
+    """Without nextCursor the answer is the only page, and no query is sent by default."""
+    parent = client.jobs.create_parent("batch", user_id="u", title="P", child_count=3)
+    for index in range(3):
+        client.jobs.create_child("batch", parent_job_id=parent.id, child_index=index,
+                                 user_id="u", title=f"C{index}")
+    before = len(server.requests)
+    assert [c.title for c in client.jobs.iter_children(parent.id)] == ["C0", "C1", "C2"]
+    assert len(server.requests) == before + 1
+    assert server.requests[-1].query == {}
+    with pytest.raises(seenn.ValidationError) as caught:
+        client.jobs.children(parent.id, limit=0)
+    assert caught.value.field == "limit"
+
+
+def test_token_flow_and_children_pages_against_seenn_serve(tmp_path: Path) -> None:
+    """A token minted with the secret key reads its user's jobs; children come in pages."""
+    with seenn.server.running(tmp_path / "flow.db") as backend, \
+            SeennClient(backend.api_key, base_url=backend.url) as app_backend:
+        mine = app_backend.jobs.start("render", user_id="user_1", title="Mine")
+        parent = app_backend.jobs.create_parent("batch", user_id="user_1", title="P",
+                                                child_count=5)
+        for index in range(5):
+            app_backend.jobs.create_child("batch", parent_job_id=parent.id, child_index=index,
+                                          user_id="user_1", title=f"C{index}")
+        minted = app_backend.create_token("user_1", ttl_seconds=120)
+        with SeennClient(minted.token, base_url=backend.url) as phone:
+            assert mine.id in [job.id for job in phone.jobs.iter("user_1")]
+            assert phone.jobs.get(mine.id).title == "Mine"
+            with pytest.raises(seenn.AuthenticationError):
+                phone.jobs.start("render", user_id="user_1", title="Never")
+            first = phone.jobs.children(parent.id, limit=2)
+            assert len(first.children) == 2 and first.next_cursor is not None
+            assert [c.title for c in phone.jobs.iter_children(parent.id, page_size=2)] == [
+                f"C{index}" for index in range(5)]

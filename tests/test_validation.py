@@ -76,3 +76,72 @@ def test_models_given_as_instances_are_checked_too() -> None:
         v.coerce_stage(seenn.Stage("render", 5, 4))
     assert caught.value.field == "stage.current"
     assert v.coerce_queue({"position": 1, "queueName": "gpu"}) == seenn.Queue(1, None, "gpu")
+
+
+LONE = "caf\udce9"  # a lone surrogate, as os.fsdecode() makes of a non-UTF-8 file name
+
+
+@pytest.mark.parametrize(("check", "field"), [
+    (lambda: v.check_text("title", LONE, max_len=200), "title"),
+    (lambda: v.check_opt_text("message", "\ud800", max_len=1000), "message"),
+    (lambda: v.check_metadata({"name": LONE}), "metadata"),
+    (lambda: v.check_metadata({LONE: 1}), "metadata"),
+    (lambda: v.check_json("push", {"a": [LONE]}, max_bytes=4096), "push"),
+    (lambda: v.coerce_result({"type": "file", "data": {"path": LONE}}), "result"),
+    (lambda: v.coerce_stage({"name": "s", "description": LONE}), "stage.description"),
+    (lambda: v.coerce_error({"code": "E", "message": LONE}), "error.message"),
+    (lambda: v.check_datetime("2026-01-01T00:00:00" + LONE, "eta"), "eta"),
+])
+def test_text_that_cannot_be_encoded_is_a_validation_error(check: object, field: str) -> None:
+    """A lone surrogate anywhere in text or JSON raises ValidationError naming the field."""
+    with pytest.raises(seenn.ValidationError) as caught:
+        check()  # type: ignore[operator]
+    assert caught.value.field == field
+
+
+def test_non_ascii_text_that_encodes_is_accepted() -> None:
+    """Accents, CJK and emoji are valid text: only what UTF-8 cannot carry is refused."""
+    assert v.check_text("title", "Vidéo 動画 🎬", max_len=200) == "Vidéo 動画 🎬"
+    assert v.check_metadata({"名前": "🎬"}) == {"名前": "🎬"}
+
+
+def test_track_and_set_progress_refuse_lone_surrogates_at_the_call() -> None:
+    """seenn.track(title=...) and job.set_progress(message=...) raise ValidationError."""
+    with pytest.raises(seenn.ValidationError) as caught:
+        seenn.track("render", user_id="u", title=LONE)
+    assert caught.value.field == "title"
+    with seenn.track("render", user_id="u", title="ok") as job:
+        with pytest.raises(seenn.ValidationError) as caught:
+            job.set_progress(10, message="\ud800")
+        assert caught.value.field == "message"
+        assert job.progress == 0
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_datetimes_beyond_the_utc_range_are_validation_errors(text: str) -> None:
+    """A date-time that falls outside years 1-9999 once moved to UTC raises ValidationError."""
+    with pytest.raises(seenn.ValidationError) as caught:
+        v.check_datetime(text, "estimated_completion_at")
+    assert caught.value.field == "estimated_completion_at"
+
+
+def test_datetimes_of_early_years_keep_four_digit_years() -> None:
+    """Year 33 is sent as 0033, an ISO 8601 date-time that parses back."""
+    wire = v.check_datetime(datetime(33, 1, 1, tzinfo=timezone.utc), "eta")
+    assert wire == "0033-01-01T00:00:00.000Z"
+    assert v.parse_datetime(wire) == datetime(33, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("value", [1e15, 1e300, math.inf, math.nan, -1,
+                                   2_592_000_001, timedelta(days=31)])
+def test_durations_are_bounded_to_thirty_days(value: object) -> None:
+    """An estimated duration must be 0 to 30 days in milliseconds (the longest job TTL)."""
+    with pytest.raises(seenn.ValidationError) as caught:
+        v.check_duration_ms(value, "estimated_duration")
+    assert caught.value.field == "estimated_duration"
+
+
+def test_thirty_days_is_the_longest_duration() -> None:
+    """Exactly 30 days passes, as a timedelta or as milliseconds."""
+    assert v.check_duration_ms(timedelta(days=30), "d") == 2_592_000_000
+    assert v.check_duration_ms(2_592_000_000.0, "d") == 2_592_000_000

@@ -12,7 +12,15 @@ from seenn import propagation as _propagation  # noqa: F401 (registers hand_off)
 from seenn._client.client import AsyncJobs, AsyncSeennClient, Jobs, SeennClient
 from seenn._client.resources import AsyncJob, BatchResult, Job, JobFamily, JobPage
 from seenn._core.events import JobEvent
-from seenn._core.models import ChildrenStats, JobError, JobResult, ParentInfo, Queue, Stage
+from seenn._core.models import (
+    ChildrenStats,
+    JobError,
+    JobResult,
+    ParentInfo,
+    Queue,
+    Stage,
+    UserToken,
+)
 from seenn._instrumentation import tracker as _tracker
 from seenn._instrumentation.job import StageScope, TrackedJob
 from seenn._instrumentation.tracker import Tracker
@@ -58,6 +66,7 @@ __all__ = [
     "StageScope",
     "TrackedJob",
     "Tracker",
+    "UserToken",
     "ValidationError",
     "__version__",
     "configure",

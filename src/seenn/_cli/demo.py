@@ -13,15 +13,25 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from seenn._client.resources import Job
+    from seenn.server import RunningServer
+
+# How long Ctrl-C may take to end the pipeline, then to deliver its last events.
+_STOP_SECONDS = 2.0
 
 
 def _pipeline(started: threading.Event, box: dict[str, object], pace: float,
-              fail: bool) -> None:
+              fail: bool, stop: threading.Event) -> None:
     import seenn
 
     def work(seconds: float) -> None:
-        time.sleep(seconds * pace)  # stands in for real work
+        # Stands in for real work. Ctrl-C reaches only the main thread, which sets
+        # ``stop``: the pipeline then ends as an interrupted one would (INTERRUPTED).
+        if stop.wait(seconds * pace):
+            raise KeyboardInterrupt
 
     try:
         with seenn.track("video-generation", user_id="demo-user",
@@ -51,15 +61,58 @@ def _pipeline(started: threading.Event, box: dict[str, object], pace: float,
             job.set_result({"type": "video", "url": "https://cdn.example.com/demo/cat.mp4"})
     except RuntimeError as error:
         box["error"] = error
+    except KeyboardInterrupt:
+        box["interrupted"] = True
     finally:
         started.set()
 
 
+def _stop(stop: threading.Event, worker: threading.Thread) -> None:
+    """After Ctrl-C: end the pipeline and deliver its failure, each within a short deadline."""
+    import seenn
+
+    stop.set()
+    worker.join(_STOP_SECONDS)
+    # Before the embedded backend stops: nothing is left to retry against a closed
+    # database, and the exit-time flush has nothing to wait for.
+    seenn.shutdown(timeout=_STOP_SECONDS)
+
+
+def _follow(out: TextIO, backend: RunningServer, started: threading.Event,
+            box: dict[str, object], worker: threading.Thread, interval: float,
+            tty: bool) -> tuple[int, Job, Job | None]:
+    """Show the job as a phone polling it sees it; return the status and the final jobs."""
+    import seenn
+    from seenn._cli.jobs import watch
+
+    started.wait()
+    job_id = str(box["job_id"])
+    out.write(f"tracking job {job_id}; what a phone polling GET /jobs/{{id}} sees:\n")
+    phone_key = backend.public_key or backend.api_key
+    with seenn.SeennClient(phone_key, base_url=backend.url) as phone:
+        # The job may not have reached the backend yet: a phone would retry too.
+        while True:
+            try:
+                phone.jobs.get(job_id)
+                break
+            except seenn.NotFoundError:
+                time.sleep(interval / 2)
+        status = watch(phone, job_id, interval=interval, out=out, tty=tty)
+        worker.join()
+        seenn.force_flush(10.0)
+        final = phone.jobs.get(job_id)
+        child = phone.jobs.get(str(box["child_id"])) if "child_id" in box else None
+    return status, final, child
+
+
 def run(out: TextIO, *, pace: float = 1.0, fail: bool = False, interval: float = 0.1) -> int:
-    """Run the demo, writing to ``out``; return the exit status (0 when the job completed)."""
+    """Run the demo, writing to ``out``; return the exit status (0 when the job completed).
+
+    Ctrl-C fails the job as interrupted, delivers that and stops the embedded backend,
+    each within a short deadline, then raises ``KeyboardInterrupt``.
+    """
     import seenn
     import seenn.server
-    from seenn._cli.jobs import watch
     from seenn.exporters import HTTPExporter
 
     tty = out.isatty()
@@ -71,28 +124,17 @@ def run(out: TextIO, *, pace: float = 1.0, fail: bool = False, interval: float =
                                 progress_interval=0.1)
         seenn.configure(exporters=[exporter])
         started = threading.Event()
+        stop = threading.Event()
         box: dict[str, object] = {}
         began = time.perf_counter()
-        worker = threading.Thread(target=_pipeline, args=(started, box, pace, fail),
-                                  name="seenn-demo-pipeline")
+        worker = threading.Thread(target=_pipeline, args=(started, box, pace, fail, stop),
+                                  name="seenn-demo-pipeline", daemon=True)
         worker.start()
-        started.wait()
-        job_id = str(box["job_id"])
-        out.write(f"tracking job {job_id}; what a phone polling GET /jobs/{{id}} sees:\n")
-        phone_key = backend.public_key or backend.api_key
-        with seenn.SeennClient(phone_key, base_url=backend.url) as phone:
-            # The job may not have reached the backend yet: a phone would retry too.
-            while True:
-                try:
-                    phone.jobs.get(job_id)
-                    break
-                except seenn.NotFoundError:
-                    time.sleep(interval / 2)
-            status = watch(phone, job_id, interval=interval, out=out, tty=tty)
-            worker.join()
-            seenn.force_flush(10.0)
-            final = phone.jobs.get(job_id)
-            child = phone.jobs.get(str(box["child_id"])) if "child_id" in box else None
+        try:
+            status, final, child = _follow(out, backend, started, box, worker, interval, tty)
+        except KeyboardInterrupt:
+            _stop(stop, worker)
+            raise
         elapsed = time.perf_counter() - began
         stats = exporter.stats
         seenn.configure(exporters=[])

@@ -148,8 +148,10 @@ def watch(client: SeennClient, job_id: str, *, interval: float, out: TextIO,
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    if args.interval <= 0:
-        raise _fail("--interval must be positive", 2)
+    # NaN fails the comparison; a longer sleep overflows the platform's timer.
+    if not 0 < args.interval <= 3600:
+        raise _fail(f"--interval must be above 0 and at most 3600 seconds, got {args.interval}",
+                    2)
     with _client(args) as client:
         return watch(client, args.job_id, interval=args.interval, out=sys.stdout,
                      tty=sys.stdout.isatty())

@@ -15,18 +15,38 @@ from typing import Any
 
 import httpx
 
-from seenn._client.resources import AsyncJob, BatchResult, Job, JobFamily, JobPage, start_body
-from seenn._client.transport import DEFAULT_BASE_PATH, AsyncHTTP, BaseClient, SyncHTTP, quote_id
-from seenn._core.models import ChildProgressMode, Queue, Stage
+from seenn._client.resources import (
+    AsyncJob,
+    BatchResult,
+    Job,
+    JobFamily,
+    JobPage,
+    job_shape,
+    start_body,
+)
+from seenn._client.transport import (
+    DEFAULT_BASE_PATH,
+    AsyncHTTP,
+    BaseClient,
+    Shape,
+    SyncHTTP,
+    check_api_key,
+    quote_id,
+)
+from seenn._core.models import ChildProgressMode, Queue, Stage, UserToken
 from seenn._core.validation import (
     MAX_LIST_LIMIT,
     MAX_TITLE,
     MAX_TOTAL_CHILDREN,
+    MAX_TTL_SECONDS,
+    MAX_USER_ID,
+    MIN_TTL_SECONDS,
     check_int,
     check_text,
     fail,
+    parse_datetime,
 )
-from seenn.errors import SeennError
+from seenn.errors import ValidationError
 
 __all__ = ["AsyncJobs", "AsyncSeennClient", "Jobs", "SeennClient"]
 
@@ -42,18 +62,59 @@ def _list_params(user_id: str, limit: int | None, cursor: str | None) -> dict[st
     return params
 
 
-def _page_parts(data: object) -> tuple[builtins.list[Mapping[str, Any]], str | None]:
-    if not isinstance(data, Mapping) or not isinstance(data.get("jobs"), builtins.list):
-        raise SeennError("the backend sent a job list without 'jobs'", code="INVALID_RESPONSE")
+def _children_params(cursor: str | None, limit: int | None) -> dict[str, Any] | None:
+    # Sent only when given: a backend that does not paginate children sees the old call.
+    params: dict[str, Any] = {}
+    if cursor is not None:
+        params["cursor"] = check_text("cursor", cursor, max_len=4096)
+    if limit is not None:
+        params["limit"] = check_int("limit", limit, minimum=1, maximum=MAX_LIST_LIMIT)
+    return params or None
+
+
+def _jobs_ok(value: object) -> bool:
+    return isinstance(value, builtins.list) and all(job_shape(job) is None for job in value)
+
+
+def _page_shape(data: object) -> str | None:
+    if isinstance(data, Mapping) and _jobs_ok(data.get("jobs")):
+        return None
+    return "a job list ({\"jobs\": [job, ...]})"
+
+
+def _family_shape(data: object) -> str | None:
+    if isinstance(data, Mapping) and job_shape(data.get("parent")) is None \
+            and _jobs_ok(data.get("children")):
+        return None
+    return "a job family ({\"parent\": job, \"children\": [job, ...]})"
+
+
+def _token_shape(data: object) -> str | None:
+    if isinstance(data, Mapping) and parse_datetime(data.get("expiresAt")) is not None:
+        try:
+            check_api_key(data.get("token"))
+        except ValidationError:
+            pass
+        else:
+            return None
+    return "a token ({\"token\": \"ut_...\", \"expiresAt\": date-time})"
+
+
+def _next_cursor(data: Mapping[str, Any]) -> str | None:
     cursor = data.get("nextCursor")
-    return data["jobs"], cursor if isinstance(cursor, str) and cursor else None
+    return cursor if isinstance(cursor, str) and cursor else None
 
 
-def _family_parts(data: object) -> tuple[Mapping[str, Any], builtins.list[Mapping[str, Any]]]:
-    if not isinstance(data, Mapping) or not isinstance(data.get("children"), builtins.list):
-        raise SeennError("the backend sent a family without 'children'",
-                         code="INVALID_RESPONSE")
-    return data.get("parent"), data["children"]  # type: ignore[return-value]
+def _token_body(user_id: str, ttl_seconds: int) -> dict[str, Any]:
+    return {"userId": check_text("user_id", user_id, max_len=MAX_USER_ID),
+            "ttlSeconds": check_int("ttl_seconds", ttl_seconds, minimum=MIN_TTL_SECONDS,
+                                    maximum=MAX_TTL_SECONDS)}
+
+
+def _token(data: Mapping[str, Any]) -> UserToken:
+    expires_at = parse_datetime(data["expiresAt"])
+    assert expires_at is not None  # _token_shape checked it
+    return UserToken(data["token"], expires_at)
 
 
 def _parent_body(job_type: str, *, user_id: str, title: str, child_count: int,
@@ -83,11 +144,12 @@ class Jobs:
     def __init__(self, http: SyncHTTP) -> None:
         self._http = http
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
-        return self._http.request("POST", "/jobs" + path, json=body)
+    def _post(self, path: str, body: dict[str, Any], expect: Shape = job_shape) -> Any:
+        return self._http.request("POST", "/jobs" + path, json=body, expect=expect)
 
-    def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        return self._http.request("GET", "/jobs" + path, params=params)
+    def _get(self, path: str, params: Mapping[str, Any] | None = None,
+             expect: Shape = job_shape) -> Any:
+        return self._http.request("GET", "/jobs" + path, params=params, expect=expect)
 
     def start(
         self,
@@ -159,8 +221,8 @@ class Jobs:
         Returns:
             The page: ``page.jobs`` and ``page.next_cursor``.
         """
-        jobs, next_cursor = _page_parts(self._get("", _list_params(user_id, limit, cursor)))
-        return JobPage([Job(job, self) for job in jobs], next_cursor)
+        data = self._get("", _list_params(user_id, limit, cursor), _page_shape)
+        return JobPage([Job(job, self) for job in data["jobs"]], _next_cursor(data))
 
     def iter(self, user_id: str, *, page_size: int | None = None) -> Iterator[Job]:
         """Walk every job of a user, newest first, fetching pages as the loop needs them."""
@@ -173,11 +235,35 @@ class Jobs:
                 return
             cursor = page.next_cursor
 
-    def children(self, parent_id: str) -> JobFamily[Job]:
-        """Read a parent job with its children (``GET /jobs/{id}/children``)."""
+    def children(self, parent_id: str, *, cursor: str | None = None,
+                 limit: int | None = None) -> JobFamily[Job]:
+        """Read a parent job with one page of its children (``GET /jobs/{id}/children``).
+
+        Args:
+            parent_id: The parent job's id.
+            cursor: The ``next_cursor`` of the previous page.
+            limit: Page size, 1–100 (the backend's default when omitted).
+
+        Returns:
+            The parent, the children on this page and ``next_cursor``. A backend that
+            does not paginate children answers every child on one page.
+        """
         path = f"/{quote_id(check_text('parent_id', parent_id, max_len=255))}/children"
-        parent, children = _family_parts(self._get(path))
-        return JobFamily(Job(parent, self), [Job(child, self) for child in children])
+        data = self._get(path, _children_params(cursor, limit), _family_shape)
+        return JobFamily(Job(data["parent"], self),
+                         [Job(child, self) for child in data["children"]], _next_cursor(data))
+
+    def iter_children(self, parent_id: str, *, page_size: int | None = None) -> Iterator[Job]:
+        """Walk every child of a parent, in ``child_index`` order, a page at a time."""
+        check_text("parent_id", parent_id, max_len=255)
+        _children_params(None, page_size)
+        cursor: str | None = None
+        while True:
+            family = self.children(parent_id, cursor=cursor, limit=page_size)
+            yield from family.children
+            if family.next_cursor is None or family.next_cursor == cursor:
+                return
+            cursor = family.next_cursor
 
     def create_parent(
         self,
@@ -248,11 +334,12 @@ class AsyncJobs:
     def __init__(self, http: AsyncHTTP) -> None:
         self._http = http
 
-    async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        return await self._http.request("POST", "/jobs" + path, json=body)
+    async def _post(self, path: str, body: dict[str, Any], expect: Shape = job_shape) -> Any:
+        return await self._http.request("POST", "/jobs" + path, json=body, expect=expect)
 
-    async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
-        return await self._http.request("GET", "/jobs" + path, params=params)
+    async def _get(self, path: str, params: Mapping[str, Any] | None = None,
+                   expect: Shape = job_shape) -> Any:
+        return await self._http.request("GET", "/jobs" + path, params=params, expect=expect)
 
     async def start(
         self,
@@ -291,9 +378,8 @@ class AsyncJobs:
     async def list(self, user_id: str, *, limit: int | None = None,
                    cursor: str | None = None) -> JobPage[AsyncJob]:
         """Read one page of a user's jobs; see :meth:`Jobs.list`."""
-        data = await self._get("", _list_params(user_id, limit, cursor))
-        jobs, next_cursor = _page_parts(data)
-        return JobPage([AsyncJob(job, self) for job in jobs], next_cursor)
+        data = await self._get("", _list_params(user_id, limit, cursor), _page_shape)
+        return JobPage([AsyncJob(job, self) for job in data["jobs"]], _next_cursor(data))
 
     async def iter(self, user_id: str, *, page_size: int | None = None) -> AsyncIterator[AsyncJob]:
         """Walk every job of a user (``async for``); see :meth:`Jobs.iter`."""
@@ -307,11 +393,28 @@ class AsyncJobs:
                 return
             cursor = page.next_cursor
 
-    async def children(self, parent_id: str) -> JobFamily[AsyncJob]:
-        """Read a parent job with its children; see :meth:`Jobs.children`."""
+    async def children(self, parent_id: str, *, cursor: str | None = None,
+                       limit: int | None = None) -> JobFamily[AsyncJob]:
+        """Read a parent job with one page of its children; see :meth:`Jobs.children`."""
         path = f"/{quote_id(check_text('parent_id', parent_id, max_len=255))}/children"
-        parent, children = _family_parts(await self._get(path))
-        return JobFamily(AsyncJob(parent, self), [AsyncJob(child, self) for child in children])
+        data = await self._get(path, _children_params(cursor, limit), _family_shape)
+        return JobFamily(AsyncJob(data["parent"], self),
+                         [AsyncJob(child, self) for child in data["children"]],
+                         _next_cursor(data))
+
+    async def iter_children(self, parent_id: str, *,
+                            page_size: int | None = None) -> AsyncIterator[AsyncJob]:
+        """Walk every child of a parent (``async for``); see :meth:`Jobs.iter_children`."""
+        check_text("parent_id", parent_id, max_len=255)
+        _children_params(None, page_size)
+        cursor: str | None = None
+        while True:
+            family = await self.children(parent_id, cursor=cursor, limit=page_size)
+            for child in family.children:
+                yield child
+            if family.next_cursor is None or family.next_cursor == cursor:
+                return
+            cursor = family.next_cursor
 
     async def create_parent(
         self,
@@ -466,6 +569,28 @@ class SeennClient(_ClientInfo):
                                          debug))
         self.jobs = Jobs(self._http)
 
+    def create_token(self, user_id: str, *, ttl_seconds: int = 3600) -> UserToken:
+        """Mint a read token for one user's jobs (``POST /tokens``, with a secret key).
+
+        Hand the token to that user's app: it polls with it as its key, reads and lists
+        that user's jobs only, until it expires, and never writes.
+
+        Args:
+            user_id: The user whose jobs the token may read, 1–255 characters.
+            ttl_seconds: How long the token lives, 60 s to 30 days.
+
+        Returns:
+            The token and when it expires.
+
+        Raises:
+            ValidationError: An argument is invalid; nothing was sent.
+            SeennError: The backend refused the call (e.g. not a secret key) or could not
+                be reached.
+        """
+        data = self._http.request("POST", "/tokens", json=_token_body(user_id, ttl_seconds),
+                                  expect=_token_shape)
+        return _token(data)
+
     def close(self) -> None:
         """Close the connections this client opened."""
         self._http.close()
@@ -502,6 +627,13 @@ class AsyncSeennClient(_ClientInfo):
                                **_options(base_url, base_path, timeout, max_retries, deadline,
                                           debug))
         self.jobs = AsyncJobs(self._http)
+
+    async def create_token(self, user_id: str, *, ttl_seconds: int = 3600) -> UserToken:
+        """Mint a read token for one user's jobs; see :meth:`SeennClient.create_token`."""
+        data = await self._http.request("POST", "/tokens",
+                                        json=_token_body(user_id, ttl_seconds),
+                                        expect=_token_shape)
+        return _token(data)
 
     async def aclose(self) -> None:
         """Close the connections this client opened."""

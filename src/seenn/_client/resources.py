@@ -74,7 +74,7 @@ class AsyncJobsAPI(Protocol):
 
     async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any: ...
 
-__all__ = ["AsyncJob", "BatchResult", "Job", "JobFamily", "JobPage"]
+__all__ = ["AsyncJob", "BatchResult", "Job", "JobFamily", "JobPage", "job_shape"]
 
 _KNOWN_FIELDS = frozenset({
     "id", "appId", "userId", "jobType", "title", "workflowId", "status", "progress",
@@ -95,6 +95,26 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
+
+
+def _usable_id(value: object) -> bool:
+    # A JSON "\ud800" escape decodes to a lone surrogate, which no URL path can carry.
+    if not isinstance(value, str) or not value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def job_shape(data: object) -> str | None:
+    """Check a decoded answer is a job object: ``None`` if so, else what was expected."""
+    if isinstance(data, Mapping) and _usable_id(data.get("id")):
+        return None
+    return "a job object with an 'id'"
 
 
 class BaseJob:
@@ -427,15 +447,18 @@ class JobPage(Generic[JobT]):
 
 @dataclass(frozen=True, slots=True)
 class JobFamily(Generic[JobT]):
-    """A parent job with its children, as ``GET /jobs/{id}/children`` returns them.
+    """A parent job with one page of its children, as ``GET /jobs/{id}/children`` returns them.
 
     Attributes:
         parent: The parent job.
-        children: Its children, in ``child_index`` order.
+        children: Its children on this page, in ``child_index`` order.
+        next_cursor: Pass it as ``cursor=`` to get the next page of children; ``None`` on
+            the last page (and always from a backend that does not paginate children).
     """
 
     parent: JobT
     children: list[JobT]
+    next_cursor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json as jsonlib
 import logging
 import os
 import platform
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -43,8 +44,21 @@ DEFAULT_BASE_PATH = "/v1"
 USER_AGENT = (
     f"seenn-python/{__version__} (python {platform.python_version()}; httpx {httpx.__version__})"
 )
-KEY_PREFIXES = ("sk_live_", "sk_test_", "pk_live_", "pk_test_")
+KEY_PREFIXES = ("sk_live_", "sk_test_", "pk_live_", "pk_test_", "ut_")
 REDACTED = "[REDACTED]"
+# Answers are JSON of a few KB: a larger one is a broken or hostile backend, and is never
+# held in memory whole. An error answer is only read for its message.
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+MAX_ERROR_BODY_BYTES = 64 * 1024
+# A user token carries its user id: 255 characters of UTF-8 in base64, and a signature.
+MAX_KEY_LENGTH = 2048
+# Longer waits overflow the platform's timers (a socket timeout of 1e12 s raises).
+MAX_WAIT_SECONDS = 86_400.0
+# RFC 6750 b64token: what a Bearer credential may hold, so a key can never break a header.
+_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+
+Shape = Callable[[Any], "str | None"]
+"""Checks a decoded 2xx answer: ``None`` if usable, else what the call expected instead."""
 
 _STATUS_ERRORS: dict[int, type[SeennError]] = {
     400: ValidationError,
@@ -104,6 +118,108 @@ def _parse_int(value: str | None) -> int | None:
         return None
 
 
+def check_api_key(key: object) -> str:
+    """Check that ``key`` can be sent as a Bearer credential; the error never shows the key."""
+    if key is None or key == "":
+        fail("api_key", "no API key: pass api_key= or set SEENN_API_KEY")
+    if not isinstance(key, str):
+        fail("api_key", f"must be a string, not {type(key).__name__}")
+    if len(key) > MAX_KEY_LENGTH:
+        fail("api_key", f"is {len(key)} characters long; a key has at most {MAX_KEY_LENGTH}")
+    for index, char in enumerate(key):
+        if char not in _KEY_CHARS:
+            # Neither the key nor the character is shown: both may be part of a secret.
+            fail("api_key", f"holds a character that a key cannot hold, at index {index} "
+                            "(keys are letters, digits and - . _ ~ + / =)")
+    return key
+
+
+def _printable(field: str, value: object) -> str:
+    if not isinstance(value, str):
+        fail(field, f"must be a string, not {type(value).__name__}")
+    # isprintable() is False for control characters, line breaks and lone surrogates.
+    if not value.isprintable() or " " in value:
+        fail(field, f"must not hold spaces or control characters, got {value[:100]!r}")
+    return value
+
+
+def check_base_url(value: object) -> str:
+    """Check that ``value`` is an ``http(s)://host[:port][/path]`` URL that paths can extend."""
+    url = _printable("base_url", value)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (reading it is the check: a bad port raises ValueError)
+    except ValueError as error:
+        fail("base_url", f"is not a valid URL ({error}), got {url[:100]!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        fail("base_url", f"must be an http:// or https:// URL, got {url[:100]!r}")
+    if parts.username is not None or parts.password is not None:
+        # Not echoed: it holds a password. The Authorization header carries the API key.
+        fail("base_url", "must not hold credentials (user:password@)")
+    if "?" in url or "#" in url:
+        fail("base_url", f"must not have a query or a fragment: paths are appended to it, "
+                         f"got {url[:100]!r}")
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as error:
+        fail("base_url", f"is not a valid URL ({error}), got {url[:100]!r}")
+    return url.rstrip("/")
+
+
+def check_base_path(value: object) -> str:
+    """Check that ``value`` is empty or an absolute path (``/v1``) to put before every path."""
+    path = _printable("base_path", value)
+    if path and not path.startswith("/"):
+        fail("base_path", f"must start with '/', got {path!r}")
+    if "?" in path or "#" in path:
+        fail("base_path", f"must be a path, without a query or a fragment, got {path!r}")
+    return path.rstrip("/")
+
+
+def check_seconds(field: str, value: object, *, or_none: str = "") -> float:
+    """Check a wait in seconds: finite, above 0 and at most a day."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(field, f"must be a number of seconds{or_none}, not {type(value).__name__}")
+    # NaN fails the comparison; a huge int is compared exactly, never converted.
+    if not 0 < value <= MAX_WAIT_SECONDS:
+        fail(field, f"must be above 0 and at most {MAX_WAIT_SECONDS:.0f} seconds{or_none}, "
+                    f"got {value!r}")
+    return float(value)
+
+
+class _Body:
+    """Collects an answer's body up to a cap (sans I/O: both request loops feed it)."""
+
+    __slots__ = ("_chunks", "_limit", "overflow", "size")
+
+    def __init__(self, response: httpx.Response, max_bytes: int) -> None:
+        success = 200 <= response.status_code < 300
+        self._limit = max_bytes if success else min(max_bytes, MAX_ERROR_BODY_BYTES)
+        self._chunks: list[bytes] = []
+        self.size = 0
+        # A success over the cap is an error; an error answer is merely cut short.
+        self.overflow = False
+        declared = _parse_int(response.headers.get("Content-Length"))
+        if success and declared is not None and declared > self._limit:
+            self.overflow = True
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take one chunk; return ``True`` when no more should be read."""
+        room = self._limit - self.size
+        if len(chunk) > room:
+            self._chunks.append(chunk[:room])
+            self.size = self._limit
+            self.overflow = True
+            return True
+        self._chunks.append(chunk)
+        self.size += len(chunk)
+        return False
+
+    def data(self) -> bytes:
+        """The bytes read so far."""
+        return b"".join(self._chunks)
+
+
 class BaseClient:
     """Configuration, request building and response mapping for both clients."""
 
@@ -118,36 +234,28 @@ class BaseClient:
         deadline: float | None,
         debug: bool,
     ) -> None:
-        key = api_key if api_key is not None else os.environ.get("SEENN_API_KEY")
-        if not key:
-            fail("api_key", "no API key: pass api_key= or set SEENN_API_KEY")
-        if not isinstance(key, str) or key != key.strip():
-            fail("api_key", "must be a string without surrounding white space")
-        url = base_url or os.environ.get("SEENN_BASE_URL") or DEFAULT_BASE_URL
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            fail("base_url", f"must be an http:// or https:// URL, got {url!r}")
-        if is_seenn_cloud(url) and not key.startswith("sk_"):
-            fail("api_key", "Seenn Cloud needs a secret key (sk_live_… or sk_test_…); "
-                            f"the key given is {describe_key(key)}")
-        if base_path and not base_path.startswith("/"):
-            fail("base_path", f"must start with '/', got {base_path!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            fail("timeout", f"must be a positive number of seconds, got {timeout!r}")
+        key = check_api_key(api_key if api_key is not None
+                            else os.environ.get("SEENN_API_KEY"))
+        url = check_base_url(base_url if base_url is not None and base_url != ""
+                             else os.environ.get("SEENN_BASE_URL") or DEFAULT_BASE_URL)
+        if is_seenn_cloud(url) and not key.startswith(("sk_", "ut_")):
+            fail("api_key", "Seenn Cloud needs a secret key (sk_live_… or sk_test_…) or a "
+                            f"user token (ut_…); the key given is {describe_key(key)}")
+        path = check_base_path(base_path)
+        wait = check_seconds("timeout", timeout)
+        limit = None if deadline is None else check_seconds("deadline", deadline,
+                                                             or_none=" (or None)")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             fail("max_retries", f"must be an integer >= 0, got {max_retries!r}")
-        if deadline is not None and (
-            isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0
-        ):
-            fail("deadline", f"must be a positive number of seconds or None, got {deadline!r}")
 
         self._api_key = key
-        self.base_url = url.rstrip("/")
-        self.base_path = base_path.rstrip("/")
-        self.timeout = float(timeout)
+        self.base_url = url
+        self.base_path = path
+        self.timeout = wait
         self.max_retries = max_retries
-        self.deadline = float(deadline) if deadline is not None else None
+        self.deadline = limit
         self.debug = debug
+        self.max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES
         # Backoff: full jitter over base * 2**n, capped; Retry-After is honoured up to a cap.
         self.backoff_base = 0.5
         self.backoff_max = 8.0
@@ -170,6 +278,9 @@ class BaseClient:
         headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Accept": "application/json",
+            # The size cap counts decoded bytes; a compressed answer could expand a
+            # thousandfold within one chunk before the cap is checked.
+            "Accept-Encoding": "identity",
             "User-Agent": USER_AGENT,
         }
         if idempotency_key is not None:
@@ -193,29 +304,57 @@ class BaseClient:
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, REDACTED) if self._api_key in text else text
 
-    def _handle_response(self, response: httpx.Response) -> Any:
-        """Return the decoded JSON of a 2xx response, or raise the mapped SeennError."""
-        status = response.status_code
-        if 200 <= status < 300:
-            if status == 204 or not response.content:
-                return None
-            try:
-                return response.json()
-            except ValueError:
-                raise SeennError(
-                    f"the backend sent a {status} response that is not JSON",
-                    code="INVALID_RESPONSE", status_code=status,
-                ) from None
-        raise self._error_from_response(response)
+    def _excerpt(self, data: bytes, limit: int = 80) -> str:
+        """A short, escaped, key-free excerpt of a body, for an error message."""
+        text = self._redact(data[:limit].decode("utf-8", "replace"))
+        return repr(text) + ("…" if len(data) > limit else "")
 
-    def _error_from_response(self, response: httpx.Response) -> SeennError:
+    def _body(self, response: httpx.Response) -> _Body:
+        return _Body(response, self.max_response_bytes)
+
+    def _handle_response(self, response: httpx.Response, body: _Body,
+                         expect: Shape | None = None) -> Any:
+        """Return the decoded JSON of a 2xx response, or raise the mapped SeennError.
+
+        With ``expect``, an answer it does not accept (or an empty one) is an error too.
+        """
+        status = response.status_code
+        if not 200 <= status < 300:
+            raise self._error_from_response(response, body.data())
+        if body.overflow:
+            raise SeennError(
+                f"the backend's {status} answer is larger than {self.max_response_bytes} "
+                "bytes; reading stopped there", code="RESPONSE_TOO_LARGE", status_code=status)
+        data = body.data()
+        if status == 204 or not data:
+            if expect is None:
+                return None
+            raise SeennError(f"the backend answered {status} with an empty body",
+                             code="INVALID_RESPONSE", status_code=status)
+        try:
+            value = jsonlib.loads(data)
+        except (ValueError, RecursionError):
+            kind = response.headers.get("Content-Type", "no content type")
+            raise SeennError(
+                f"the backend answered {status} with a body that is not JSON "
+                f"({kind[:60]!r}): {self._excerpt(data)}",
+                code="INVALID_RESPONSE", status_code=status) from None
+        if expect is not None:
+            wanted = expect(value)
+            if wanted is not None:
+                raise SeennError(
+                    f"the backend answered {status} with JSON that is not {wanted}: "
+                    f"{self._excerpt(data)}", code="INVALID_RESPONSE", status_code=status)
+        return value
+
+    def _error_from_response(self, response: httpx.Response, data: bytes) -> SeennError:
         status = response.status_code
         code: str | None = None
         message = ""
         details: dict[str, Any] | None = None
         try:
-            body = response.json()
-        except ValueError:
+            body = jsonlib.loads(data) if data else None
+        except (ValueError, RecursionError):
             body = None
         error = body.get("error") if isinstance(body, Mapping) else None
         if isinstance(error, Mapping):
@@ -229,10 +368,9 @@ class BaseClient:
         elif isinstance(body, Mapping) and isinstance(body.get("message"), str):
             message = body["message"]
         if not message:
-            snippet = response.text[:200].strip() if body is None else ""
             message = f"HTTP {status} {response.reason_phrase}"
-            if snippet:
-                message += f": {snippet}"
+            if body is None and data.strip():
+                message += f": {self._excerpt(data.strip(), 200)}"
         message = self._redact(message)
         cls = _STATUS_ERRORS.get(status)
         if cls is None:
@@ -303,11 +441,14 @@ class _Call:
         "_timeout",
         "_url",
         "attempt",
+        "expect",
     )
 
     def __init__(self, client: BaseClient, method: str, path: str, json: Any,
-                 params: Mapping[str, Any] | None, idempotency_key: str | None) -> None:
+                 params: Mapping[str, Any] | None, idempotency_key: str | None,
+                 expect: Shape | None = None) -> None:
         self._client = client
+        self.expect = expect
         self._method = method
         self._url = client._url(path)
         # One Idempotency-Key per logical call, the same on every attempt.
@@ -320,7 +461,7 @@ class _Call:
         self.attempt = 0
 
     def next_attempt(self) -> dict[str, Any]:
-        """Return the keyword arguments of ``httpx.Client.request`` for the next attempt."""
+        """Return the keyword arguments of ``build_request`` for the next attempt."""
         self.attempt += 1
         self._timeout = self._client._attempt_timeout(self._started)
         self._sent = self._client._monotonic()
@@ -331,13 +472,20 @@ class _Call:
         client._log_attempt(self._method, self._url, outcome, self.attempt,
                             client._monotonic() - self._sent)
 
-    def answered(self, response: httpx.Response) -> tuple[bool, Any]:
+    def answered(self, response: httpx.Response, body: _Body) -> tuple[bool, Any]:
         """Return ``(True, json)`` when done, ``(False, delay)`` to retry; raise to give up."""
         self._log(str(response.status_code))
         try:
-            return True, self._client._handle_response(response)
+            return True, self._client._handle_response(response, body, self.expect)
         except SeennError as error:
             return False, self._retry_or_raise(error, None)
+
+    def undecodable(self, response: httpx.Response, exc: httpx.DecodingError) -> SeennError:
+        """The error for a body whose content encoding cannot be decoded."""
+        self._log("DecodingError")
+        return SeennError(f"the backend's {response.status_code} answer could not be decoded "
+                          f"({type(exc).__name__})", code="INVALID_RESPONSE",
+                          status_code=response.status_code)
 
     def transport_failed(self, exc: httpx.TransportError) -> float:
         """Return the delay before retrying after a transport error; raise to give up."""
@@ -366,35 +514,63 @@ class SyncHTTP(BaseClient):
         if self._owns_http:
             self._http.close()
 
+    def _fetch(self, call: _Call) -> tuple[httpx.Response, _Body]:
+        """Send one attempt and read its answer, stopping at the size cap."""
+        response = self._http.send(self._http.build_request(**call.next_attempt()),
+                                   stream=True)
+        try:
+            body = self._body(response)
+            if not body.overflow:
+                try:
+                    for chunk in response.iter_bytes():
+                        if body.feed(chunk):
+                            break
+                except httpx.DecodingError as exc:
+                    # An error answer keeps its status (and retries): only its text is lost.
+                    if 200 <= response.status_code < 300:
+                        raise call.undecodable(response, exc) from None
+            return response, body
+        finally:
+            # Closing a response that was not read to its end drops the connection.
+            response.close()
+
     def request(self, method: str, path: str, *, json: Any = None,
                 params: Mapping[str, Any] | None = None,
-                idempotency_key: str | None = None) -> Any:
-        """Send one logical call, retrying as the policy allows; return the decoded JSON."""
-        call = _Call(self, method, path, json, params, idempotency_key)
+                idempotency_key: str | None = None, expect: Shape | None = None) -> Any:
+        """Send one logical call, retrying as the policy allows; return the decoded JSON.
+
+        Args:
+            method: The HTTP method.
+            path: The path after the base path, e.g. ``/jobs``.
+            json: The request body.
+            params: The query parameters.
+            idempotency_key: The key of a POST (a fresh one when omitted).
+            expect: Checks the shape of a 2xx answer (``INVALID_RESPONSE`` if refused).
+        """
+        call = _Call(self, method, path, json, params, idempotency_key, expect)
         while True:
             try:
-                response = self._http.request(**call.next_attempt())
+                response, body = self._fetch(call)
             except httpx.TransportError as exc:
                 delay = call.transport_failed(exc)
             else:
-                done, value = call.answered(response)
+                done, value = call.answered(response, body)
                 if done:
                     return value
                 delay = value
             self._sleep(delay)
 
-
     def send_once(self, method: str, path: str, *, json: Any = None,
-                  idempotency_key: str | None = None) -> Any:
+                  idempotency_key: str | None = None, expect: Shape | None = None) -> Any:
         """Send one attempt, without retrying: for callers that schedule retries themselves."""
-        call = _Call(self, method, path, json, None, idempotency_key)
+        call = _Call(self, method, path, json, None, idempotency_key, expect)
         try:
-            response = self._http.request(**call.next_attempt())
+            response, body = self._fetch(call)
         except httpx.TransportError as exc:
             call._log(type(exc).__name__)
             raise self._transport_error(exc, call._timeout) from exc
         call._log(str(response.status_code))
-        return self._handle_response(response)
+        return self._handle_response(response, body, expect)
 
 
 class AsyncHTTP(BaseClient):
@@ -412,18 +588,40 @@ class AsyncHTTP(BaseClient):
         if self._owns_http:
             await self._http.aclose()
 
+    async def _fetch(self, call: _Call) -> tuple[httpx.Response, _Body]:
+        """Send one attempt and read its answer, stopping at the size cap."""
+        response = await self._http.send(self._http.build_request(**call.next_attempt()),
+                                         stream=True)
+        try:
+            body = self._body(response)
+            if not body.overflow:
+                try:
+                    async for chunk in response.aiter_bytes():
+                        if body.feed(chunk):
+                            break
+                except httpx.DecodingError as exc:
+                    # An error answer keeps its status (and retries): only its text is lost.
+                    if 200 <= response.status_code < 300:
+                        raise call.undecodable(response, exc) from None
+            return response, body
+        finally:
+            await response.aclose()
+
     async def request(self, method: str, path: str, *, json: Any = None,
                       params: Mapping[str, Any] | None = None,
-                      idempotency_key: str | None = None) -> Any:
-        """Send one logical call, retrying as the policy allows; return the decoded JSON."""
-        call = _Call(self, method, path, json, params, idempotency_key)
+                      idempotency_key: str | None = None, expect: Shape | None = None) -> Any:
+        """Send one logical call, retrying as the policy allows; return the decoded JSON.
+
+        The arguments are those of :meth:`SyncHTTP.request`.
+        """
+        call = _Call(self, method, path, json, params, idempotency_key, expect)
         while True:
             try:
-                response = await self._http.request(**call.next_attempt())
+                response, body = await self._fetch(call)
             except httpx.TransportError as exc:
                 delay = call.transport_failed(exc)
             else:
-                done, value = call.answered(response)
+                done, value = call.answered(response, body)
                 if done:
                     return value
                 delay = value

@@ -8,7 +8,8 @@ through :mod:`seenn._core.validation` before anything is sent or changed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "ParentInfo",
     "Queue",
     "Stage",
+    "UserToken",
 ]
 
 JobStatus = Literal["pending", "queued", "running", "completed", "failed", "cancelled"]
@@ -226,3 +228,23 @@ class ChildrenStats:
             running=_opt_int(data.get("running")) or 0,
             pending=_opt_int(data.get("pending")) or 0,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class UserToken:
+    """A read token for one user's jobs, minted with a secret key (``POST /tokens``).
+
+    Your backend mints one for the signed-in user and hands it to that user's app,
+    which polls with it as its key: it reads and lists that user's jobs only, until
+    it expires, and never writes.
+
+    Attributes:
+        token: The token (``ut_…``), a credential: ``repr()`` never shows it.
+        expires_at: When the backend stops accepting it.
+    """
+
+    token: str = field(repr=False)
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"UserToken(token='{self.token[:3]}…', expires_at={self.expires_at!r})"

@@ -10,7 +10,6 @@ of ``set_progress``: they are plain type tests, no regexes, no copies.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
@@ -27,6 +26,8 @@ MAX_METADATA_BYTES = 10 * 1024
 MAX_RESULT_BYTES = 100 * 1024
 MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 2_592_000
+# No job outlives its longest TTL, so neither does its expected duration (milliseconds).
+MAX_DURATION_MS = MAX_TTL_SECONDS * 1000
 MAX_TOTAL_CHILDREN = 1000
 MAX_LIST_LIMIT = 100
 CHILD_PROGRESS_MODES = ("average", "weighted", "sequential")
@@ -49,12 +50,28 @@ def check_option_names(call: str, options: Mapping[str, object], known: frozense
         raise TypeError(f"{call}() got an unexpected keyword argument {min(unknown)!r}")
 
 
+def _unencodable(field: str, error: UnicodeEncodeError) -> NoReturn:
+    # The text itself is not echoed: it may be a file name or a user's input.
+    fail(field, f"must be valid Unicode text: it holds a lone surrogate at index {error.start} "
+                "(e.g. a file name decoded from bytes that are not UTF-8)")
+
+
 def check_text(field: str, value: object, *, max_len: int, min_len: int = 1) -> str:
-    """Check that ``value`` is a string of ``min_len`` to ``max_len`` characters."""
+    """Check that ``value`` is a string of ``min_len`` to ``max_len`` characters.
+
+    The string must also be encodable as UTF-8: a lone surrogate (what
+    ``os.fsdecode`` makes of bytes that are not UTF-8) could never be sent.
+    """
     if not isinstance(value, str):
         fail(field, f"must be a string, not {type(value).__name__}")
     if not min_len <= len(value) <= max_len:
         fail(field, f"must be {min_len} to {max_len} characters long, got {len(value)}")
+    # isascii() is a flag read in CPython: the encode only runs for non-ASCII text.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            _unencodable(field, error)
     return value
 
 
@@ -101,7 +118,12 @@ def _json_size(field: str, value: object) -> int:
         fail(field, f"must be JSON-serialisable ({exc})")
     except RecursionError:
         fail(field, "is nested too deeply")
-    return len(encoded.encode("utf-8"))
+    if encoded.isascii():
+        return len(encoded)
+    try:
+        return len(encoded.encode("utf-8"))
+    except UnicodeEncodeError as error:
+        _unencodable(field, error)
 
 
 def check_json(field: str, value: object, *, max_bytes: int) -> Any:
@@ -232,13 +254,23 @@ def check_datetime(value: object, field: str) -> str:
         fail(field, f"must be a datetime or an ISO 8601 string, not {type(value).__name__}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return format_datetime(value)
+    try:
+        return format_datetime(value)
+    except (OverflowError, ValueError):
+        # 0001-01-01T00:00:00+14:00 is a valid date-time that has no UTC equivalent.
+        fail(field, "must fall within years 1 to 9999 once converted to UTC")
 
 
 def format_datetime(value: datetime) -> str:
-    """Format an aware datetime as ISO 8601 in UTC with millisecond precision and ``Z``."""
+    """Format an aware datetime as ISO 8601 in UTC with millisecond precision and ``Z``.
+
+    Raises:
+        OverflowError: The instant falls outside years 1 to 9999 in UTC.
+    """
     utc = value.astimezone(timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # Not strftime("%Y"): it drops the leading zeros of years before 1000 on glibc.
+    return (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+            f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z")
 
 
 def parse_datetime(value: object) -> datetime | None:
@@ -264,13 +296,17 @@ def parse_datetime(value: object) -> datetime | None:
 
 
 def check_duration_ms(value: object, field: str) -> int:
-    """Accept milliseconds (int or float) or a timedelta; return whole milliseconds."""
+    """Accept milliseconds (int or float) or a timedelta; return whole milliseconds.
+
+    The duration must be 0 to 30 days (:data:`MAX_DURATION_MS`), the longest a job lives.
+    """
     if isinstance(value, timedelta):
         value = value.total_seconds() * 1000.0
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(field, f"must be milliseconds or a timedelta, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        fail(field, f"must be a finite, non-negative duration, got {value!r}")
+    # NaN fails both comparisons, and so never passes.
+    if not 0 <= value <= MAX_DURATION_MS:
+        fail(field, f"must be 0 to {MAX_DURATION_MS} milliseconds (30 days), got {value!r}")
     return int(value)
 
 

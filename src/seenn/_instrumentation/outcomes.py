@@ -48,9 +48,20 @@ def _qualified_name(kind: type) -> str:
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
+def encodable(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\udc80``), so that it can be sent as UTF-8.
+
+    Exception messages and tracebacks often hold file names decoded with
+    ``surrogateescape``; a failure report must never be refused for that.
+    """
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _safe_str(exc: BaseException) -> str:
     try:
-        return str(exc)
+        return encodable(str(exc))
     except Exception:
         return f"<unprintable {type(exc).__name__}>"
 
@@ -85,7 +96,7 @@ def _error_code(exc: BaseException) -> str:
     except Exception:
         code = None
     if isinstance(code, str) and 1 <= len(code) <= MAX_JOB_TYPE:
-        return code
+        return encodable(code)
     return type(exc).__name__[:MAX_JOB_TYPE]
 
 
@@ -123,7 +134,7 @@ def error_from_exception(exc: BaseException, *, full: bool = True) -> JobError:
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         except Exception:
             text = ""
-        details["traceback"] = text[-_MAX_TRACEBACK:]
+        details["traceback"] = encodable(text[-_MAX_TRACEBACK:])
         chain = _chain(exc)
         if chain:
             details["chain"] = chain

@@ -237,7 +237,8 @@ class Tracker:
         """
         if (not options and type(job_type) is str and job_type in _checked_types
                 and (user_id is None or (type(user_id) is str and user_id
-                                         and len(user_id) <= MAX_USER_ID))):
+                                         and len(user_id) <= MAX_USER_ID
+                                         and user_id.isascii()))):
             # The common call, checked above in full: build the job without
             # the general constructor's frame (most of the unconfigured cost).
             job = _new_job(TrackedJob)
