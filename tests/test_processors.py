@@ -108,8 +108,9 @@ def test_per_job_order_holds_across_threads(
         assert sequences == sorted(sequences)
 
 
-def test_full_queue_drops_progress_first_then_whole_new_jobs() -> None:
-    """With the exporter stuck, progress is dropped first, then new jobs whole; none half."""
+def test_full_queue_holds_progress_per_job_then_drops_whole_new_jobs(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With the exporter stuck, progress waits one per job; past the cap new jobs go whole."""
     exporter = ListExporter(block=True)
     processor = BatchProcessor(exporter, max_queue_size=4, progress_interval=3600,
                                schedule_delay=0)
@@ -118,30 +119,35 @@ def test_full_queue_drops_progress_first_then_whole_new_jobs() -> None:
     first.__enter__()
     assert exporter.entered.wait(10)  # the worker is now stuck exporting first's start
     first.set_progress(1)  # queued: 1 waiting
-    admitted = [tracker.track("t") for _ in range(15)]
+    admitted = [tracker.track("t") for _ in range(126)]
     for job in admitted[:3]:
         job.__enter__()  # 4 waiting: the queue is full for progress
-    first.set_progress(2)  # dropped
-    assert processor.dropped == 1
+    first.set_progress(2)  # waits in first's slot rather than being dropped
+    first.set_progress(3)  # and replaces what waits there
+    assert (processor.dropped, processor.coalesced) == (0, 1)
     for job in admitted[3:]:
-        job.__enter__()  # starts still get in, up to 4 * 4 waiting
-    assert processor.queued == 16
-    refused = tracker.track("t")
-    refused.__enter__()  # past that, a new job is dropped whole
-    refused.set_progress(50)
-    refused.__exit__(None, None, None)
-    assert processor.dropped == 4
+        job.__enter__()  # starts still get in, up to 32 * 4 waiting
+    assert processor.queued == 128
+    refused = [tracker.track("t") for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="seenn"):
+        for job in refused:
+            job.__enter__()  # past that, a new job is dropped whole
+            job.set_progress(50)
+            job.__exit__(None, None, None)
+    assert processor.dropped == 9
+    lines = [r.getMessage() for r in caplog.records if "dropped job" in r.getMessage()]
+    assert len(lines) == 1 and refused[0].id in lines[0]  # one line a minute, not per job
     for job in [*admitted, first]:
         job.__exit__(None, None, None)  # every admitted job's end is queued
-    assert processor.queued == 32
     exporter.release.set()
+    assert processor.force_flush(timeout=10) is False  # jobs were dropped since the last one
     assert processor.force_flush(timeout=10)
     jobs = _by_job(exporter.events)
-    assert refused.id not in jobs
+    assert not {job.id for job in refused} & set(jobs)
     assert set(jobs) == {first.id, *(job.id for job in admitted)}
     for events in jobs.values():
         assert events[0].kind == "started" and events[-1].kind == "completed"
-    assert [e.progress for e in jobs[first.id]] == [0, 1, 100]
+    assert [e.progress for e in jobs[first.id]] == [0, 1, 100]  # the end carries the rest
     tracker.shutdown(timeout=10)
 
 
@@ -531,3 +537,22 @@ def test_an_event_deferred_behind_a_non_producer_lock_holder_is_delivered() -> N
         delivered.wait(0.05)
     assert delivered.is_set()
     tracker.shutdown(timeout=10)
+
+
+def test_rate_limited_log_says_each_kind_once_per_interval_then_counts_the_rest(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """One line per kind per interval; the next one says how many were held back."""
+    from seenn._core.pipeline import RateLimitedLog
+
+    now = [0.0]
+    log = RateLimitedLog(60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="seenn"):
+        assert log.warning("full", "queue full for job %s", "job_1")
+        assert not log.warning("full", "queue full for job %s", "job_2")
+        assert not log.warning("full", "queue full for job %s", "job_3")
+        assert log.warning("outbox", "outbox %s broken", "/x")  # another kind: its own line
+        now[0] = 61.0
+        assert log.warning("full", "queue full for job %s", "job_4")
+    assert [r.getMessage() for r in caplog.records] == [
+        "queue full for job job_1", "outbox /x broken",
+        "queue full for job job_4 (2 more like this since the last such line)"]

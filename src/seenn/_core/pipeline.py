@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -19,6 +21,7 @@ __all__ = [
     "ExportResult",
     "Exporter",
     "Processor",
+    "RateLimitedLog",
     "internal_error",
     "is_strict",
     "logger",
@@ -26,6 +29,59 @@ __all__ = [
 ]
 
 logger = logging.getLogger("seenn")
+
+
+class RateLimitedLog:
+    """Logs at most one line per ``interval`` seconds for each kind of trouble.
+
+    A backend that is down, a full queue or a broken outbox produces the same
+    problem for every job: one line says it, the next one (an interval later)
+    says how many more there were. Thread-safe; what it holds back costs a
+    clock read and a counter.
+
+    Args:
+        interval: The least time between two lines of one kind, in seconds.
+        clock: A monotonic clock (a seam for tests).
+    """
+
+    def __init__(self, interval: float = 60.0, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next: dict[str, float] = {}  # kind -> when its next line may go out
+        self._held: dict[str, int] = {}  # kind -> lines held back since its last line
+
+    def log(self, level: int, kind: str, message: str, *args: object) -> bool:
+        """Log ``message % args`` unless a line of ``kind`` went out within ``interval``.
+
+        Returns:
+            ``True`` if the line was logged, ``False`` if it was held back (and counted).
+        """
+        return self._log(level, kind, message, args)
+
+    def warning(self, kind: str, message: str, *args: object) -> bool:
+        """:meth:`log` at ``WARNING`` level."""
+        return self._log(logging.WARNING, kind, message, args)
+
+    def error(self, kind: str, message: str, *args: object) -> bool:
+        """:meth:`log` at ``ERROR`` level."""
+        return self._log(logging.ERROR, kind, message, args)
+
+    def _log(self, level: int, kind: str, message: str, args: tuple[object, ...]) -> bool:
+        now = self._clock()
+        with self._lock:
+            if now < self._next.get(kind, now):
+                self._held[kind] = self._held.get(kind, 0) + 1
+                return False
+            self._next[kind] = now + self.interval
+            held = self._held.pop(kind, 0)
+        if held:
+            message += " (%d more like this since the last such line)"
+            args = (*args, held)
+        # The record names the code that had the trouble, not this helper.
+        logger.log(level, message, *args, stacklevel=3)
+        return True
 
 
 class ExportResult(enum.Enum):

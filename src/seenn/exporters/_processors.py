@@ -17,10 +17,11 @@ from collections import deque
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING
 
-from seenn._core.pipeline import ExportResult, internal_error, is_strict, logger
+from seenn._core.pipeline import ExportResult, RateLimitedLog, internal_error, is_strict, logger
+from seenn._core.validation import fail
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from seenn._core.events import JobEvent
     from seenn._core.pipeline import Exporter
@@ -29,6 +30,7 @@ __all__ = ["BatchProcessor", "SimpleProcessor"]
 
 _monotonic = time.monotonic
 _IDLE_POLL = 0.5  # seconds: the longest a deferred event can wait for the worker
+LIFECYCLE_FACTOR = 32  # started events may fill this many times max_queue_size
 
 
 class SimpleProcessor:
@@ -123,14 +125,21 @@ class BatchProcessor:
       ``progress_interval`` seconds, and a newer one replaces one still
       waiting (every event carries the job's whole state, so nothing is lost
       but intermediate values).
-    * ``started`` and terminal events are never coalesced, and a slow exporter
-      does not cost them their place: once ``max_queue_size`` events are
-      waiting, new progress events are dropped, while ``started`` events are
-      still admitted up to four times that. Only past that point (an exporter
-      stuck for a long time) are new jobs dropped, and then as a whole (all
-      their events), so a backend never sees half a job. Every admitted job
-      gets its terminal event queued, in order. Memory stays bounded by
-      ``4 * max_queue_size`` events plus one terminal event per running job.
+    * ``started`` and terminal events are never coalesced, and progress never
+      costs them their place: once ``max_queue_size`` events are waiting, a
+      progress event waits in its job's slot instead (one per job, a newer one
+      replacing it), while ``started`` events are still admitted up to
+      ``32 * max_queue_size`` (65,536 by default: a burst of tens of thousands
+      of short jobs, about 0.4 KB an event). Only past that point (an exporter
+      far behind, or stuck) is a new job refused, and then as a whole. With a
+      durable exporter (``HTTPExporter`` with an outbox) the refused job is
+      not lost: its start is on disk already, and the exporter reads it back
+      from there (counted in ``spilled``). Otherwise it is dropped with all
+      its events, so a backend never sees half a job: counted in ``dropped``,
+      logged (one line a minute), and the next ``force_flush()`` returns
+      ``False``. Every admitted job gets its terminal event queued, in order.
+      Memory stays bounded by ``32 * max_queue_size`` events plus one progress
+      and one terminal event per running job.
     * An exporter that raises or hangs never reaches the tracked code: errors
       are logged with the job ids and counted; ``force_flush``/``shutdown``
       give up at their deadline.
@@ -144,7 +153,7 @@ class BatchProcessor:
     Args:
         exporter: Where the events go.
         max_queue_size: How many events may wait for the exporter before progress
-            events are dropped (``started`` events: four times as many).
+            events wait in their job's slot (``started`` events: 32 times as many).
         max_export_batch_size: The most events handed to one ``export`` call.
         progress_interval: The least time between two progress events of a job.
         schedule_delay: How long the worker lets events gather before exporting
@@ -164,16 +173,16 @@ class BatchProcessor:
         exit_timeout: float = 5.0,
     ) -> None:
         if max_queue_size < 1:
-            raise ValueError("max_queue_size must be at least 1")
+            fail("max_queue_size", "must be at least 1")
         if max_export_batch_size < 1:
-            raise ValueError("max_export_batch_size must be at least 1")
+            fail("max_export_batch_size", "must be at least 1")
         if progress_interval < 0:
-            raise ValueError("progress_interval must not be negative")
+            fail("progress_interval", "must not be negative")
         if schedule_delay < 0:
-            raise ValueError("schedule_delay must not be negative")
+            fail("schedule_delay", "must not be negative")
         self._exporter = exporter
         self._max_queue = max_queue_size
-        self._max_lifecycle = 4 * max_queue_size
+        self._max_lifecycle = LIFECYCLE_FACTOR * max_queue_size
         self._max_batch = max_export_batch_size
         self._interval = progress_interval
         self._delay = schedule_delay
@@ -182,6 +191,10 @@ class BatchProcessor:
         # to disk before the tracked block goes on: the one local write per job
         # boundary that durability costs.
         self._persist: Callable[[JobEvent], None] | None = getattr(exporter, "persist", None)
+        # ... and can take a job the queue has no room for from there.
+        self._restore: Callable[[Sequence[str]], None] | None = getattr(
+            exporter, "spilled", None)
+        self._log = RateLimitedLog()
         self._closed = False
         self._reset_state()
         _live.add(self)
@@ -211,6 +224,9 @@ class BatchProcessor:
         self._failed = 0
         self._coalesced = 0
         self._dropped = 0
+        self._dropped_at_flush = 0  # _dropped when force_flush() last reported
+        self._spilled: list[str] = []  # jobs left on the exporter's disk, to hand over
+        self._spilled_jobs = 0
 
     # -- counters ----------------------------------------------------------------------
 
@@ -231,8 +247,16 @@ class BatchProcessor:
 
     @property
     def dropped(self) -> int:
-        """Events dropped: the queue was full, the processor shut down, or the deadline passed."""
+        """Events dropped (their job found the queue full, or the processor was shut down).
+
+        A drop makes the next ``force_flush()`` return ``False``.
+        """
         return self._dropped
+
+    @property
+    def spilled(self) -> int:
+        """Jobs the queue had no room for, left to the exporter's outbox (not lost)."""
+        return self._spilled_jobs
 
     @property
     def queued(self) -> int:
@@ -310,11 +334,18 @@ class BatchProcessor:
                 held[job_id] = event
                 self._coalesced += 1
                 return
-            if job_id in self._refused or len(ready) + len(held) >= self._max_queue:
+            if job_id in self._refused:
                 self._dropped += 1
                 return
             now = _monotonic()
             last = self._last_sent.get(job_id)
+            if len(ready) + len(held) >= self._max_queue:
+                # Full: wait in the job's slot (the newest wins) rather than be dropped;
+                # slots are one per running job, like the terminal events to come.
+                due = now if last is None else max(now, last + self._interval)
+                heappush(self._slots, (due, job_id))
+                held[job_id] = event
+                return
             if last is None or now - last >= self._interval:
                 self._last_sent[job_id] = now
             else:
@@ -325,8 +356,7 @@ class BatchProcessor:
                 return
         elif kind == "started":
             if len(ready) + len(self._held) >= self._max_lifecycle:
-                self._refused.add(job_id)
-                self._dropped += 1
+                self._overflow(job_id)
                 return
         else:
             if job_id in self._refused:
@@ -342,6 +372,24 @@ class BatchProcessor:
         self._enqueued += 1
         if self._worker_idle or (self._collecting and len(ready) >= self._max_batch):
             self._wake_worker()
+
+    def _overflow(self, job_id: str) -> None:
+        """No room for a new job; the caller holds the lock (the queue is full, so not hot)."""
+        name = type(self._exporter).__name__
+        if self._restore is not None and getattr(self._exporter, "durable", False):
+            # Its start is on disk already (persist() ran first): the exporter takes
+            # it from there, and its later events follow through the queue as usual.
+            self._spilled.append(job_id)
+            self._spilled_jobs += 1
+            self._log.warning("spilled", "seenn: %d events are waiting for exporter %s; job %s "
+                              "waits in its outbox until there is room", self._max_lifecycle,
+                              name, job_id)
+            return
+        self._refused.add(job_id)
+        self._dropped += 1
+        self._log.warning("dropped", "seenn: %d events are waiting for exporter %s; dropped job "
+                          "%s whole (counted in BatchProcessor.dropped)", self._max_lifecycle,
+                          name, job_id)
 
     def on_hand_off(self, job_id: str) -> None:
         """Forget what is kept per job for a job that goes on in another process.
@@ -426,7 +474,11 @@ class BatchProcessor:
                 if not backlog:
                     self._collect()
                 self._release_due(_monotonic())
-                if not self._ready:
+                # Handed over before the batch: it may hold later events of those jobs.
+                spilled = self._spilled
+                if spilled:
+                    self._spilled = []
+                elif not self._ready:
                     backlog = False
                     if self._stopping:
                         return
@@ -434,7 +486,10 @@ class BatchProcessor:
                 count = min(len(self._ready), self._max_batch)
                 batch = [self._ready.popleft() for _ in range(count)]
                 backlog = bool(self._ready)
-            self._export(batch)
+            if spilled:
+                self._hand_spilled(spilled)
+            if batch:
+                self._export(batch)
             with lock:
                 self._take_deferred()
                 self._handled += len(batch)
@@ -460,6 +515,15 @@ class BatchProcessor:
                 self._wake.wait(timeout)
         finally:
             self._collecting = False
+
+    def _hand_spilled(self, job_ids: list[str]) -> None:
+        assert self._restore is not None
+        try:
+            self._restore(job_ids)
+        except Exception as exc:
+            internal_error(f"{type(self._exporter).__name__}.spilled()", exc, job_ids)
+            if is_strict():
+                self._errors.append(exc)
 
     def _export(self, batch: list[JobEvent]) -> None:
         name = type(self._exporter).__name__
@@ -513,15 +577,19 @@ class BatchProcessor:
 
         Returns:
             ``True`` if everything was handed to the exporter and the exporter
-            flushed in time; ``False`` at the deadline (the rest stays queued).
+            flushed in time; ``False`` at the deadline (the rest stays queued),
+            or if events were dropped since the last ``force_flush()``.
         """
         deadline = _monotonic() + timeout
         done = self._wait_handled(deadline)
         self._retake_deferred()
         self._raise_kept_error()
-        if not done:
-            return False
-        return _call_exporter(self._exporter, "force_flush", deadline - _monotonic())
+        flushed = done and _call_exporter(self._exporter, "force_flush",
+                                          deadline - _monotonic())
+        dropped = self._dropped
+        clean = dropped == self._dropped_at_flush
+        self._dropped_at_flush = dropped
+        return flushed and clean
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking events, export what is queued within ``timeout``, shut the exporter down.

@@ -3,6 +3,10 @@
 Events are filed into per-job queues under one lock; a small pool of threads
 takes each job's head event when it is due, sends it without the lock, then
 settles the outcome (acknowledge, retry with backoff, reject or give up).
+
+Memory holds at most ``max_pending_jobs`` jobs. Past that, with an outbox, a
+new job waits on disk only (``_on_disk``) and is read back when a job leaves
+memory; without one it is dropped whole, counted and logged.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import heapq
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from seenn._core.events import RESUMED_SEQUENCE_UNIT
+from seenn._core.pipeline import RateLimitedLog
 from seenn.errors import (
     APIConnectionError,
     ConflictError,
@@ -39,6 +44,9 @@ logger = logging.getLogger("seenn")
 
 RESUMED_START_GRACE = 60.0
 """Seconds a resumed job's events retry a 404 (their start comes from another process)."""
+
+UNREADABLE = frozenset({"INVALID_RESPONSE", "RESPONSE_TOO_LARGE"})
+"""Error codes of a 2xx answer the client could not use: the call may not have been applied."""
 
 
 class DeliveryCore:
@@ -64,7 +72,12 @@ class DeliveryCore:
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
         self._refused: dict[str, None] = {}  # jobs the backend refused: later events dropped
-        self._overflow: dict[str, None] = {}  # jobs dropped for memory: outbox rows kept
+        self._dropped_jobs: dict[str, None] = {}  # no room and no outbox: later events dropped
+        # Jobs waiting in the outbox for room in memory, oldest first; then what was read
+        # back of each (the highest sequence), so the same event coming from the
+        # processor later is not sent twice.
+        self._on_disk: dict[str, None] = {}
+        self._read_back: dict[str, int] = {}
         # What outlives a job's queue between its events (bounded): the backend's id
         # for it, when its last progress call went, whether its start was acknowledged.
         self._memory: dict[str, tuple[str | None, float, bool]] = {}
@@ -74,33 +87,97 @@ class DeliveryCore:
         self._stopping = False
         self._closed = False
         self._flushing = 0
-        self._warned_at = 0.0
-        self._warnings = 0
+        self._drops_at_flush = 0  # dropped + lost when force_flush() last reported
+        self._log = RateLimitedLog()
 
     def _accept(self, event: JobEvent, *, durable: bool) -> None:
+        job_id = event.job_id
+        read = self._read_back.get(job_id)
+        if read is not None and event.sequence <= read:
+            return  # read back from the outbox already (persisted inline, exported since)
         stats = self.stats
         stats.accepted += 1
-        job_id = event.job_id
-        job = self._jobs.get(job_id)
-        if job is None:
+        if job_id not in self._jobs:
             if job_id in self._refused:
                 stats.rejected += 1
                 self._forget_durable(event)
                 return
-            pending = len(self._jobs)
+            if job_id in self._dropped_jobs:
+                stats.dropped += 1
+                return
+            parent_id = event.parent_id if event.kind == "started" else None
+            if job_id in self._on_disk or parent_id in self._on_disk:
+                # Behind its own start, or its parent's: in order, on disk too.
+                if not self._spill(event, durable):
+                    # The outbox failed to take it: read what it holds back now.
+                    for waiting in (parent_id, job_id):
+                        if waiting in self._on_disk:
+                            self._read_job(waiting)
+                    self._file(event, durable=True)
+                return
             # Terminal events may go over the cap (their job's start was delivered or
             # is lost); only at twice the cap do they go too.
             limit = self.max_pending_jobs * (2 if event.is_terminal else 1)
-            if job_id in self._overflow or pending >= limit:
-                # Dropped from memory; with an outbox the rows stay for the next start.
-                stats.dropped += 1
-                if event.kind == "started":
-                    remember(self._overflow, job_id)
-                elif not durable and self._outbox is not None:
-                    self._outbox.add(event)
-                self._warn("seenn: HTTP exporter: %d jobs are waiting for the backend; "
-                           "dropped the %s event of job %s", pending, event.kind, job_id)
+            if len(self._jobs) >= limit:
+                self._overflow(event, durable)
                 return
+        self._file(event, durable)
+
+    def _overflow(self, event: JobEvent, durable: bool) -> None:
+        """Memory is full: keep the job in the outbox, or else drop it whole."""
+        job_id = event.job_id
+        if self._outbox is not None and self._spill(event, durable):
+            self._log.warning("spilled", "seenn: HTTP exporter: %d jobs are waiting for the "
+                              "backend; job %s waits in the outbox %s until there is room",
+                              len(self._jobs), job_id, self._outbox_path)
+            return
+        self.stats.dropped += 1
+        if event.kind == "started":
+            remember(self._dropped_jobs, job_id)
+        self._log.warning("dropped", "seenn: HTTP exporter: %d jobs are waiting for the "
+                          "backend; dropped the %s event of job %s (counted in "
+                          "stats.dropped)", len(self._jobs), event.kind, job_id)
+
+    def _spill(self, event: JobEvent, durable: bool) -> bool:
+        """Leave ``event`` in the outbox until its job is read back; ``False`` if it cannot."""
+        outbox = self._outbox
+        if outbox is None or not (durable or outbox.add(event)):
+            return False
+        if event.job_id not in self._on_disk:
+            remember(self._on_disk, event.job_id)
+        self.stats.spilled += 1
+        return True
+
+    def _restore(self, job_ids: Iterable[str]) -> None:
+        """Take jobs whose start is in the outbox only (a processor had no room for them)."""
+        for job_id in job_ids:
+            if job_id not in self._jobs:
+                remember(self._on_disk, job_id)
+                self.stats.spilled += 1
+        self._refill()
+
+    def _refill(self) -> None:
+        """Read jobs waiting in the outbox back into memory while there is room."""
+        on_disk = self._on_disk
+        while on_disk and len(self._jobs) < self.max_pending_jobs:
+            self._read_job(next(iter(on_disk)))
+
+    def _read_job(self, job_id: str) -> None:
+        """Move a job waiting in the outbox into memory: what was not read back yet."""
+        del self._on_disk[job_id]
+        outbox = self._outbox
+        events = (outbox.job_events(job_id, self._read_back.get(job_id, -1))
+                  if outbox is not None else [])
+        if events:
+            remember(self._read_back, job_id, events[-1].sequence)
+        for event in events:
+            self._file(event, durable=True)
+
+    def _file(self, event: JobEvent, durable: bool) -> None:
+        """Put ``event`` in its job's queue (making the job if needed) and schedule it."""
+        job_id = event.job_id
+        job = self._jobs.get(job_id)
+        if job is None:
             parent_id = event.parent_id if event.kind == "started" else None
             if parent_id in self._refused:
                 parent_id = None  # its parent will never exist: start it on its own
@@ -109,10 +186,8 @@ class DeliveryCore:
             if remembered is not None:
                 job.server_id, job.last_progress, job.started_acked = remembered
             self._jobs[job_id] = job
-        if not durable and self._outbox is not None and not self._outbox.add(event):
-            stats.dropped += 1
-            self._warn("seenn: HTTP exporter: outbox %s is full; the %s event of job %s "
-                       "is kept in memory only", self._outbox_path, event.kind, job_id)
+        if not durable and self._outbox is not None:
+            self._outbox.add(event)  # if it cannot, it says so; memory has the event
         if event.is_terminal and self._stale(job, event):
             # complete and fail carry no progress or stage: bring them up to date first.
             self._enqueue(job, Pending(replace(event, kind="progress", status="running"),
@@ -163,16 +238,12 @@ class DeliveryCore:
         if job.started_acked and not job.finished:
             remember(self._memory, job.id, (job.server_id, job.last_progress, True))
 
-    def _warn(self, message: str, *args: Any) -> None:
-        # A backend that is down produces one warning per job: keep the log readable.
-        now = self._clock()
-        if now - self._warned_at > 60.0:
-            self._warned_at, self._warnings = now, 0
-        self._warnings += 1
-        if self._warnings <= 10:
-            logger.warning(message, *args)
-        elif self._warnings == 11:
-            logger.warning("seenn: HTTP exporter: further warnings suppressed for a minute")
+    def _report_drops(self) -> bool:
+        """``True`` unless events were dropped or lost since the last report."""
+        drops = self.stats.dropped + self.stats.lost
+        clean = drops == self._drops_at_flush
+        self._drops_at_flush = drops
+        return clean
 
     # Scheduling (all under self._cond) ------------------------------------------------
 
@@ -249,7 +320,7 @@ class DeliveryCore:
             try:
                 outcome, value = self._send(job, pending)
             except Exception as exc:  # a bug or an odd answer must not kill the thread
-                outcome, value = "retry", exc
+                outcome, value = "unreadable", exc
             with self._cond:
                 self._busy -= 1
                 job.busy = False
@@ -264,6 +335,8 @@ class DeliveryCore:
                             self._schedule(job)
                     elif self._jobs.get(job.id) is job:
                         self._retire(job)
+                        if self._on_disk:
+                            self._refill()
                     self._cond.notify_all()
 
     # Sending (no lock held) -----------------------------------------------------------
@@ -285,8 +358,12 @@ class DeliveryCore:
                 return "retry", error
             return ("reject" if event.kind == "started" else "gone"), error
         except SeennError as error:
+            if error.code in UNREADABLE:
+                # A 2xx that is not the backend's JSON (a proxy's HTML page, a huge body):
+                # it may never have reached the backend. The same key makes a resend safe.
+                return "unreadable", error
             if error.status_code is None or (200 <= error.status_code < 300):
-                return "ok", None  # e.g. a 2xx that is not JSON: the backend took it
+                return "ok", None
             return "reject", error
         return "ok", answer
 
@@ -308,8 +385,12 @@ class DeliveryCore:
         stats = self.stats
         stats.requests += 1
         now = self._clock()
-        if outcome == "retry":
+        if outcome in ("retry", "unreadable"):
             error: BaseException = value
+            if outcome == "unreadable":
+                self._log.warning("unreadable", "seenn: HTTP exporter: could not use the answer "
+                                  "to the %s event of job %s (%s); it will be sent again",
+                                  event.kind, event.job_id, error)
             stats.retries += 1
             pending.attempts += 1
             retry_after = getattr(error, "retry_after", None)
@@ -318,23 +399,24 @@ class DeliveryCore:
                 if isinstance(error, RateLimitError):
                     self._paused_until = max(self._paused_until, now + delay)
             else:
-                delay = self._random() * min(30.0, 0.5 * 2 ** (pending.attempts - 1))
+                # The exponent is capped: 2 ** 1024 does not fit a float.
+                delay = self._random() * min(30.0, 0.5 * 2 ** min(pending.attempts - 1, 16))
             if self._stopping or now + delay - pending.accepted <= self.delivery_timeout:
                 # Shutting down is no reason to give an event up: it stays queued (and
                 # in the outbox) and shutdown() reports it.
                 job.due = now + delay
                 return
             stats.lost += 1
-            logger.error("seenn: HTTP exporter: gave up on the %s event of job %s after %d "
-                         "attempts over %.0f s: %s", event.kind, event.job_id,
-                         pending.attempts, now - pending.accepted, error)
+            self._log.error("lost", "seenn: HTTP exporter: gave up on the %s event of job %s "
+                            "after %d attempts over %.0f s: %s", event.kind, event.job_id,
+                            pending.attempts, now - pending.accepted, error)
             if event.kind == "started":
                 self._drop_job(job, "its start could not be delivered")
                 return
         elif outcome == "reject":
             stats.rejected += 1
-            self._warn("seenn: HTTP exporter: the backend refused the %s event of job %s: %s",
-                       event.kind, event.job_id, value)
+            self._log.warning("refused", "seenn: HTTP exporter: the backend refused the %s "
+                              "event of job %s: %s", event.kind, event.job_id, value)
             if event.kind == "started":
                 self._drop_job(job, "its start was refused")
                 return
@@ -345,8 +427,8 @@ class DeliveryCore:
                 stats.delivered += 1
             else:
                 stats.rejected += 1
-                self._warn("seenn: HTTP exporter: the %s event of job %s was not applied: %s",
-                           event.kind, event.job_id, value)
+                self._log.warning("not-applied", "seenn: HTTP exporter: the %s event of job %s "
+                                  "was not applied: %s", event.kind, event.job_id, value)
         else:
             stats.delivered += 1
             if event.kind == "started":
@@ -364,12 +446,12 @@ class DeliveryCore:
         if event.is_terminal:
             job.finished = True
         job.due = 0.0
-        job.queue.popleft()
+        del job.queue[0]
         if not pending.key_suffix:
             self._forget_durable(event)
 
     def _drop_job(self, job: Job, why: str) -> None:
-        job.queue.popleft()
+        del job.queue[0]
         dropped = len(job.queue)
         self.stats.rejected += dropped
         job.queue.clear()
@@ -377,8 +459,8 @@ class DeliveryCore:
         if self._outbox is not None:
             self._outbox.remove_job(job.id)
         if dropped:
-            logger.info("seenn: HTTP exporter: dropped %d later event(s) of job %s: %s",
-                        dropped, job.id, why)
+            self._log.log(logging.INFO, "dropped-later", "seenn: HTTP exporter: dropped %d "
+                          "later event(s) of job %s: %s", dropped, job.id, why)
         for child_id in job.dependents:
             child = self._jobs.get(child_id)
             if child is not None and not child.busy:

@@ -25,8 +25,14 @@ How it works:
   started it.
 * Every call carries ``Idempotency-Key: <job id>.<sequence>``: the same on
   every retry and after a replay from the outbox, so nothing is applied twice.
-* Memory is bounded by ``max_pending_jobs``; what is dropped is counted and
-  logged, terminal events last.
+* Memory is bounded by ``max_pending_jobs``. Past it, with an outbox, new
+  jobs wait on disk and are read back as memory frees up; without one they are
+  dropped whole (terminal events last), counted in ``stats.dropped``, logged,
+  and the next ``force_flush()`` returns ``False``.
+* An answer the client cannot use (a 2xx that is not the backend's JSON, or
+  one over the client's size cap) is retried like a 5xx and logged.
+* Log lines about the same trouble (a full queue, a refusing backend, a broken
+  outbox) go out at most once a minute each, with the count of the others.
 """
 
 from __future__ import annotations
@@ -88,10 +94,13 @@ class HTTPExporter(DeliveryCore):
         max_concurrency: How many calls may be in flight at once (different jobs).
         outbox: A SQLite file keeping undelivered events across crashes and restarts.
         max_outbox_events: The outbox's size cap: beyond it, progress and new jobs
-            are kept in memory only (and counted); terminal events are always written.
+            are kept in memory only (and logged); terminal events are always written.
         delivery_timeout: How long an event may keep failing before it counts as lost.
         request_timeout: Seconds one HTTP attempt may take.
-        max_pending_jobs: How many jobs may have undelivered events in memory.
+        max_pending_jobs: How many jobs may have undelivered events in memory (about
+            1.5 KB each for a short job: the default holds a burst of 50,000 jobs, which
+            a backend answering 1,000 calls a second absorbs in under two minutes).
+            Past it, new jobs wait in the outbox if there is one, else are dropped.
     """
 
     inline = False
@@ -110,7 +119,7 @@ class HTTPExporter(DeliveryCore):
         max_outbox_events: int = 100_000,
         delivery_timeout: float = 300.0,
         request_timeout: float = 10.0,
-        max_pending_jobs: int = 10_000,
+        max_pending_jobs: int = 50_000,
     ) -> None:
         from seenn._client.client import SeennClient
         from seenn._core.validation import fail
@@ -141,7 +150,12 @@ class HTTPExporter(DeliveryCore):
         self._random = random.random
         self._reset()
         if self._outbox_path is not None:
-            self._outbox = Outbox(self._outbox_path, max_outbox_events)
+            try:
+                self._outbox = Outbox(self._outbox_path, max_outbox_events, self._log)
+            except BaseException:
+                if self._owns_client:
+                    self._client.close()
+                raise
             replay = self._outbox.load()
             if replay:
                 with self._cond:
@@ -179,6 +193,29 @@ class HTTPExporter(DeliveryCore):
             self._outbox_path = None
 
     # The processor side ---------------------------------------------------------------
+
+    @property
+    def durable(self) -> bool:
+        """Whether events written now reach disk: an outbox is open and its last write worked.
+
+        ``BatchProcessor`` reads this when its queue is full: a job it has no room
+        for is left to the outbox (see :meth:`spilled`) rather than dropped.
+        """
+        outbox = self._outbox
+        return outbox is not None and not outbox.failing and not self._closed
+
+    def spilled(self, job_ids: Sequence[str]) -> None:
+        """Deliver jobs a processor had no room for from the outbox, where their start is.
+
+        Called by ``BatchProcessor`` from its worker thread, before it exports any
+        later event of those jobs; they are read back as memory allows.
+        """
+        with self._cond:
+            if self._closed or self._outbox is None:
+                return  # their rows stay in the outbox for the next start
+            self._restore(job_ids)
+            self._start_workers()
+            self._cond.notify_all()
 
     def persist(self, event: JobEvent) -> None:
         """Write a start or terminal event to the outbox now (called inline by the processor).
@@ -218,7 +255,8 @@ class HTTPExporter(DeliveryCore):
         """Send everything pending now (progress too) and wait up to ``timeout`` seconds.
 
         Returns:
-            ``True`` if nothing is left undelivered.
+            ``True`` if nothing is left undelivered and nothing was dropped or lost
+            (``stats.dropped``, ``stats.lost``) since the last ``force_flush()``.
         """
         deadline = self._clock() + max(timeout, 0.0)
         with self._cond:
@@ -228,12 +266,12 @@ class HTTPExporter(DeliveryCore):
                     if job.queue and not job.busy and job.queue[0].event.kind == "progress":
                         self._ready.append(job.id)  # held back by the progress rate only
                 self._cond.notify_all()
-                while self._jobs:
+                while self._jobs or self._on_disk:
                     left = deadline - self._clock()
                     if left <= 0:
                         return False
                     self._cond.wait(min(left, 0.05))
-                return True
+                return self._report_drops()
             finally:
                 self._flushing -= 1
 
@@ -252,13 +290,14 @@ class HTTPExporter(DeliveryCore):
             self._closed = True
             self._stopping = True
             left = sum(len(job.queue) for job in self._jobs.values())
-            jobs = sum(1 for job in self._jobs.values() if job.queue)
+            jobs = sum(1 for job in self._jobs.values() if job.queue) + len(self._on_disk)
             if left and self._outbox is None:
                 self.stats.lost += left
             self._jobs.clear()  # what is left stays in the outbox, if there is one
+            self._on_disk.clear()
             self._cond.notify_all()
             workers = list(self._workers)
-        if not delivered and left:
+        if not delivered and jobs:
             where = (f"; they stay in the outbox {self._outbox_path}"
                      if self._outbox is not None else "")
             logger.warning("seenn: HTTP exporter shut down with %d event(s) of %d job(s) "
