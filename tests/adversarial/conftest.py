@@ -83,8 +83,25 @@ def is_closed(sock: socket.socket, timeout: float = 5.0) -> bool:
 
 
 def responses(data: bytes) -> list[int]:
-    """The status codes of the HTTP responses in ``data``, in order."""
-    return [int(code) for code in re.findall(rb"(?:^|\r\n)HTTP/1\.[01] (\d{3}) ", data)]
+    """The status codes of the HTTP responses in ``data``, each framed by its Content-Length.
+
+    Reads response after response, so one that follows a JSON body (which does not end
+    in CRLF) is counted too; anything left over that is not a response fails the test.
+    """
+    codes: list[int] = []
+    while data:
+        head, found, rest = data.partition(b"\r\n\r\n")
+        assert found, f"not an HTTP response: {data[:80]!r}"
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        assert re.fullmatch(r"HTTP/1\.1 \d{3} .*", status_line), status_line
+        codes.append(int(status_line.split()[1]))
+        length = 0
+        for line in lines:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        data = rest[length:]
+    return codes
 
 
 def start_server(tmp_path: Path, *extra: str) -> Served:

@@ -7,10 +7,12 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from seenn._cli.errors import CLIError
 from seenn._version import __version__
@@ -27,6 +29,27 @@ def _env_int(name: str) -> int | None:
         raise CLIError(f"{name} must be an integer, got {value!r}", 2) from None
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return port
+
+
+def _starting(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """Answer 503 in JSON: the app of a server bound before its database is open.
+
+    ``serve`` sets the real app before it serves, so this answers only if that changes.
+    """
+    body = b'{"error":{"code":"STARTING","message":"the server is starting"}}'
+    start_response("503 Service Unavailable", [("Content-Type", "application/json"),
+                                               ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from seenn.server import WSGIServer, create_app
 
@@ -36,19 +59,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "SEENN_SERVER_RATE_LIMIT")
     if rate_limit is not None and rate_limit < 1:
         raise CLIError("--rate-limit must be at least 1", 2)
+    # Bind before the database is opened: a busy port must not leave behind a new
+    # database whose key pair was never shown. Requests wait until the app is set.
+    try:
+        server = WSGIServer((args.host, args.port), _starting, access_log=args.access_log,
+                            max_connections=args.max_connections,
+                            header_timeout=args.header_timeout, idle_timeout=args.idle_timeout)
+    except OSError as error:
+        raise CLIError(f"serve: cannot listen on {args.host}:{args.port}: "
+                       f"{error.strerror or error}") from None
     try:
         app = create_app(args.db, api_key=api_key, public_key=public_key,
                          rate_limit=rate_limit, cors_origin=args.cors_origin or None)
     except SeennError as error:
+        server.server_close()
         raise CLIError(f"serve: {error.message}", 2) from None
     except (OSError, sqlite3.Error) as error:
+        server.server_close()
         raise CLIError(f"serve: cannot open database {args.db}: {error}") from None
-    try:
-        server = WSGIServer((args.host, args.port), app, access_log=args.access_log)
-    except OSError as error:
-        app.close()
-        raise CLIError(f"serve: cannot listen on {args.host}:{args.port}: "
-                       f"{error.strerror or error}") from None
+    server.app = app
     out = sys.stdout
     try:
         if app.created_keys is not None:
@@ -57,8 +86,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                       f"  secret key (read and write): {secret}\n"
                       f"  public key (read only):      {public}\n")
         rate = f", {rate_limit} requests/s per key" if rate_limit else ""
-        out.write(f"seenn serve {__version__}: listening on {server.url}/v1 "
-                  f"(database {args.db}{rate}); Ctrl-C stops\n")
+        out.write(f"seenn serve {__version__}: listening on {server.url} (the base_url for "
+                  f"clients; database {args.db}{rate}); Ctrl-C stops\n")
         out.flush()
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
@@ -67,6 +96,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server.server_close()
         app.close()
     return 0
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "no keys it creates a test key pair and prints it once.")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default: 127.0.0.1, loopback only)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    serve.add_argument("--port", type=_port, default=8080,
+                       help="port, 0 to 65535; 0 picks a free one (default: 8080)")
     serve.add_argument("--db", default="seenn.db", help="SQLite file (default: seenn.db)")
     serve.add_argument("--api-key", help="the app's secret key (or SEENN_SERVER_API_KEY)")
     serve.add_argument("--public-key",
@@ -95,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Access-Control-Allow-Origin for browser clients (default '*'; "
                             "'' turns CORS off)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--max-connections", type=_at_least_one, default=256, metavar="N",
+                       help="connections served at once; more wait to be accepted, and "
+                            "idle kept-alive ones are closed to make room (default: 256)")
+    serve.add_argument("--header-timeout", type=_positive_seconds, default=10.0,
+                       metavar="SECONDS",
+                       help="time a client has to send a request's line and headers, "
+                            "in total (default: 10)")
+    serve.add_argument("--idle-timeout", type=_positive_seconds, default=30.0,
+                       metavar="SECONDS",
+                       help="time a kept-alive connection may wait for its next request "
+                            "(default: 30)")
     serve.set_defaults(func=_cmd_serve)
 
     from seenn._cli.jobs import add_commands
@@ -116,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from seenn._cli.demo import run
 
-    if args.pace < 0:
-        raise CLIError("--pace must not be negative", 2)
+    # NaN fails the comparison; beyond 100 the sleeps overflow or never end.
+    if not 0 <= args.pace <= 100:
+        raise CLIError(f"--pace must be from 0 to 100, got {args.pace}", 2)
     return run(sys.stdout, pace=args.pace, fail=args.fail)
 
 
@@ -140,3 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("seenn: interrupted\n")
         return 130
+    except Exception as error:
+        # A bug, not a usage error: still one line, as every failure of the command.
+        detail = " ".join(str(error).split())
+        sys.stderr.write(f"seenn: internal error: {type(error).__name__}: {detail}\n")
+        return 1
