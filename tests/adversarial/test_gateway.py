@@ -245,6 +245,10 @@ def test_an_over_large_content_length_is_413_before_it_is_read(served: Served) -
     (b"Transfer-Encoding : chunked\r\n", b"0\r\n\r\n"),
     (b"Transfer-Encoding:\r\n chunked\r\n", b"0\r\n\r\n"),
     (b"Foo: bar\r\n Transfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
+    # A bare CR is no line end (RFC 9112 section 2.2), but the header parser split on it.
+    (b"Foo: bar\rContent-Length: %d\r\n" % len(HIDDEN), b""),
+    (b"Foo: bar\r\r\nContent-Length: %d\r\n" % len(HIDDEN), b""),
+    (b"Foo: bar\r\r\nTransfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
 ])
 def test_invalid_or_conflicting_framing_is_400_and_closed(
         served: Served, framing: bytes, padding: bytes) -> None:
@@ -568,6 +572,52 @@ def test_the_gateway_reads_a_body_in_time(echo_server: WSGIServer) -> None:
     assert responses(answer) == [200, 200]
     assert answer.count(b"\r\n\r\nhello") == 1
     assert answer.endswith(b"\r\n\r\nabc")
+
+
+def test_server_close_ends_kept_alive_connections(tmp_path: Path) -> None:
+    """Once running() has stopped, a kept-alive connection is closed, not served on."""
+    with seenn.server.running(tmp_path / "closing.db") as backend:
+        sock = socket.create_connection(("127.0.0.1", backend.server.server_address[1]),
+                                        timeout=10)
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert responses(sock.recv(65536)) == [200]
+        except BaseException:
+            sock.close()
+            raise
+    try:
+        assert is_closed(sock, timeout=10)  # not at the 30 s idle timeout
+    finally:
+        sock.close()
+
+
+def test_the_access_log_escapes_control_characters(capsys: pytest.CaptureFixture[str]) -> None:
+    """A request line cannot put terminal escapes or a carriage return into the access log."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    server = WSGIServer(("127.0.0.1", 0), app, access_log=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        for request in (b"GET /\x1b[2J HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                        b"GET /a\rforged HTTP/1.1 x\r\nHost: x\r\n\r\n"):
+            sock = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10)
+            try:
+                sock.sendall(request)
+                read_until_closed(sock)  # the line is logged before the connection closes
+            finally:
+                sock.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    logged = capsys.readouterr().err
+    assert "\x1b" not in logged
+    assert "\r" not in logged
+    assert "GET /\\x1b[2J HTTP/1.1" in logged
 
 
 @pytest.mark.parametrize(("option", "value"), [

@@ -138,7 +138,9 @@ def test_an_estimated_duration_of_30_days_is_accepted(api: httpx.Client) -> None
 
 BAD_CURSORS = [_cursor("s:²"), _cursor("c:²"), _cursor("s:"), _cursor("s:-1"), _cursor("s: 1"),
                _cursor("s:" + "9" * 40), _cursor("x:1"), "é", "%%%", "czo", "=" * 8,
-               base64.urlsafe_b64encode(b"s:\xff").decode()]
+               base64.urlsafe_b64encode(b"s:\xff").decode(),
+               # 19 digits, past the largest SQLite integer (2**63 - 1): once a 500.
+               _cursor("s:" + "9" * 19), _cursor("c:" + "9" * 19), _cursor(f"c:{2 ** 63}")]
 
 
 @pytest.mark.parametrize("cursor", BAD_CURSORS)

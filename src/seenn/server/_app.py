@@ -508,8 +508,9 @@ def _decode_cursor(cursor: str, kind: str) -> int:
         text = ""
     digits = text[len(kind) + 1:]
     # isdigit() alone accepts "²" and other digits int() refuses: ASCII digits only.
+    # SQLite integers stop at 2**63 - 1: a larger position would be a 500, not a 400.
     if not (text.startswith(f"{kind}:") and 0 < len(digits) < 20 and digits.isascii()
-            and digits.isdigit()):
+            and digits.isdigit() and int(digits) < 2 ** 63):
         fail("cursor", "is not a cursor this server made")
     return int(digits)
 

@@ -143,13 +143,16 @@ class _HeaderLines:
 
     The standard library bounds each line (64 KiB) and the number of lines (100),
     which still lets one request hold 6.4 MB; ``truncated`` tells a section cut
-    short by the client closing from one that ended with an empty line.
+    short by the client closing from one that ended with an empty line. ``bare_cr``
+    tells a CR not followed by LF: the parser would split a line there, where a proxy
+    may not (RFC 9112 section 2.2 makes it invalid).
     """
 
     def __init__(self, rfile: io.BufferedIOBase, budget: int) -> None:
         self._rfile = rfile
         self._left = budget
         self.truncated = False
+        self.bare_cr = False
 
     def readline(self, limit: int = -1) -> bytes:
         allowed = self._left + 1 if limit < 0 else min(limit, self._left + 1)
@@ -159,6 +162,8 @@ class _HeaderLines:
             raise http.client.LineTooLong("header section")
         if not line.endswith(b"\n"):
             self.truncated = True
+        if b"\r" in line.removesuffix(b"\n").removesuffix(b"\r"):
+            self.bare_cr = True
         return line
 
 
@@ -191,7 +196,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.access_log:
-            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+            # Escaped as the standard library does: the request line is the client's text.
+            message = (format % args).translate(self._control_char_table)
+            sys.stderr.write(f"{self.address_string()} - {message}\n")
 
     def handle(self) -> None:
         server, slot = self.server, self.server._slot(self.request)
@@ -202,7 +209,8 @@ class _Handler(BaseHTTPRequestHandler):
         header_deadline: float | None = wait_until
         try:
             while True:
-                server._set_idle(slot, True)
+                if not server._set_idle(slot, True):
+                    return  # closed by the server (to make room, or server_close())
                 self._reader.deadline = wait_until
                 try:
                     arrived = bool(self._buffered.peek(1))
@@ -242,6 +250,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if lines.truncated:
                 self.close_connection = True
+                return
+            if lines.bare_cr:
+                self._refuse(400, "malformed header section")
                 return
             self._run()
         except TimeoutError:
@@ -560,6 +571,20 @@ class WSGIServer(ThreadingHTTPServer):
         self._stop = True
         self._changed.set()
         self._stopped.wait()
+
+    def server_close(self) -> None:
+        """Stop listening, and end the open connections.
+
+        A connection waiting for its next request is closed now; one in the middle of
+        a request is closed once its answer is sent. Neither is waited for.
+        """
+        super().server_close()
+        with self._lock:
+            for slot in self._slots.values():
+                slot.evicted = True
+                if slot.idle_since is not None:
+                    with contextlib.suppress(OSError):
+                        slot.sock.shutdown(socket.SHUT_RDWR)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         try:
