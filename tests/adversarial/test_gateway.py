@@ -319,24 +319,32 @@ def test_protocol_errors_do_not_echo_the_request(served: Served) -> None:
 # -- slow clients, idle clients, floods -----------------------------------------------
 
 
+def _drip(sock: socket.socket, first: bytes, byte: bytes) -> tuple[bytes, bool]:
+    """Send ``first``, then ``byte`` after ``byte`` until the server answers or closes (10 s).
+
+    Returns what the server answered and whether it closed the connection.
+    """
+    answer = b""
+    closed = False
+    deadline = time.monotonic() + 10
+    try:
+        sock.sendall(first)
+        while not closed and time.monotonic() < deadline:
+            if not _send_quietly(sock, byte):
+                closed = True
+            elif select.select([sock], [], [], 0.2)[0]:
+                answer = read_until_closed(sock)
+                closed = is_closed(sock, timeout=0.5)
+    finally:
+        sock.close()
+    return answer, closed
+
+
 def test_a_client_dripping_its_headers_is_cut_off(tmp_path: Path) -> None:
     """A client that sends one header byte at a time is disconnected at the header deadline."""
     served = start_server(tmp_path, "--header-timeout", "1")
     try:
-        sock = served.connect()
-        answer = b""
-        closed = False
-        deadline = time.monotonic() + 10
-        try:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
-            while not closed and time.monotonic() < deadline:
-                if not _send_quietly(sock, b"X"):
-                    closed = True
-                elif select.select([sock], [], [], 0.2)[0]:
-                    answer = read_until_closed(sock)
-                    closed = is_closed(sock, timeout=0.5)
-        finally:
-            sock.close()
+        answer, closed = _drip(served.connect(), b"GET /healthz HTTP/1.1\r\n", b"X")
         assert closed
         assert responses(answer) == [408]
         assert _healthz(served) == 200
@@ -542,19 +550,8 @@ def echo_server() -> Iterator[WSGIServer]:
 def test_a_body_dripped_slower_than_the_body_timeout_is_cut_off(echo_server: WSGIServer) -> None:
     """A client that sends its body a byte at a time gets a 408 at the body deadline and a close."""
     sock = socket.create_connection(("127.0.0.1", echo_server.server_address[1]), timeout=10)
-    answer = b""
-    closed = False
-    deadline = time.monotonic() + 10
-    try:
-        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
-        while not closed and time.monotonic() < deadline:
-            if not _send_quietly(sock, b"x"):
-                closed = True
-            elif select.select([sock], [], [], 0.2)[0]:
-                answer = read_until_closed(sock)
-                closed = is_closed(sock, timeout=0.5)
-    finally:
-        sock.close()
+    answer, closed = _drip(
+        sock, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n", b"x")
     assert closed
     assert responses(answer) == [408]
 
