@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import math
 import socket
 import threading
 import traceback
+import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
@@ -116,6 +120,18 @@ def test_malformed_base_url_is_a_validation_error(base_url: object) -> None:
     with pytest.raises(seenn.ValidationError) as caught:
         seenn.SeennClient(SECRET, base_url=base_url)  # type: ignore[arg-type]
     assert caught.value.field == "base_url"
+
+
+@pytest.mark.parametrize("base_url", [
+    "ftp://user:hunter2@h", "http://user:hunter2@h\n", "http://user:hunter2@h:abc",
+    "user:hunter2@h", "http://user:hunter2@[::1",
+])
+def test_a_malformed_base_url_never_shows_its_password(base_url: str) -> None:
+    """Whatever is wrong with a base_url holding user:password@, the error leaves them out."""
+    with pytest.raises(seenn.ValidationError) as caught:
+        seenn.SeennClient(SECRET, base_url=base_url)
+    assert caught.value.field == "base_url"
+    assert "hunter2" not in str(caught.value) and "user" not in str(caught.value)
 
 
 @pytest.mark.parametrize("base_path", [123, "/v1 ", "/v1?x=1", "/v\n1", "/" + LONE])
@@ -362,6 +378,66 @@ def test_an_undecodable_answer_is_a_seenn_error(raw: Callable[..., RawServer], s
     assert caught.value.status_code == int(status[:3])
     if error is seenn.SeennError:
         assert caught.value.code == "INVALID_RESPONSE"
+
+
+def _gzipped(data: bytes, total: int) -> bytes:
+    """``data`` repeated to ``total`` bytes, gzipped without ever holding it whole."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [compressor.compress(data) for _ in range(total // len(data))]
+    return b"".join(parts) + compressor.flush()
+
+
+def _coded(status: bytes, coding: bytes, body: bytes) -> Callable[[RawServer, socket.socket],
+                                                                   None]:
+    return lambda s, conn: s.send(conn, b"HTTP/1.1 " + status + b"\r\nContent-Type: "
+                                  b"application/json\r\nContent-Encoding: " + coding
+                                  + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize(("layers", "code"), [(1, "RESPONSE_TOO_LARGE"),
+                                              (2, "INVALID_RESPONSE")])
+async def test_a_compressed_answer_is_inflated_no_further_than_the_cap(
+        raw: Callable[..., RawServer], layers: int, code: str, is_async: bool) -> None:
+    """A 200 gzipped to inflate to 512 MiB (twice: 6 KB) costs the client about the cap only."""
+    body = _gzipped(b"\0" * MiB, 512 * MiB)
+    for _ in range(layers - 1):
+        body = gzip.compress(body, 9)
+    server = raw(_coded(b"200 OK", b", ".join([b"gzip"] * layers), body))
+    tracemalloc.start()
+    try:
+        if is_async:
+            async with seenn.AsyncSeennClient(SECRET, base_url=server.url,
+                                              max_retries=0) as aclient:
+                with pytest.raises(seenn.SeennError) as caught:
+                    await aclient.jobs.get("job_1")
+        else:
+            with _client(server.url) as client, pytest.raises(seenn.SeennError) as caught:
+                client.jobs.get("job_1")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (caught.value.code, caught.value.status_code) == (code, 200)
+    assert peak < 3 * CAP
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"x-gzip", b"deflate", b"deflate (raw)"])
+def test_a_compressed_answer_within_the_cap_is_read(raw: Callable[..., RawServer],
+                                                    coding: bytes) -> None:
+    """A job answered gzipped or deflated (with or without zlib's header) is read as usual."""
+    job = {"id": "job_1", "appId": "a", "userId": "u", "jobType": "t", "title": "t",
+           "status": "running", "progress": 5, "createdAt": "2024-01-01T00:00:00.000Z",
+           "updatedAt": "2024-01-01T00:00:00.000Z", "message": "x" * 100_000}
+    data = json.dumps(job).encode()
+    if coding == b"deflate (raw)":
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+        body, coding = compressor.compress(data) + compressor.flush(), b"deflate"
+    else:
+        body = zlib.compress(data) if coding == b"deflate" else gzip.compress(data)
+    server = raw(_coded(b"200 OK", coding, body))
+    with _client(server.url) as client:
+        got = client.jobs.get("job_1")
+    assert (got.progress, got.message) == (5, "x" * 100_000)
 
 
 def test_deeply_nested_json_is_an_invalid_response(raw: Callable[..., RawServer]) -> None:

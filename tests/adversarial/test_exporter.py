@@ -150,6 +150,30 @@ def test_a_full_processor_queue_leaves_new_jobs_to_the_outbox_not_lost(
     tracker.shutdown(timeout=10)
 
 
+def test_a_job_whose_start_a_full_outbox_did_not_take_is_dropped_not_spilled(
+        tmp_path: Path, server: RecordingServer) -> None:
+    """A full queue never leaves to the outbox a job whose start the (full) outbox refused."""
+    gate = threading.Event()
+    exporter = GatedExporter(gate, api_key=KEY, base_url=server.url,
+                             outbox=tmp_path / "full.db", max_outbox_events=1)
+    processor = BatchProcessor(exporter, max_queue_size=1, schedule_delay=0)
+    tracker = seenn.Tracker(processors=[processor])
+    with tracker.track("full", user_id="u") as job:
+        ids = [job.id]
+        assert exporter.entered.wait(10)  # the worker is stuck handing this start over
+    for _ in range(40):
+        with tracker.track("full", user_id="u") as job:
+            ids.append(job.id)
+    gate.set()
+    assert tracker.force_flush(timeout=60) is False  # jobs were dropped, and it says so
+    assert processor.spilled == 0
+    assert exporter.stats.rejected == 0  # no complete call for a job the backend never saw
+    delivered = [job_id for job_id in ids if job_id in server.backend.jobs]
+    assert all(server.backend.jobs[job_id]["status"] == "completed" for job_id in delivered)
+    assert processor.dropped == 2 * (len(ids) - len(delivered)) > 0
+    tracker.shutdown(timeout=10)
+
+
 def unreadable_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The log lines about answers the exporter could not use."""
     return [r.getMessage() for r in caplog.records

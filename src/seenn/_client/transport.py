@@ -15,8 +15,10 @@ import logging
 import os
 import platform
 import random
+import re
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -56,6 +58,12 @@ MAX_KEY_LENGTH = 2048
 MAX_WAIT_SECONDS = 86_400.0
 # RFC 6750 b64token: what a Bearer credential may hold, so a key can never break a header.
 _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+# Content codings an answer may come in despite "Accept-Encoding: identity" (a proxy's
+# doing), with the zlib window of each: zlib inflates only as much as the cap has room
+# for. Other codings, and codings applied twice (a few KB that inflate to gigabytes),
+# are not read.
+_INFLATE_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+                  "deflate": zlib.MAX_WBITS}
 
 Shape = Callable[[Any], "str | None"]
 """Checks a decoded 2xx answer: ``None`` if usable, else what the call expected instead."""
@@ -134,35 +142,41 @@ def check_api_key(key: object) -> str:
     return key
 
 
-def _printable(field: str, value: object) -> str:
+def _printable(field: str, value: object, show: Callable[[str], str] = str) -> str:
     if not isinstance(value, str):
         fail(field, f"must be a string, not {type(value).__name__}")
     # isprintable() is False for control characters, line breaks and lone surrogates.
     if not value.isprintable() or " " in value:
-        fail(field, f"must not hold spaces or control characters, got {value[:100]!r}")
+        fail(field, f"must not hold spaces or control characters, got {show(value)[:100]!r}")
     return value
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` with its ``user:password@`` (if any) left out, for an error message."""
+    return re.sub(r"^((?:[^:/?#]+:)?//)?[^/?#]*@", r"\1…@", url)
 
 
 def check_base_url(value: object) -> str:
     """Check that ``value`` is an ``http(s)://host[:port][/path]`` URL that paths can extend."""
-    url = _printable("base_url", value)
+    url = _printable("base_url", value, _without_credentials)
+    shown = _without_credentials(url)[:100]
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (reading it is the check: a bad port raises ValueError)
     except ValueError as error:
-        fail("base_url", f"is not a valid URL ({error}), got {url[:100]!r}")
+        fail("base_url", f"is not a valid URL ({error}), got {shown!r}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        fail("base_url", f"must be an http:// or https:// URL, got {url[:100]!r}")
+        fail("base_url", f"must be an http:// or https:// URL, got {shown!r}")
     if parts.username is not None or parts.password is not None:
         # Not echoed: it holds a password. The Authorization header carries the API key.
         fail("base_url", "must not hold credentials (user:password@)")
     if "?" in url or "#" in url:
         fail("base_url", f"must not have a query or a fragment: paths are appended to it, "
-                         f"got {url[:100]!r}")
+                         f"got {shown!r}")
     try:
         httpx.URL(url)
     except (httpx.InvalidURL, ValueError) as error:
-        fail("base_url", f"is not a valid URL ({error}), got {url[:100]!r}")
+        fail("base_url", f"is not a valid URL ({error}), got {shown!r}")
     return url.rstrip("/")
 
 
@@ -190,7 +204,8 @@ def check_seconds(field: str, value: object, *, or_none: str = "") -> float:
 class _Body:
     """Collects an answer's body up to a cap (sans I/O: both request loops feed it)."""
 
-    __slots__ = ("_chunks", "_limit", "overflow", "size")
+    __slots__ = ("_chunks", "_coding", "_inflater", "_limit", "overflow", "size",
+                 "unreadable_coding")
 
     def __init__(self, response: httpx.Response, max_bytes: int) -> None:
         success = 200 <= response.status_code < 300
@@ -202,6 +217,16 @@ class _Body:
         declared = _parse_int(response.headers.get("Content-Length"))
         if success and declared is not None and declared > self._limit:
             self.overflow = True
+        codings = [coding.strip().lower() for coding in
+                   response.headers.get_list("Content-Encoding", split_commas=True)]
+        codings = [coding for coding in codings if coding not in ("", "identity")]
+        self._coding = codings[0] if len(codings) == 1 else ""
+        self._inflater = None
+        # Set when the body is in a coding that cannot be read within the cap.
+        self.unreadable_coding = ", ".join(codings)[:60] if codings else ""
+        if self._coding in _INFLATE_WBITS:
+            self._inflater = zlib.decompressobj(_INFLATE_WBITS[self._coding])
+            self.unreadable_coding = ""
 
     def feed(self, chunk: bytes) -> bool:
         """Take one chunk; return ``True`` when no more should be read."""
@@ -213,6 +238,31 @@ class _Body:
             return True
         self._chunks.append(chunk)
         self.size += len(chunk)
+        return False
+
+    def feed_raw(self, chunk: bytes) -> bool:
+        """Take one chunk as received, content coding and all; ``True`` to stop reading.
+
+        Raises:
+            zlib.error: The body is not in the content coding it claims.
+        """
+        inflater = self._inflater
+        if inflater is None:
+            return self.feed(chunk)
+        while chunk:
+            try:
+                # One byte past the room at most: enough to see the cap overrun.
+                out = inflater.decompress(chunk, self._limit - self.size + 1)
+            except zlib.error:
+                if self._coding != "deflate" or self.size:
+                    raise
+                # "deflate" without its zlib header, as some servers send it.
+                self._coding = "raw deflate"
+                self._inflater = inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                continue
+            if self.feed(out):
+                return True
+            chunk = inflater.unconsumed_tail
         return False
 
     def data(self) -> bytes:
@@ -480,11 +530,11 @@ class _Call:
         except SeennError as error:
             return False, self._retry_or_raise(error, None)
 
-    def undecodable(self, response: httpx.Response, exc: httpx.DecodingError) -> SeennError:
+    def undecodable(self, response: httpx.Response, why: str) -> SeennError:
         """The error for a body whose content encoding cannot be decoded."""
         self._log("DecodingError")
         return SeennError(f"the backend's {response.status_code} answer could not be decoded "
-                          f"({type(exc).__name__})", code="INVALID_RESPONSE",
+                          f"({why})", code="INVALID_RESPONSE",
                           status_code=response.status_code)
 
     def transport_failed(self, exc: httpx.TransportError) -> float:
@@ -520,15 +570,20 @@ class SyncHTTP(BaseClient):
                                    stream=True)
         try:
             body = self._body(response)
-            if not body.overflow:
+            if body.unreadable_coding:
+                # An error answer keeps its status (and retries): only its text is lost.
+                if 200 <= response.status_code < 300:
+                    raise call.undecodable(response, "Content-Encoding: "
+                                           + repr(body.unreadable_coding))
+            elif not body.overflow:
                 try:
-                    for chunk in response.iter_bytes():
-                        if body.feed(chunk):
+                    # Raw, decoded here: httpx would inflate each chunk whole, whatever the cap.
+                    for chunk in response.iter_raw():
+                        if body.feed_raw(chunk):
                             break
-                except httpx.DecodingError as exc:
-                    # An error answer keeps its status (and retries): only its text is lost.
+                except zlib.error as exc:
                     if 200 <= response.status_code < 300:
-                        raise call.undecodable(response, exc) from None
+                        raise call.undecodable(response, type(exc).__name__) from None
             return response, body
         finally:
             # Closing a response that was not read to its end drops the connection.
@@ -594,15 +649,20 @@ class AsyncHTTP(BaseClient):
                                          stream=True)
         try:
             body = self._body(response)
-            if not body.overflow:
+            if body.unreadable_coding:
+                # An error answer keeps its status (and retries): only its text is lost.
+                if 200 <= response.status_code < 300:
+                    raise call.undecodable(response, "Content-Encoding: "
+                                           + repr(body.unreadable_coding))
+            elif not body.overflow:
                 try:
-                    async for chunk in response.aiter_bytes():
-                        if body.feed(chunk):
+                    # Raw, decoded here: httpx would inflate each chunk whole, whatever the cap.
+                    async for chunk in response.aiter_raw():
+                        if body.feed_raw(chunk):
                             break
-                except httpx.DecodingError as exc:
-                    # An error answer keeps its status (and retries): only its text is lost.
+                except zlib.error as exc:
                     if 200 <= response.status_code < 300:
-                        raise call.undecodable(response, exc) from None
+                        raise call.undecodable(response, type(exc).__name__) from None
             return response, body
         finally:
             await response.aclose()

@@ -190,7 +190,7 @@ class BatchProcessor:
         # A durable exporter (HTTPExporter with an outbox) writes starts and ends
         # to disk before the tracked block goes on: the one local write per job
         # boundary that durability costs.
-        self._persist: Callable[[JobEvent], None] | None = getattr(exporter, "persist", None)
+        self._persist: Callable[[JobEvent], object] | None = getattr(exporter, "persist", None)
         # ... and can take a job the queue has no room for from there.
         self._restore: Callable[[Sequence[str]], None] | None = getattr(
             exporter, "spilled", None)
@@ -212,6 +212,9 @@ class BatchProcessor:
         # progress_interval costs the worker nothing here.
         self._slots: list[tuple[float, str]] = []
         self._refused: set[str] = set()  # jobs dropped whole because the queue was full
+        # Jobs whose start persist() could not write (a full or failing outbox), until
+        # their start is queued: one of those is never left to the outbox.
+        self._unsaved: set[str] = set()
         self._worker: threading.Thread | None = None
         self._stopping = False
         self._worker_idle = False  # waiting for anything to do
@@ -358,6 +361,8 @@ class BatchProcessor:
             if len(ready) + len(self._held) >= self._max_lifecycle:
                 self._overflow(job_id)
                 return
+            if self._unsaved:
+                self._unsaved.discard(job_id)
         else:
             if job_id in self._refused:
                 self._refused.discard(job_id)
@@ -376,7 +381,9 @@ class BatchProcessor:
     def _overflow(self, job_id: str) -> None:
         """No room for a new job; the caller holds the lock (the queue is full, so not hot)."""
         name = type(self._exporter).__name__
-        if self._restore is not None and getattr(self._exporter, "durable", False):
+        saved = job_id not in self._unsaved
+        self._unsaved.discard(job_id)
+        if saved and self._restore is not None and getattr(self._exporter, "durable", False):
             # Its start is on disk already (persist() ran first): the exporter takes
             # it from there, and its later events follow through the queue as usual.
             self._spilled.append(job_id)
@@ -405,11 +412,14 @@ class BatchProcessor:
     def _persist_now(self, event: JobEvent) -> None:
         assert self._persist is not None
         try:
-            self._persist(event)
+            saved = self._persist(event)
         except Exception as exc:
+            saved = False
             internal_error(f"{type(self._exporter).__name__}.persist()", exc, (event.job_id,))
             if is_strict():
                 raise
+        if saved is False and event.kind == "started":
+            self._unsaved.add(event.job_id)
 
     def _append(self, event: JobEvent) -> None:
         ready = self._ready

@@ -217,14 +217,19 @@ class HTTPExporter(DeliveryCore):
             self._start_workers()
             self._cond.notify_all()
 
-    def persist(self, event: JobEvent) -> None:
+    def persist(self, event: JobEvent) -> bool:
         """Write a start or terminal event to the outbox now (called inline by the processor).
 
         Without an outbox this does nothing. It is what makes a job's start and end
         durable before ``track()`` returns, whatever the processor's queue holds.
+
+        Returns:
+            ``False`` if the outbox did not take the event (it is full or failing): a
+            processor must not leave that job to the outbox (see :meth:`spilled`).
         """
         if self._outbox is not None and event.kind != "progress" and not self._closed:
-            self._outbox.add(event)
+            return self._outbox.add(event)
+        return True
 
     def export(self, events: Sequence[JobEvent]) -> ExportResult:
         """File the events for delivery; returns at once (no network I/O here)."""
