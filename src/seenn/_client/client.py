@@ -15,14 +15,26 @@ from typing import Any
 
 import httpx
 
+from seenn._client.calls import (
+    check_batch,
+    children_params,
+    family_shape,
+    job_shape,
+    list_params,
+    next_cursor,
+    page_shape,
+    parent_body,
+    start_body,
+    token_body,
+    token_shape,
+    user_token,
+)
 from seenn._client.resources import (
     AsyncJob,
     BatchResult,
     Job,
     JobFamily,
     JobPage,
-    job_shape,
-    start_body,
 )
 from seenn._client.transport import (
     DEFAULT_BASE_PATH,
@@ -30,112 +42,16 @@ from seenn._client.transport import (
     BaseClient,
     Shape,
     SyncHTTP,
-    check_api_key,
     quote_id,
 )
 from seenn._core.models import ChildProgressMode, Queue, Stage, UserToken
 from seenn._core.validation import (
-    MAX_LIST_LIMIT,
-    MAX_TITLE,
-    MAX_TOTAL_CHILDREN,
-    MAX_TTL_SECONDS,
-    MAX_USER_ID,
-    MIN_TTL_SECONDS,
-    check_int,
     check_text,
-    fail,
-    parse_datetime,
 )
-from seenn.errors import ValidationError
 
 __all__ = ["AsyncJobs", "AsyncSeennClient", "Jobs", "SeennClient"]
 
 _BATCH_CONCURRENCY = 8
-
-
-def _list_params(user_id: str, limit: int | None, cursor: str | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"userId": check_text("user_id", user_id, max_len=255)}
-    if limit is not None:
-        params["limit"] = check_int("limit", limit, minimum=1, maximum=MAX_LIST_LIMIT)
-    if cursor is not None:
-        params["cursor"] = check_text("cursor", cursor, max_len=4096)
-    return params
-
-
-def _children_params(cursor: str | None, limit: int | None) -> dict[str, Any] | None:
-    # Sent only when given: a backend that does not paginate children sees the old call.
-    params: dict[str, Any] = {}
-    if cursor is not None:
-        params["cursor"] = check_text("cursor", cursor, max_len=4096)
-    if limit is not None:
-        params["limit"] = check_int("limit", limit, minimum=1, maximum=MAX_LIST_LIMIT)
-    return params or None
-
-
-def _jobs_ok(value: object) -> bool:
-    return isinstance(value, builtins.list) and all(job_shape(job) is None for job in value)
-
-
-def _page_shape(data: object) -> str | None:
-    if isinstance(data, Mapping) and _jobs_ok(data.get("jobs")):
-        return None
-    return "a job list ({\"jobs\": [job, ...]})"
-
-
-def _family_shape(data: object) -> str | None:
-    if isinstance(data, Mapping) and job_shape(data.get("parent")) is None \
-            and _jobs_ok(data.get("children")):
-        return None
-    return "a job family ({\"parent\": job, \"children\": [job, ...]})"
-
-
-def _token_shape(data: object) -> str | None:
-    if isinstance(data, Mapping) and parse_datetime(data.get("expiresAt")) is not None:
-        try:
-            check_api_key(data.get("token"))
-        except ValidationError:
-            pass
-        else:
-            return None
-    return "a token ({\"token\": \"ut_...\", \"expiresAt\": date-time})"
-
-
-def _next_cursor(data: Mapping[str, Any]) -> str | None:
-    cursor = data.get("nextCursor")
-    return cursor if isinstance(cursor, str) and cursor else None
-
-
-def _token_body(user_id: str, ttl_seconds: int) -> dict[str, Any]:
-    return {"userId": check_text("user_id", user_id, max_len=MAX_USER_ID),
-            "ttlSeconds": check_int("ttl_seconds", ttl_seconds, minimum=MIN_TTL_SECONDS,
-                                    maximum=MAX_TTL_SECONDS)}
-
-
-def _token(data: Mapping[str, Any]) -> UserToken:
-    expires_at = parse_datetime(data["expiresAt"])
-    assert expires_at is not None  # _token_shape checked it
-    return UserToken(data["token"], expires_at)
-
-
-def _parent_body(job_type: str, *, user_id: str, title: str, child_count: int,
-                 child_progress_mode: ChildProgressMode | None,
-                 metadata: Mapping[str, Any] | None, ttl_seconds: int | None,
-                 job_id: str | None) -> dict[str, Any]:
-    return start_body(job_type=job_type, user_id=user_id, title=title, job_id=job_id,
-                      metadata=metadata, ttl_seconds=ttl_seconds,
-                      total_children=check_int("child_count", child_count, minimum=1,
-                                               maximum=MAX_TOTAL_CHILDREN),
-                      child_progress_mode=child_progress_mode)
-
-
-def _check_batch(child_titles: Sequence[str]) -> builtins.list[str]:
-    if isinstance(child_titles, str) or not isinstance(child_titles, Sequence):
-        fail("child_titles", "must be a list of titles")
-    if not 1 <= len(child_titles) <= MAX_TOTAL_CHILDREN:
-        fail("child_titles", f"must hold 1 to {MAX_TOTAL_CHILDREN} titles, "
-                             f"got {len(child_titles)}")
-    return [check_text(f"child_titles[{i}]", title, max_len=MAX_TITLE)
-            for i, title in enumerate(child_titles)]
 
 
 class Jobs:
@@ -221,12 +137,12 @@ class Jobs:
         Returns:
             The page: ``page.jobs`` and ``page.next_cursor``.
         """
-        data = self._get("", _list_params(user_id, limit, cursor), _page_shape)
-        return JobPage([Job(job, self) for job in data["jobs"]], _next_cursor(data))
+        data = self._get("", list_params(user_id, limit, cursor), page_shape)
+        return JobPage([Job(job, self) for job in data["jobs"]], next_cursor(data))
 
     def iter(self, user_id: str, *, page_size: int | None = None) -> Iterator[Job]:
         """Walk every job of a user, newest first, fetching pages as the loop needs them."""
-        _list_params(user_id, page_size, None)
+        list_params(user_id, page_size, None)
         cursor: str | None = None
         while True:
             page = self.list(user_id, limit=page_size, cursor=cursor)
@@ -249,14 +165,14 @@ class Jobs:
             does not paginate children answers every child on one page.
         """
         path = f"/{quote_id(check_text('parent_id', parent_id, max_len=255))}/children"
-        data = self._get(path, _children_params(cursor, limit), _family_shape)
+        data = self._get(path, children_params(cursor, limit), family_shape)
         return JobFamily(Job(data["parent"], self),
-                         [Job(child, self) for child in data["children"]], _next_cursor(data))
+                         [Job(child, self) for child in data["children"]], next_cursor(data))
 
     def iter_children(self, parent_id: str, *, page_size: int | None = None) -> Iterator[Job]:
         """Walk every child of a parent, in ``child_index`` order, a page at a time."""
         check_text("parent_id", parent_id, max_len=255)
-        _children_params(None, page_size)
+        children_params(None, page_size)
         cursor: str | None = None
         while True:
             family = self.children(parent_id, cursor=cursor, limit=page_size)
@@ -278,7 +194,7 @@ class Jobs:
         job_id: str | None = None,
     ) -> Job:
         """Start a parent job that expects ``child_count`` children (1–1000)."""
-        body = _parent_body(job_type, user_id=user_id, title=title, child_count=child_count,
+        body = parent_body(job_type, user_id=user_id, title=title, child_count=child_count,
                             child_progress_mode=child_progress_mode, metadata=metadata,
                             ttl_seconds=ttl_seconds, job_id=job_id)
         return Job(self._post("", body), self)
@@ -315,12 +231,12 @@ class Jobs:
 
         Every argument (each child title included) is checked before the first call.
         """
-        titles = _check_batch(child_titles)
-        parent_body = _parent_body(job_type, user_id=user_id, title=parent_title,
-                                   child_count=len(titles),
-                                   child_progress_mode=child_progress_mode,
-                                   metadata=metadata, ttl_seconds=ttl_seconds, job_id=None)
-        parent = Job(self._post("", parent_body), self)
+        titles = check_batch(child_titles)
+        parent_request = parent_body(job_type, user_id=user_id, title=parent_title,
+                                     child_count=len(titles),
+                                     child_progress_mode=child_progress_mode,
+                                     metadata=metadata, ttl_seconds=ttl_seconds, job_id=None)
+        parent = Job(self._post("", parent_request), self)
         children = [self.create_child(job_type, parent_job_id=parent.id, child_index=i,
                                       user_id=user_id, title=title, ttl_seconds=ttl_seconds)
                     for i, title in enumerate(titles)]
@@ -378,12 +294,12 @@ class AsyncJobs:
     async def list(self, user_id: str, *, limit: int | None = None,
                    cursor: str | None = None) -> JobPage[AsyncJob]:
         """Read one page of a user's jobs; see :meth:`Jobs.list`."""
-        data = await self._get("", _list_params(user_id, limit, cursor), _page_shape)
-        return JobPage([AsyncJob(job, self) for job in data["jobs"]], _next_cursor(data))
+        data = await self._get("", list_params(user_id, limit, cursor), page_shape)
+        return JobPage([AsyncJob(job, self) for job in data["jobs"]], next_cursor(data))
 
     async def iter(self, user_id: str, *, page_size: int | None = None) -> AsyncIterator[AsyncJob]:
         """Walk every job of a user (``async for``); see :meth:`Jobs.iter`."""
-        _list_params(user_id, page_size, None)
+        list_params(user_id, page_size, None)
         cursor: str | None = None
         while True:
             page = await self.list(user_id, limit=page_size, cursor=cursor)
@@ -397,16 +313,16 @@ class AsyncJobs:
                        limit: int | None = None) -> JobFamily[AsyncJob]:
         """Read a parent job with one page of its children; see :meth:`Jobs.children`."""
         path = f"/{quote_id(check_text('parent_id', parent_id, max_len=255))}/children"
-        data = await self._get(path, _children_params(cursor, limit), _family_shape)
+        data = await self._get(path, children_params(cursor, limit), family_shape)
         return JobFamily(AsyncJob(data["parent"], self),
                          [AsyncJob(child, self) for child in data["children"]],
-                         _next_cursor(data))
+                         next_cursor(data))
 
     async def iter_children(self, parent_id: str, *,
                             page_size: int | None = None) -> AsyncIterator[AsyncJob]:
         """Walk every child of a parent (``async for``); see :meth:`Jobs.iter_children`."""
         check_text("parent_id", parent_id, max_len=255)
-        _children_params(None, page_size)
+        children_params(None, page_size)
         cursor: str | None = None
         while True:
             family = await self.children(parent_id, cursor=cursor, limit=page_size)
@@ -429,7 +345,7 @@ class AsyncJobs:
         job_id: str | None = None,
     ) -> AsyncJob:
         """Start a parent job; see :meth:`Jobs.create_parent`."""
-        body = _parent_body(job_type, user_id=user_id, title=title, child_count=child_count,
+        body = parent_body(job_type, user_id=user_id, title=title, child_count=child_count,
                             child_progress_mode=child_progress_mode, metadata=metadata,
                             ttl_seconds=ttl_seconds, job_id=job_id)
         return AsyncJob(await self._post("", body), self)
@@ -463,12 +379,12 @@ class AsyncJobs:
         ttl_seconds: int | None = None,
     ) -> BatchResult[AsyncJob]:
         """Start a parent and its children, a few at a time; see :meth:`Jobs.create_batch`."""
-        titles = _check_batch(child_titles)
-        parent_body = _parent_body(job_type, user_id=user_id, title=parent_title,
-                                   child_count=len(titles),
-                                   child_progress_mode=child_progress_mode,
-                                   metadata=metadata, ttl_seconds=ttl_seconds, job_id=None)
-        parent = AsyncJob(await self._post("", parent_body), self)
+        titles = check_batch(child_titles)
+        parent_request = parent_body(job_type, user_id=user_id, title=parent_title,
+                                     child_count=len(titles),
+                                     child_progress_mode=child_progress_mode,
+                                     metadata=metadata, ttl_seconds=ttl_seconds, job_id=None)
+        parent = AsyncJob(await self._post("", parent_request), self)
         gate = asyncio.Semaphore(_BATCH_CONCURRENCY)
 
         async def child(index: int, title: str) -> AsyncJob:
@@ -587,9 +503,9 @@ class SeennClient(_ClientInfo):
             SeennError: The backend refused the call (e.g. not a secret key) or could not
                 be reached.
         """
-        data = self._http.request("POST", "/tokens", json=_token_body(user_id, ttl_seconds),
-                                  expect=_token_shape)
-        return _token(data)
+        data = self._http.request("POST", "/tokens", json=token_body(user_id, ttl_seconds),
+                                  expect=token_shape)
+        return user_token(data)
 
     def close(self) -> None:
         """Close the connections this client opened."""
@@ -631,9 +547,9 @@ class AsyncSeennClient(_ClientInfo):
     async def create_token(self, user_id: str, *, ttl_seconds: int = 3600) -> UserToken:
         """Mint a read token for one user's jobs; see :meth:`SeennClient.create_token`."""
         data = await self._http.request("POST", "/tokens",
-                                        json=_token_body(user_id, ttl_seconds),
-                                        expect=_token_shape)
-        return _token(data)
+                                        json=token_body(user_id, ttl_seconds),
+                                        expect=token_shape)
+        return user_token(data)
 
     async def aclose(self) -> None:
         """Close the connections this client opened."""

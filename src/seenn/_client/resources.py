@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, Protocol, TypeVar
 
+from seenn._client.calls import complete_body, fail_body, progress_body
 from seenn._client.transport import quote_id
 from seenn._core.models import (
     TERMINAL_STATUSES,
@@ -25,29 +26,6 @@ from seenn._core.models import (
     Stage,
 )
 from seenn._core.validation import (
-    CHILD_PROGRESS_MODES,
-    MAX_JOB_TYPE,
-    MAX_MESSAGE,
-    MAX_TITLE,
-    MAX_TOTAL_CHILDREN,
-    MAX_TTL_SECONDS,
-    MAX_USER_ID,
-    MIN_TTL_SECONDS,
-    check_bool,
-    check_choice,
-    check_datetime,
-    check_duration_ms,
-    check_int,
-    check_json,
-    check_metadata,
-    check_opt_text,
-    check_progress,
-    check_text,
-    coerce_error,
-    coerce_queue,
-    coerce_result,
-    coerce_stage,
-    fail,
     parse_datetime,
 )
 from seenn.errors import SeennError
@@ -74,7 +52,7 @@ class AsyncJobsAPI(Protocol):
 
     async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any: ...
 
-__all__ = ["AsyncJob", "BatchResult", "Job", "JobFamily", "JobPage", "job_shape"]
+__all__ = ["AsyncJob", "BatchResult", "Job", "JobFamily", "JobPage"]
 
 _KNOWN_FIELDS = frozenset({
     "id", "appId", "userId", "jobType", "title", "workflowId", "status", "progress",
@@ -82,8 +60,6 @@ _KNOWN_FIELDS = frozenset({
     "etaConfidence", "etaBasedOn", "createdAt", "updatedAt", "startedAt", "completedAt",
     "parent", "children", "childProgressMode",
 })
-_MAX_PUSH_BYTES = 4096
-
 JobT = TypeVar("JobT", bound="BaseJob")
 
 
@@ -95,26 +71,6 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
-
-
-def _usable_id(value: object) -> bool:
-    # A JSON "\ud800" escape decodes to a lone surrogate, which no URL path can carry.
-    if not isinstance(value, str) or not value:
-        return False
-    if value.isascii():
-        return True
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def job_shape(data: object) -> str | None:
-    """Check a decoded answer is a job object: ``None`` if so, else what was expected."""
-    if isinstance(data, Mapping) and _usable_id(data.get("id")):
-        return None
-    return "a job object with an 'id'"
 
 
 class BaseJob:
@@ -476,130 +432,3 @@ class BatchResult(Generic[JobT]):
 
 # Request bodies: validated here, before anything is sent. --------------------------
 
-def _push(value: object, field: str) -> object:
-    if isinstance(value, bool):
-        return value
-    if not isinstance(value, Mapping):
-        fail(field, f"must be a bool or a mapping, not {type(value).__name__}")
-    return check_json(field, dict(value), max_bytes=_MAX_PUSH_BYTES)
-
-
-def start_body(
-    *,
-    job_type: str,
-    user_id: str,
-    title: str,
-    job_id: str | None = None,
-    workflow_id: str | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    queue: Queue | Mapping[str, Any] | None = None,
-    stage: Stage | Mapping[str, Any] | None = None,
-    estimated_completion_at: datetime | str | None = None,
-    estimated_duration: float | timedelta | None = None,
-    ttl_seconds: int | None = None,
-    parent_job_id: str | None = None,
-    child_index: int | None = None,
-    total_children: int | None = None,
-    child_progress_mode: str | None = None,
-) -> dict[str, Any]:
-    """Validate the arguments of a job start and return the ``POST /jobs`` body."""
-    body: dict[str, Any] = {
-        "jobType": check_text("job_type", job_type, max_len=MAX_JOB_TYPE),
-        "userId": check_text("user_id", user_id, max_len=MAX_USER_ID),
-        "title": check_text("title", title, max_len=MAX_TITLE),
-    }
-    if job_id is not None:
-        body["id"] = check_text("job_id", job_id, max_len=MAX_USER_ID)
-    if workflow_id is not None:
-        body["workflowId"] = check_text("workflow_id", workflow_id, max_len=MAX_JOB_TYPE)
-    if metadata is not None:
-        body["metadata"] = check_metadata(metadata)
-    if queue is not None:
-        body["queue"] = coerce_queue(queue).to_wire()
-    if stage is not None:
-        body["stage"] = coerce_stage(stage).to_wire()
-    if estimated_completion_at is not None:
-        body["estimatedCompletionAt"] = check_datetime(estimated_completion_at,
-                                                       "estimated_completion_at")
-    if estimated_duration is not None:
-        body["estimatedDuration"] = check_duration_ms(estimated_duration, "estimated_duration")
-    if ttl_seconds is not None:
-        body["ttlSeconds"] = check_int("ttl_seconds", ttl_seconds, minimum=MIN_TTL_SECONDS,
-                                       maximum=MAX_TTL_SECONDS)
-    if parent_job_id is not None:
-        body["parentJobId"] = check_text("parent_job_id", parent_job_id, max_len=MAX_USER_ID)
-    if child_index is not None:
-        if parent_job_id is None:
-            fail("child_index", "needs parent_job_id")
-        body["childIndex"] = check_int("child_index", child_index, minimum=0,
-                                       maximum=MAX_TOTAL_CHILDREN - 1)
-    if total_children is not None:
-        body["totalChildren"] = check_int("total_children", total_children, minimum=1,
-                                          maximum=MAX_TOTAL_CHILDREN)
-    if child_progress_mode is not None:
-        body["childProgressMode"] = check_choice(child_progress_mode, "child_progress_mode",
-                                                 CHILD_PROGRESS_MODES)
-    return body
-
-
-def progress_body(
-    progress: float,
-    *,
-    message: str | None,
-    stage: Stage | Mapping[str, Any] | None,
-    queue: Queue | Mapping[str, Any] | None,
-    metadata: Mapping[str, Any] | None,
-    estimated_completion_at: datetime | str | None,
-    push: bool | Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """Validate the arguments of a progress call and return its body."""
-    body: dict[str, Any] = {"progress": check_progress(progress)}
-    if message is not None:
-        body["message"] = check_opt_text("message", message, max_len=MAX_MESSAGE)
-    if stage is not None:
-        body["stage"] = coerce_stage(stage).to_wire()
-    if queue is not None:
-        body["queue"] = coerce_queue(queue).to_wire()
-    if metadata is not None:
-        body["metadata"] = check_metadata(metadata)
-    if estimated_completion_at is not None:
-        body["estimatedCompletionAt"] = check_datetime(estimated_completion_at,
-                                                       "estimated_completion_at")
-    if push is not None:
-        body["push"] = _push(push, "push")
-    return body
-
-
-def complete_body(
-    *,
-    result: JobResult | Mapping[str, Any] | None,
-    message: str | None,
-    push: bool | Mapping[str, Any] | None,
-    live_activity: bool | Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """Validate the arguments of a complete call and return its body."""
-    body: dict[str, Any] = {}
-    if result is not None:
-        body["result"] = coerce_result(result).to_wire()
-    if message is not None:
-        body["message"] = check_opt_text("message", message, max_len=MAX_MESSAGE)
-    if push is not None:
-        body["push"] = _push(push, "push")
-    if live_activity is not None:
-        body["liveActivity"] = _push(live_activity, "live_activity")
-    return body
-
-
-def fail_body(
-    *,
-    error: JobError | Mapping[str, Any],
-    retryable: bool | None,
-    push: bool | Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """Validate the arguments of a fail call and return its body."""
-    body: dict[str, Any] = {"error": coerce_error(error).to_wire()}
-    if retryable is not None:
-        body["retryable"] = check_bool(retryable, "retryable")
-    if push is not None:
-        body["push"] = _push(push, "push")
-    return body

@@ -18,13 +18,13 @@ import random
 import re
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 
+from seenn._client.answers import DEFAULT_MAX_RESPONSE_BYTES, Body, parse_int
 from seenn._core.validation import fail
 from seenn._version import __version__
 from seenn.errors import (
@@ -48,23 +48,12 @@ USER_AGENT = (
 )
 KEY_PREFIXES = ("sk_live_", "sk_test_", "pk_live_", "pk_test_", "ut_")
 REDACTED = "[REDACTED]"
-# Answers are JSON of a few KB: a larger one is a broken or hostile backend, and is never
-# held in memory whole. An error answer is only read for its message.
-DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
-MAX_ERROR_BODY_BYTES = 64 * 1024
 # A user token carries its user id: 255 characters of UTF-8 in base64, and a signature.
 MAX_KEY_LENGTH = 2048
 # Longer waits overflow the platform's timers (a socket timeout of 1e12 s raises).
 MAX_WAIT_SECONDS = 86_400.0
 # RFC 6750 b64token: what a Bearer credential may hold, so a key can never break a header.
 _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
-# Content codings an answer may come in despite "Accept-Encoding: identity" (a proxy's
-# doing), with the zlib window of each: zlib inflates only as much as the cap has room
-# for. Other codings, and codings applied twice (a few KB that inflate to gigabytes),
-# are not read.
-_INFLATE_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
-                  "deflate": zlib.MAX_WBITS}
-
 Shape = Callable[[Any], "str | None"]
 """Checks a decoded 2xx answer: ``None`` if usable, else what the call expected instead."""
 
@@ -117,13 +106,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if seconds != seconds:  # NaN
         return None
     return max(0.0, seconds)
-
-
-def _parse_int(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
 
 
 def check_api_key(key: object) -> str:
@@ -199,75 +181,6 @@ def check_seconds(field: str, value: object, *, or_none: str = "") -> float:
         fail(field, f"must be above 0 and at most {MAX_WAIT_SECONDS:.0f} seconds{or_none}, "
                     f"got {value!r}")
     return float(value)
-
-
-class _Body:
-    """Collects an answer's body up to a cap (sans I/O: both request loops feed it)."""
-
-    __slots__ = ("_chunks", "_coding", "_inflater", "_limit", "overflow", "size",
-                 "unreadable_coding")
-
-    def __init__(self, response: httpx.Response, max_bytes: int) -> None:
-        success = 200 <= response.status_code < 300
-        self._limit = max_bytes if success else min(max_bytes, MAX_ERROR_BODY_BYTES)
-        self._chunks: list[bytes] = []
-        self.size = 0
-        # A success over the cap is an error; an error answer is merely cut short.
-        self.overflow = False
-        declared = _parse_int(response.headers.get("Content-Length"))
-        if success and declared is not None and declared > self._limit:
-            self.overflow = True
-        codings = [coding.strip().lower() for coding in
-                   response.headers.get_list("Content-Encoding", split_commas=True)]
-        codings = [coding for coding in codings if coding not in ("", "identity")]
-        self._coding = codings[0] if len(codings) == 1 else ""
-        self._inflater = None
-        # Set when the body is in a coding that cannot be read within the cap.
-        self.unreadable_coding = ", ".join(codings)[:60] if codings else ""
-        if self._coding in _INFLATE_WBITS:
-            self._inflater = zlib.decompressobj(_INFLATE_WBITS[self._coding])
-            self.unreadable_coding = ""
-
-    def feed(self, chunk: bytes) -> bool:
-        """Take one chunk; return ``True`` when no more should be read."""
-        room = self._limit - self.size
-        if len(chunk) > room:
-            self._chunks.append(chunk[:room])
-            self.size = self._limit
-            self.overflow = True
-            return True
-        self._chunks.append(chunk)
-        self.size += len(chunk)
-        return False
-
-    def feed_raw(self, chunk: bytes) -> bool:
-        """Take one chunk as received, content coding and all; ``True`` to stop reading.
-
-        Raises:
-            zlib.error: The body is not in the content coding it claims.
-        """
-        inflater = self._inflater
-        if inflater is None:
-            return self.feed(chunk)
-        while chunk:
-            try:
-                # One byte past the room at most: enough to see the cap overrun.
-                out = inflater.decompress(chunk, self._limit - self.size + 1)
-            except zlib.error:
-                if self._coding != "deflate" or self.size:
-                    raise
-                # "deflate" without its zlib header, as some servers send it.
-                self._coding = "raw deflate"
-                self._inflater = inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-                continue
-            if self.feed(out):
-                return True
-            chunk = inflater.unconsumed_tail
-        return False
-
-    def data(self) -> bytes:
-        """The bytes read so far."""
-        return b"".join(self._chunks)
 
 
 class BaseClient:
@@ -359,10 +272,10 @@ class BaseClient:
         text = self._redact(data[:limit].decode("utf-8", "replace"))
         return repr(text) + ("…" if len(data) > limit else "")
 
-    def _body(self, response: httpx.Response) -> _Body:
-        return _Body(response, self.max_response_bytes)
+    def _body(self, response: httpx.Response) -> Body:
+        return Body(response, self.max_response_bytes)
 
-    def _handle_response(self, response: httpx.Response, body: _Body,
+    def _handle_response(self, response: httpx.Response, body: Body,
                          expect: Shape | None = None) -> Any:
         """Return the decoded JSON of a 2xx response, or raise the mapped SeennError.
 
@@ -430,8 +343,8 @@ class BaseClient:
             return RateLimitError(
                 message, code=code, status_code=status, details=details,
                 retry_after=retry_after,
-                limit=_parse_int(response.headers.get("X-RateLimit-Limit")),
-                remaining=_parse_int(response.headers.get("X-RateLimit-Remaining")),
+                limit=parse_int(response.headers.get("X-RateLimit-Limit")),
+                remaining=parse_int(response.headers.get("X-RateLimit-Remaining")),
             )
         if cls is ServerError:
             return ServerError(message, code=code, status_code=status, details=details,
@@ -522,7 +435,7 @@ class _Call:
         client._log_attempt(self._method, self._url, outcome, self.attempt,
                             client._monotonic() - self._sent)
 
-    def answered(self, response: httpx.Response, body: _Body) -> tuple[bool, Any]:
+    def answered(self, response: httpx.Response, body: Body) -> tuple[bool, Any]:
         """Return ``(True, json)`` when done, ``(False, delay)`` to retry; raise to give up."""
         self._log(str(response.status_code))
         try:
@@ -530,12 +443,17 @@ class _Call:
         except SeennError as error:
             return False, self._retry_or_raise(error, None)
 
-    def undecodable(self, response: httpx.Response, why: str) -> SeennError:
-        """The error for a body whose content encoding cannot be decoded."""
-        self._log("DecodingError")
-        return SeennError(f"the backend's {response.status_code} answer could not be decoded "
-                          f"({why})", code="INVALID_RESPONSE",
-                          status_code=response.status_code)
+    def check_decoded(self, response: httpx.Response, body: Body) -> None:
+        """Raise for a 2xx answer whose body could not be decoded.
+
+        An error answer keeps its status (and retries): only its text is lost.
+        """
+        status = response.status_code
+        if body.unreadable and 200 <= status < 300:
+            self._log("DecodingError")
+            raise SeennError(f"the backend's {status} answer could not be decoded "
+                             f"({body.unreadable})", code="INVALID_RESPONSE",
+                             status_code=status)
 
     def transport_failed(self, exc: httpx.TransportError) -> float:
         """Return the delay before retrying after a transport error; raise to give up."""
@@ -564,26 +482,18 @@ class SyncHTTP(BaseClient):
         if self._owns_http:
             self._http.close()
 
-    def _fetch(self, call: _Call) -> tuple[httpx.Response, _Body]:
+    def _fetch(self, call: _Call) -> tuple[httpx.Response, Body]:
         """Send one attempt and read its answer, stopping at the size cap."""
         response = self._http.send(self._http.build_request(**call.next_attempt()),
                                    stream=True)
         try:
             body = self._body(response)
-            if body.unreadable_coding:
-                # An error answer keeps its status (and retries): only its text is lost.
-                if 200 <= response.status_code < 300:
-                    raise call.undecodable(response, "Content-Encoding: "
-                                           + repr(body.unreadable_coding))
-            elif not body.overflow:
-                try:
-                    # Raw, decoded here: httpx would inflate each chunk whole, whatever the cap.
-                    for chunk in response.iter_raw():
-                        if body.feed_raw(chunk):
-                            break
-                except zlib.error as exc:
-                    if 200 <= response.status_code < 300:
-                        raise call.undecodable(response, type(exc).__name__) from None
+            if body.reading:
+                # Raw, decoded here: httpx would inflate each chunk whole, whatever the cap.
+                for chunk in response.iter_raw():
+                    if body.feed_raw(chunk):
+                        break
+            call.check_decoded(response, body)
             return response, body
         finally:
             # Closing a response that was not read to its end drops the connection.
@@ -643,26 +553,18 @@ class AsyncHTTP(BaseClient):
         if self._owns_http:
             await self._http.aclose()
 
-    async def _fetch(self, call: _Call) -> tuple[httpx.Response, _Body]:
+    async def _fetch(self, call: _Call) -> tuple[httpx.Response, Body]:
         """Send one attempt and read its answer, stopping at the size cap."""
         response = await self._http.send(self._http.build_request(**call.next_attempt()),
                                          stream=True)
         try:
             body = self._body(response)
-            if body.unreadable_coding:
-                # An error answer keeps its status (and retries): only its text is lost.
-                if 200 <= response.status_code < 300:
-                    raise call.undecodable(response, "Content-Encoding: "
-                                           + repr(body.unreadable_coding))
-            elif not body.overflow:
-                try:
-                    # Raw, decoded here: httpx would inflate each chunk whole, whatever the cap.
-                    async for chunk in response.aiter_raw():
-                        if body.feed_raw(chunk):
-                            break
-                except zlib.error as exc:
-                    if 200 <= response.status_code < 300:
-                        raise call.undecodable(response, type(exc).__name__) from None
+            if body.reading:
+                # Raw, decoded here: httpx would inflate each chunk whole, whatever the cap.
+                async for chunk in response.aiter_raw():
+                    if body.feed_raw(chunk):
+                        break
+            call.check_decoded(response, body)
             return response, body
         finally:
             await response.aclose()

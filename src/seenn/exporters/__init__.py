@@ -16,7 +16,8 @@ from seenn._core.pipeline import Exporter, ExportResult, Processor
 from seenn.exporters._console import ConsoleExporter
 from seenn.exporters._http import DeliveryStats, HTTPExporter
 from seenn.exporters._otel import OTelExporter
-from seenn.exporters._processors import BatchProcessor, SimpleProcessor
+from seenn.exporters._processors import BatchProcessor
+from seenn.exporters._simple import SimpleProcessor
 
 __all__ = [
     "BatchProcessor",

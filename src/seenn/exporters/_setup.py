@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from seenn._core.pipeline import logger
 from seenn.exporters._console import ConsoleExporter
-from seenn.exporters._processors import BatchProcessor, SimpleProcessor
+from seenn.exporters._processors import BatchProcessor
+from seenn.exporters._simple import SimpleProcessor
 
 if TYPE_CHECKING:
     from seenn._core.events import JobEvent

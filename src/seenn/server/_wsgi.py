@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import http.client
 import io
 import json
 import logging
@@ -48,6 +47,7 @@ from urllib.parse import unquote
 
 from seenn._core.validation import check_int, fail
 from seenn._version import __version__
+from seenn.server._streams import DeadlineReader, HeaderLines, TimedWriter
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 
@@ -94,79 +94,6 @@ def _seconds(field: str, value: object) -> float:
     return float(value)
 
 
-class _Reader(io.RawIOBase):
-    """The connection's read side, under one deadline for a series of reads.
-
-    A per-``recv`` timeout lets a client that sends a byte now and then hold a
-    connection for ever; a deadline over the whole request line and headers does not.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.deadline = 0.0
-        self.expired = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            self.expired = True
-            raise TimeoutError("read deadline passed")
-        self._sock.settimeout(left)
-        try:
-            return self._sock.recv_into(buffer)
-        except TimeoutError:
-            self.expired = True
-            raise
-
-
-class _Writer(io.BufferedIOBase):
-    """The connection's write side: each write is one ``sendall`` within a time limit."""
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        self._sock = sock
-        self._timeout = timeout
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._sock.settimeout(self._timeout)
-        self._sock.sendall(data)
-        return len(data)
-
-
-class _HeaderLines:
-    """What the header parser reads through: a byte budget for the whole section.
-
-    The standard library bounds each line (64 KiB) and the number of lines (100),
-    which still lets one request hold 6.4 MB; ``truncated`` tells a section cut
-    short by the client closing from one that ended with an empty line. ``bare_cr``
-    tells a CR not followed by LF: the parser would split a line there, where a proxy
-    may not (RFC 9112 section 2.2 makes it invalid).
-    """
-
-    def __init__(self, rfile: io.BufferedIOBase, budget: int) -> None:
-        self._rfile = rfile
-        self._left = budget
-        self.truncated = False
-        self.bare_cr = False
-
-    def readline(self, limit: int = -1) -> bytes:
-        allowed = self._left + 1 if limit < 0 else min(limit, self._left + 1)
-        line = self._rfile.readline(allowed)
-        self._left -= len(line)
-        if self._left < 0:
-            raise http.client.LineTooLong("header section")
-        if not line.endswith(b"\n"):
-            self.truncated = True
-        if b"\r" in line.removesuffix(b"\n").removesuffix(b"\r"):
-            self.bare_cr = True
-        return line
-
-
 class _Slot:
     """One open connection as the accept loop sees it."""
 
@@ -187,10 +114,10 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.connection = self.request
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._reader = _Reader(self.connection)
+        self._reader = DeadlineReader(self.connection)
         self._buffered = io.BufferedReader(self._reader)
         self.rfile = self._buffered
-        self.wfile = _Writer(self.connection, self.server.body_timeout)
+        self.wfile = TimedWriter(self.connection, self.server.body_timeout)
         self.requestline, self.command = "", ""
         self._answered = self._expect_continue = self._linger = False
 
@@ -240,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True  # the client closed in the middle of a line
                 return
             self.raw_requestline = line
-            rfile, lines = self.rfile, _HeaderLines(self.rfile, _MAX_HEADER_BYTES)
+            rfile, lines = self.rfile, HeaderLines(self.rfile, _MAX_HEADER_BYTES)
             self.rfile = cast(Any, lines)
             try:
                 parsed = self.parse_request()

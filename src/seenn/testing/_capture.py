@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from seenn._core.pipeline import ExportResult, set_strict
 from seenn._instrumentation.tracker import Tracker, default_tracker
-from seenn.exporters._processors import SimpleProcessor
+from seenn.exporters._simple import SimpleProcessor
 
 if TYPE_CHECKING:
     from seenn._core.events import JobEvent
