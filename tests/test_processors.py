@@ -481,7 +481,9 @@ def test_batch_export_is_an_ordered_subsequence_per_job(
         assert events[0].kind == "started" and events[-1].kind == "completed"
     assert processor.exported + processor.dropped + processor.coalesced == len(inline.events)
     if interval == 0.0 and max_queue >= 8:
-        assert exported == emitted or processor.dropped > 0
+        # With no interval, only a full queue loses events: dropped whole jobs, or
+        # progress replaced by a newer one while it waited in its job's slot.
+        assert exported == emitted or processor.dropped + processor.coalesced > 0
 
 
 def test_a_held_lock_never_blocks_tracked_code() -> None:
