@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ def test_stage_counts_and_children_round_trip() -> None:
         with seenn.track("page"):
             pass
         job.set_stage("second")
-        context = propagation.extract({CARRIER_KEY: propagation._encode_job(job)})
+        context = propagation.extract({CARRIER_KEY: propagation._carrier.encode_job(job)})
     assert context is not None
     assert (context.stages, context.children, context.stage) == (3, 2, seenn.Stage("second", 1, 3))
     assert context.user_id is None and context.parent_id is None and context.title is None
@@ -679,6 +680,39 @@ def test_seenn_serve_sees_one_job_from_start_to_worker_end(tmp_path: Path) -> No
     assert (stored.status, stored.progress, stored.user_id) == ("completed", 100, "u1")
     assert stored.result == seenn.JobResult("video", "https://cdn/v.mp4")
     assert sending.stats.rejected == finishing.stats.rejected == 0
+
+
+def test_a_resumed_job_whose_start_arrives_late_reaches_seenn_serve(tmp_path: Path) -> None:
+    """The worker's calls answered 404 before the start arrived are retried under new keys.
+
+    seenn serve stores a 404 under its Idempotency-Key and replays it: a retry
+    under the same key would be answered 404 forever.
+    """
+    import seenn.server
+
+    with seenn.server.running(tmp_path / "serve.db") as backend:
+        exporter = HTTPExporter(api_key=backend.api_key, base_url=backend.url)
+        exporter._random = lambda: 0.01  # retry soon
+        worker = seenn.Tracker(exporters=[exporter])
+        context = JobContext("job_late_start", "video", user_id="u1")
+        client = seenn.SeennClient(backend.api_key, base_url=backend.url)
+        try:
+            with propagation.resume(context, tracker=worker) as job:
+                assert job is not None
+                job.set_progress(40)
+            deadline = time.monotonic() + 30  # wait for the first 404 to be answered
+            while exporter.stats.retries == 0:
+                assert time.monotonic() < deadline, "no 404 was retried"
+                time.sleep(0.01)
+            client.jobs.start(job_type="video", user_id="u1", title="video",
+                              job_id="job_late_start")
+            assert worker.force_flush(timeout=60)
+            stored = client.jobs.get("job_late_start")
+        finally:
+            worker.shutdown(timeout=5)
+            client.close()
+    assert (stored.status, stored.progress) == ("completed", 100)
+    assert exporter.stats.rejected == 0
 
 
 def test_otel_propagators_env_var_names_seenn() -> None:

@@ -37,6 +37,7 @@ from seenn.errors import (
     ValidationError,
 )
 from seenn.exporters import _setup
+from seenn.propagation import DeferredJob, defer
 
 __all__ = [
     "APIConnectionError",
@@ -48,6 +49,7 @@ __all__ = [
     "BatchResult",
     "ChildrenStats",
     "ConflictError",
+    "DeferredJob",
     "Job",
     "JobError",
     "JobEvent",
@@ -71,6 +73,7 @@ __all__ = [
     "__version__",
     "configure",
     "current_job",
+    "defer",
     "force_flush",
     "iterate",
     "job",

@@ -35,16 +35,18 @@ from seenn._instrumentation.wrapping import (
     kind_of,
 )
 
-__all__ = ["ResultMapper", "job_decorator"]
+__all__ = ["JobSpec", "ResultMapper", "job_decorator", "job_spec"]
 
 ResultMapper: TypeAlias = bool | Callable[[Any], JobResult | Mapping[str, Any] | None] | None
 """``True`` sends the return value as the result; a callable maps it to one."""
 
 _set = CURRENT_JOB.set
 _reset = CURRENT_JOB.reset
+# Every value of CURRENT_JOB is a TrackedJob (JobCore is never made on its own).
+_get: Callable[[], TrackedJob | None] = CURRENT_JOB.get  # type: ignore[assignment]
 
 
-class _JobSpec:
+class JobSpec:
     """What a ``@job`` decoration said, checked once; makes one ``TrackedJob`` per call."""
 
     __slots__ = ("job_type", "metadata", "metadata_fn", "plan", "result", "retryable",
@@ -107,7 +109,7 @@ class _JobSpec:
 
 
 async def _await_in_job(job: TrackedJob, awaitable: Coroutine[Any, Any, Any],
-                        spec: _JobSpec) -> Any:
+                        spec: JobSpec) -> Any:
     # A "sync" function returned a coroutine (a partial of an async function, a
     # factory): the job must span the coroutine, not just its creation.
     token = _set(job)
@@ -123,7 +125,7 @@ async def _await_in_job(job: TrackedJob, awaitable: Coroutine[Any, Any, Any],
     return value
 
 
-def _job_factory(spec: _JobSpec) -> Callable[[tuple[Any, ...], dict[str, Any]], TrackedJob]:
+def _job_factory(spec: JobSpec) -> Callable[[tuple[Any, ...], dict[str, Any]], TrackedJob]:
     if not spec.simple:
         return spec.new_job
     tracker, job_type, user_id = spec.tracker, spec.job_type, spec.user_id
@@ -134,12 +136,45 @@ def _job_factory(spec: _JobSpec) -> Callable[[tuple[Any, ...], dict[str, Any]], 
     return new_plain_job
 
 
-def _sync_wrapper(spec: _JobSpec) -> Wrapper:
+def _adopted_call(job: TrackedJob, spec: JobSpec, wrapped: Any, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+    """Run a call in a job its owner started and will end (a queue integration's task).
+
+    The job is ambient already. The call keeps its mapped result for the
+    completion; how the job ends (completed, failed, retried) is the owner's
+    to say, since only the queue knows whether an exception means a retry.
+    """
+    job._awaiting = None  # one call adopts it; nested calls make child jobs
+    value = wrapped(*args, **kwargs)
+    if type(value) is CoroutineType:
+        return _await_adopted(job, value, spec)
+    _keep_result(job, spec, value)
+    return value
+
+
+async def _await_adopted(job: TrackedJob, awaitable: Coroutine[Any, Any, Any],
+                         spec: JobSpec) -> Any:
+    value = await awaitable
+    _keep_result(job, spec, value)
+    return value
+
+
+def _keep_result(job: TrackedJob, spec: JobSpec, value: Any) -> None:
+    if spec.result is not None:
+        result = spec.map_result(value)
+        if result is not None:
+            job.set_result(result)
+
+
+def _sync_wrapper(spec: JobSpec) -> Wrapper:
     new_job = _job_factory(spec)
     map_result = spec.map_result if spec.result is not None else None
 
     def call_in_job(wrapped: Any, instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
+        ambient = _get()
+        if ambient is not None and ambient._awaiting is spec:
+            return _adopted_call(ambient, spec, wrapped, args, kwargs)
         job = new_job(args, kwargs)
         job._start()
         token = _set(job)
@@ -159,7 +194,7 @@ def _sync_wrapper(spec: _JobSpec) -> Wrapper:
     return call_in_job
 
 
-def _async_wrapper(spec: _JobSpec) -> Wrapper:
+def _async_wrapper(spec: JobSpec) -> Wrapper:
     new_job = _job_factory(spec)
 
     async def run(wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -179,12 +214,15 @@ def _async_wrapper(spec: _JobSpec) -> Wrapper:
 
     def call_in_job(wrapped: Any, instance: Any, args: tuple[Any, ...],
                     kwargs: dict[str, Any]) -> Any:
+        ambient = _get()
+        if ambient is not None and ambient._awaiting is spec:
+            return _adopted_call(ambient, spec, wrapped, args, kwargs)
         return run(wrapped, args, kwargs)
 
     return call_in_job
 
 
-def _generator_wrapper(spec: _JobSpec) -> Wrapper:
+def _generator_wrapper(spec: JobSpec) -> Wrapper:
     new_job = _job_factory(spec)
 
     def run(wrapped: Any, args: tuple[Any, ...],
@@ -244,7 +282,7 @@ def _generator_wrapper(spec: _JobSpec) -> Wrapper:
     return call_in_job
 
 
-def _async_generator_wrapper(spec: _JobSpec) -> Wrapper:
+def _async_generator_wrapper(spec: JobSpec) -> Wrapper:
     new_job = _job_factory(spec)
 
     async def run(wrapped: Any, args: tuple[Any, ...],
@@ -296,7 +334,7 @@ def _async_generator_wrapper(spec: _JobSpec) -> Wrapper:
     return call_in_job
 
 
-_WRAPPERS: dict[str, Callable[[_JobSpec], Wrapper]] = {
+_WRAPPERS: dict[str, Callable[[JobSpec], Wrapper]] = {
     "sync": _sync_wrapper,
     "async": _async_wrapper,
     "generator": _generator_wrapper,
@@ -310,6 +348,24 @@ def job_decorator(tracker: ProcessorSource, func: Any, job_type: str | None, use
     """Wrap ``func`` so that each call runs as a new job of ``tracker``."""
     if not callable(func) and not isinstance(func, (classmethod, staticmethod)):
         raise TypeError(f"@job needs a function, got {type(func).__name__}")
-    spec = _JobSpec(tracker, job_type if job_type is not None else default_job_type(func),
+    spec = JobSpec(tracker, job_type if job_type is not None else default_job_type(func),
                     user_id, title, metadata, stages, result, retryable)
-    return JobFunction(fast_target(func), _WRAPPERS[kind_of(func)](spec))
+    kind = kind_of(func)
+    wrapper = JobFunction(fast_target(func), _WRAPPERS[kind](spec))
+    # Kept on the wrapper (wrapt keeps _self_* names on the proxy) for the queue
+    # integrations and defer(): they start the job where the work is enqueued.
+    wrapper._self_seenn_spec = spec
+    wrapper._self_seenn_kind = kind
+    return wrapper
+
+
+def job_spec(func: Any) -> tuple[JobSpec, str] | None:
+    """The ``@job`` decoration of ``func`` and its kind (``"sync"``, ``"async"``, ...).
+
+    ``func`` may be the decorated function, or a method of it bound to an
+    instance (a Celery task's ``run``). ``None`` if ``func`` carries no ``@job``.
+    """
+    for candidate in (func, getattr(func, "_self_parent", None)):
+        if isinstance(candidate, JobFunction) and isinstance(candidate._self_seenn_spec, JobSpec):
+            return candidate._self_seenn_spec, candidate._self_seenn_kind
+    return None

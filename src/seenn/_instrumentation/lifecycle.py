@@ -138,6 +138,10 @@ class JobCore:
     _child_index: int | None = None
     _children = 0
     _warned = False
+    # Set on a job that a queue integration (or a deferred call) runs: the first
+    # call of the @job function this names adopts the job instead of starting a
+    # child of it (see seenn._instrumentation.handover).
+    _awaiting: object = None
 
     @property
     def id(self) -> str:
@@ -268,6 +272,16 @@ class JobCore:
         The job becomes ambient; with processors configured it reports one
         ``progress`` event (it runs here now), its events numbered from ``sequence``.
         """
+        self._resume(sequence, announce=True)
+        self._token = _set(self)
+
+    def _resume(self, sequence: int, *, announce: bool) -> None:
+        """Take over a job started in another process: running here, no ``started`` event.
+
+        Its events are numbered from ``sequence``. ``announce`` reports one
+        ``progress`` event (it runs here now); without it the next change is the
+        first thing the processors hear (a process ending a job it never ran).
+        """
         if self._state > 0:
             raise RuntimeError("a TrackedJob can be entered only once")
         self._state = RUNNING
@@ -276,9 +290,9 @@ class JobCore:
             self._procs = procs
             self._seq = sequence
             lock = self._lock = _Lock()
-            with lock:
-                self._emit("progress")
-        self._token = _set(self)
+            if announce:
+                with lock:
+                    self._emit("progress")
 
     def _fail_with(self, exc: BaseException) -> None:
         """End the job as the outcome table says for ``exc`` (unless it already ended)."""

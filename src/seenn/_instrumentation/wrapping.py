@@ -26,6 +26,11 @@ Wrapper: TypeAlias = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
 class JobFunction(wrapt.FunctionWrapper[Any, Any]):
     """The decorated function; pickles by reference, like the function it replaces."""
 
+    # What a @job decoration said and the kind of function (None for @stage):
+    # wrapt keeps _self_* attributes on the proxy, not on the wrapped function.
+    _self_seenn_spec: Any = None
+    _self_seenn_kind: str = ""
+
     def __reduce_ex__(self, protocol: Any) -> Any:
         # A string tells pickle to look the object up by name in its module,
         # where it finds this very wrapper: a process pool can send it.

@@ -345,7 +345,10 @@ class DeliveryCore:
         event = pending.event
         path, body = self._request(job, event)
         try:
-            key = wire.idempotency_key(event, pending.key_suffix)
+            suffix = pending.key_suffix
+            if pending.renewals:
+                suffix += f"n{pending.renewals}"
+            key = wire.idempotency_key(event, suffix)
             answer = self._client._http.send_once("POST", path, json=body, idempotency_key=key)
         except (APIConnectionError, RateLimitError, ServerError) as error:
             return "retry", error
@@ -354,7 +357,10 @@ class DeliveryCore:
                     and not job.started_acked \
                     and self._clock() - pending.accepted < RESUMED_START_GRACE:
                 # A job resumed from another process (seenn.propagation): the start that
-                # process sent may not have reached the backend yet. Wait for it a while.
+                # process sent may not have reached the backend yet. Wait for it a while,
+                # under a new idempotency key: a backend may store the 404 under the old
+                # one and replay it, and a call answered 404 was not applied.
+                pending.renewals += 1
                 return "retry", error
             return ("reject" if event.kind == "started" else "gone"), error
         except SeennError as error:

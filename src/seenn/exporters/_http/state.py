@@ -67,6 +67,7 @@ class Pending:
     accepted: float
     attempts: int = 0
     key_suffix: str = ""  # "p" for the progress call made from a terminal event
+    renewals: int = 0  # 404s waited out: each retry after one goes under a new key
 
 
 @dataclass(slots=True)

@@ -1,42 +1,7 @@
-"""One job across processes: carry it with the work and finish it where the work is done.
-
-A web request starts a job, a queue worker finishes it::
-
-    # in the web process
-    with seenn.track("video-generation", user_id=user.id) as job:
-        queue.put({"prompt": prompt, "seenn": job.hand_off()})
-    # the block is left, but the job goes on: no "completed" here
-
-    # in the worker
-    with seenn.propagation.resume(message["seenn"]) as job:
-        job.set_progress(50)
-        ...                     # leaving completes the job; an exception fails it
-
-* :func:`inject` writes the ambient job into a dict of strings (a *carrier*);
-  :func:`extract` reads it back as a :class:`JobContext`.
-* :func:`resume` continues the job in another process: no second ``started``
-  event; progress and the end come from there.
-* :class:`SeennPropagator` is an OpenTelemetry ``TextMapPropagator``, so any
-  OpenTelemetry-instrumented transport carries the job along with the trace.
-
-The carrier format: one key, ``seenn-job`` (:data:`CARRIER_KEY`), whose value
-is ``;``-separated ``name=value`` fields, each value percent-encoded (UTF-8;
-everything but ASCII letters, digits and ``-._~`` is escaped), e.g.::
-
-    v=1;id=job_01JD5V0M8Q4N6T3C2X7B9K1H0E;type=video-generation;user=user_123;
-    title=Generating%20video;stages=download,render,upload;stage=2,3,render;progress=33
-
-Fields: ``v`` (format version, ``1``), ``id`` and ``type`` (required),
-``user``, ``title``, ``parent`` and ``child`` (the parent job's id and this
-job's index among its children), ``stages`` (the declared stage names, each
-percent-encoded, joined by ``,``) or ``nstages`` (their number), ``stage``
-(``current,total,name``), ``progress`` and ``children`` (how many child jobs
-were started so far). Unknown fields are ignored; an API key is never written.
-"""
+"""The ``seenn-job`` carrier: its format, ``inject``/``extract``, and the OTel propagator."""
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
@@ -53,7 +18,6 @@ from opentelemetry.propagators.textmap import (
     default_setter,
 )
 
-from seenn._core.events import RESUMED_SEQUENCE_UNIT
 from seenn._core.models import Stage
 from seenn._core.pipeline import logger
 from seenn._core.validation import (
@@ -65,24 +29,19 @@ from seenn._core.validation import (
     fail,
 )
 from seenn._instrumentation.context import current_job
-from seenn._instrumentation.job import TrackedJob, plain_job, set_hand_off_codec
-from seenn._instrumentation.outcomes import RetryRule
 from seenn._instrumentation.plan import MAX_STAGES, check_plan
-from seenn._instrumentation.tracker import Tracker, default_tracker
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    from seenn._instrumentation.job import TrackedJob
 
 __all__ = [
     "CARRIER_KEY",
     "JobContext",
-    "RESUMED_SEQUENCE_UNIT",
-    "ResumeScope",
     "SeennPropagator",
+    "encode_job",
     "extract",
     "inject",
     "job_from_context",
-    "resume",
 ]
 
 CARRIER_KEY = "seenn-job"
@@ -168,7 +127,7 @@ def _encode_context(context: JobContext) -> str:
     return ";".join(parts)
 
 
-def _encode_job(job: TrackedJob) -> str:
+def encode_job(job: TrackedJob) -> str:
     """Return the ``seenn-job`` value for a live job."""
     return _encode_context(JobContext.of(job))
 
@@ -307,7 +266,7 @@ def inject(carrier: MutableMapping[str, str], /, *, job: TrackedJob | None = Non
         job = current_job()
         if job is None:
             return
-    carrier[CARRIER_KEY] = _encode_job(job)
+    carrier[CARRIER_KEY] = encode_job(job)
 
 
 def extract(carrier: Mapping[str, Any], /) -> JobContext | None:
@@ -339,130 +298,6 @@ def job_from_context(context: Context | None = None) -> JobContext | None:
     """
     value = get_value(_CONTEXT_KEY, context)
     return value if isinstance(value, JobContext) else None
-
-
-def resume(carrier: Mapping[str, Any] | JobContext | None, /, *,
-           retryable: RetryRule = None, tracker: Tracker | None = None) -> ResumeScope:
-    """Continue, in this process, a job another process handed over.
-
-    Use it as ``with resume(carrier) as job:`` or ``async with``. Entering
-    makes the job ambient again, as in ``track()``, but reports no second
-    ``started``: one ``progress`` event says the job runs here now (status
-    ``running``). Leaving completes the job; an exception fails it (and is
-    re-raised), as the outcome table of ``track()`` says. The job keeps its
-    id, type, user, title, parent, stages, stage and progress; its metadata
-    stays with the backend (pass new metadata with ``set_progress``).
-
-    A carrier that holds no job resumes nothing: the block runs with ``None``
-    as its job, and a warning on the ``seenn`` logger says so. Use
-    :func:`extract` first to decide for yourself.
-
-    Args:
-        carrier: What :meth:`TrackedJob.hand_off` or :func:`inject` wrote (a
-            dict of strings), or a :class:`JobContext` (from :func:`extract` or
-            :func:`job_from_context`), or ``None``.
-        retryable: Whether a failure here may be retried, as for ``track()``.
-        tracker: The tracker whose processors get the events; the default one
-            (behind ``seenn.track``) if not given.
-
-    Raises:
-        ValidationError: The carrier holds a malformed job.
-    """
-    context = (carrier if carrier is None or isinstance(carrier, JobContext)
-               else extract(carrier))
-    if tracker is None:
-        tracker = default_tracker()
-    if context is None:
-        logger.warning("seenn: resume(): the carrier holds no job (no %r key); the block "
-                       "runs without one", CARRIER_KEY)
-        return ResumeScope(None, tracker, None)
-    job = TrackedJob(tracker, context.job_type, context.user_id, context.title, None, None,
-                     context.stage, context.stages, context.job_id, retryable)
-    job._progress = context.progress
-    if context.parent_id is not None:
-        parent = plain_job(tracker, "remote-parent", None)
-        parent._id = context.parent_id
-        job._parent = parent
-        job._child_index = context.child_index
-    if context.children:
-        job._children = context.children
-    return ResumeScope(job, tracker, context)
-
-
-def _resumed_sequence() -> int:
-    # A random multiple of RESUMED_SEQUENCE_UNIT, 1 to 2**31 - 1 times it: never the
-    # starting process's range, and a collision between two resumes of one carrier
-    # has a chance of about one in two billion.
-    factor = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
-    return (factor or 1) * RESUMED_SEQUENCE_UNIT
-
-
-class ResumeScope:
-    """The ``with``/``async with`` block of :func:`resume`; it yields the job (or ``None``)."""
-
-    __slots__ = ("_context", "_job", "_tracker")
-
-    def __init__(self, job: TrackedJob | None, tracker: Tracker,
-                 context: JobContext | None) -> None:
-        self._job = job
-        self._tracker = tracker
-        self._context = context
-
-    @property
-    def context(self) -> JobContext | None:
-        """The job as the carrier described it, or ``None``."""
-        return self._context
-
-    def __enter__(self) -> TrackedJob | None:
-        job = self._job
-        if job is not None:
-            job._enter_resumed(_resumed_sequence())
-        return job
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self._job is not None:
-            self._job.__exit__(exc_type, exc, tb)
-
-    async def __aenter__(self) -> TrackedJob | None:
-        return self.__enter__()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-
-def _job_span(job: TrackedJob) -> Any:
-    """The job's own span, if an exporter of its pipeline made one (``span_per_job``)."""
-    for processor in getattr(job, "_procs", ()):
-        finder = getattr(getattr(processor, "exporter", None), "job_span", None)
-        if finder is not None:
-            span = finder(job.id)
-            if span is not None:
-                return span
-    return None
-
-
-def _carrier_for_hand_off(value: str, job: TrackedJob) -> dict[str, str]:
-    """The carrier :meth:`TrackedJob.hand_off` returns: the trace context, then the job.
-
-    The trace context is the job's own span when it has one (so the worker's
-    spans go under it), else the current span's.
-    """
-    carrier: dict[str, str] = {}
-    from opentelemetry import trace
-
-    try:
-        span = _job_span(job)
-        context = trace.set_span_in_context(span) if span is not None else None
-        if span is not None or trace.get_current_span().get_span_context().is_valid:
-            from opentelemetry import propagate
-
-            propagate.inject(carrier, context=context)
-    except Exception as exc:  # a broken propagator must not break the hand-off
-        logger.warning("seenn: hand_off(): the OpenTelemetry propagator failed: %r", exc)
-    carrier[CARRIER_KEY] = value
-    return carrier
 
 
 # -- OpenTelemetry ------------------------------------------------------------------------
@@ -514,7 +349,7 @@ class SeennPropagator(TextMapPropagator):
             else:
                 job = current_job()
                 if job is not None:
-                    value = _encode_job(job)
+                    value = encode_job(job)
                 else:
                     remote = job_from_context()
                     if remote is None:
@@ -529,7 +364,3 @@ class SeennPropagator(TextMapPropagator):
         """The carrier keys :meth:`inject` sets: ``{"seenn-job"}``."""
         return {CARRIER_KEY}
 
-
-# TrackedJob.hand_off() writes its carrier through this module, which sits above
-# instrumentation: plug the format in now (``import seenn`` imports this module).
-set_hand_off_codec(_encode_job, _carrier_for_hand_off)

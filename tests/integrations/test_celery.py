@@ -1,0 +1,191 @@
+"""Celery: one job per task from delay() to its end, in a real prefork worker over Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+import seenn
+from seenn.server import RunningServer
+from tests.integrations import celery_app
+from tests.integrations.conftest import PYTHON, WorkerProcess, wait_until, worker_env
+
+pytestmark = pytest.mark.usefixtures("publisher")
+
+
+@pytest.fixture(scope="module")
+def broker(redis_url: str) -> Iterator[redis.Redis]:
+    """The Redis the Celery app publishes to, and a client for the tests' own signals."""
+    celery_app.app.conf.broker_url = redis_url + "/0"
+    connection = redis.Redis.from_url(redis_url + "/0")
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def worker(backend: RunningServer, redis_url: str, broker: redis.Redis) -> Iterator[WorkerProcess]:
+    """A Celery prefork worker (two children, each replaced after one task) in a subprocess."""
+    process = WorkerProcess(
+        [PYTHON, "-m", "celery", "-A", "tests.integrations.celery_app", "worker", "-P",
+         "prefork", "-c", "2", "--max-tasks-per-child", "1", "-Q", "celery",
+         "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
+        worker_env(backend, redis_url), ready=" ready.")
+    yield process
+    process.stop(signal.SIGTERM)
+
+
+def fetch(client: seenn.SeennClient, job_id: str) -> seenn.Job | None:
+    """The job as the backend shows it, or ``None`` while its start is on its way."""
+    try:
+        return client.jobs.get(job_id)
+    except seenn.NotFoundError:
+        return None
+
+
+def settled(client: seenn.SeennClient, job_id: str, timeout: float = 60.0) -> seenn.Job:
+    """Wait until the backend shows the job finished; return it."""
+    return wait_until(lambda: (job := fetch(client, job_id)) is not None and job.is_terminal
+                      and job, timeout, f"job {job_id} to end")
+
+
+def showing(client: seenn.SeennClient, job_id: str, progress: int) -> seenn.Job:
+    """Wait until the backend shows the job at ``progress``."""
+    return wait_until(lambda: (job := fetch(client, job_id)) is not None
+                      and job.progress == progress and job, 60, f"job {job_id} at {progress}%")
+
+
+def running_pid(broker: redis.Redis, task_id: str) -> int:
+    """The pid of the pool process running a holding task, once it runs."""
+    return int(wait_until(lambda: broker.get(f"pid:{task_id}"), 60, "the task to run"))
+
+
+def test_the_job_exists_queued_with_the_task_id_before_any_worker_runs(
+        client: seenn.SeennClient, broker: redis.Redis) -> None:
+    """delay() creates the job at once, queued in the task's queue, with the task id as its id."""
+    result = celery_app.step.apply_async(("user-parked",), queue="parked")  # nobody consumes it
+    assert seenn.force_flush(timeout=10)
+    job = client.jobs.get(result.id)
+    assert job.id == result.id
+    assert job.status == "queued"
+    assert job.queue is not None and job.queue.queue_name == "parked"
+    assert job.user_id == "user-parked"
+    assert job.job_type == "celery-step"
+
+
+def test_progress_then_success_with_the_mapped_result(
+        client: seenn.SeennClient, broker: redis.Redis, worker: WorkerProcess) -> None:
+    """The worker's progress reaches the backend, then the completion with the task's result."""
+    result = celery_app.step.delay("user-ok", hold=True)
+    running_pid(broker, result.id)
+    job = showing(client, result.id, 50)
+    assert job.status == "running" and job.message == "half way"
+    broker.rpush(f"go:{result.id}", 1)
+    job = settled(client, result.id)
+    assert job.status == "completed" and job.progress == 100
+    assert job.result is not None and job.result.data == "user-ok"
+    assert [j.id for j in client.jobs.list("user-ok").jobs] == [result.id]  # one job
+
+
+def test_an_exception_fails_the_job_with_its_type_and_message(
+        client: seenn.SeennClient, worker: WorkerProcess) -> None:
+    """A task raising ValueError ends its job failed, code ValueError, with the message."""
+    result = celery_app.step.delay("user-fail", fail="bad input")
+    try:
+        job = settled(client, result.id, 20)
+    except AssertionError:
+        print("JOB", fetch(client, result.id))
+        print("".join(worker.output[-80:]))
+        raise
+    assert job.status == "failed"
+    assert job.error is not None
+    assert (job.error.code, job.error.message) == ("ValueError", "bad input")
+
+
+def test_a_retry_that_succeeds_is_one_job_that_shows_the_attempt(
+        client: seenn.SeennClient, worker: WorkerProcess) -> None:
+    """self.retry() keeps the job: it completes on the second attempt, which it names."""
+    result = celery_app.step.delay("user-retry", retry_until=1)
+    job = settled(client, result.id)
+    assert job.status == "completed"
+    assert job.metadata == {"attempt": 2}
+    assert [j.id for j in client.jobs.list("user-retry").jobs] == [result.id]
+
+
+def test_autoretry_for_keeps_one_job_and_fails_it_only_when_celery_gives_up(
+        client: seenn.SeennClient, worker: WorkerProcess) -> None:
+    """autoretry_for: retried attempts stay one job; past max_retries it fails once."""
+    recovered = celery_app.flaky.delay("user-auto-ok", 1)
+    given_up = celery_app.flaky.delay("user-auto-fail", 5)  # max_retries=2: three attempts
+    job = settled(client, recovered.id)
+    assert job.status == "completed" and job.metadata == {"attempt": 2}
+    job = settled(client, given_up.id)
+    assert job.status == "failed" and job.error is not None
+    assert job.error.code == "ConnectionError"
+    assert job.metadata == {"attempt": 3}
+    assert len(client.jobs.list("user-auto-fail").jobs) == 1
+
+
+def test_a_pool_process_killed_mid_job_fails_the_job_from_the_main_process(
+        client: seenn.SeennClient, broker: redis.Redis, worker: WorkerProcess) -> None:
+    """SIGKILL of the child running a task: the main process fails the job (WorkerLostError)."""
+    result = celery_app.step.delay("user-killed", hold=True)
+    pid = running_pid(broker, result.id)
+    showing(client, result.id, 50)
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    job = settled(client, result.id)
+    seen_after = time.monotonic() - killed_at
+    assert job.status == "failed" and job.error is not None
+    assert job.error.code == "WorkerLostError"
+    print(f"\nSIGKILL to failed on the backend: {seen_after:.2f} s")
+
+
+def test_a_hard_time_limit_fails_the_job_from_the_main_process(
+        client: seenn.SeennClient, broker: redis.Redis, worker: WorkerProcess) -> None:
+    """A task past its hard time limit is killed; its job ends failed, TimeLimitExceeded."""
+    result = celery_app.too_slow.delay("user-slow")
+    running_pid(broker, result.id)
+    job = settled(client, result.id)
+    assert job.status == "failed" and job.error is not None
+    assert job.error.code == "TimeLimitExceeded"
+
+
+def test_revoke_with_terminate_cancels_the_job(
+        client: seenn.SeennClient, broker: redis.Redis, worker: WorkerProcess) -> None:
+    """revoke(terminate=True) of a running task ends its job failed with code CANCELLED."""
+    result = celery_app.step.delay("user-revoked", hold=True)
+    running_pid(broker, result.id)
+    celery_app.app.control.revoke(result.id, terminate=True, signal="SIGKILL")
+    job = settled(client, result.id)
+    assert job.status == "failed" and job.error is not None
+    assert job.error.code == "CANCELLED"
+
+
+def test_a_task_sent_by_name_without_seenn_is_tracked_by_the_worker(
+        client: seenn.SeennClient, worker: WorkerProcess) -> None:
+    """send_task() from a process that does not know the task: the worker starts the job."""
+    celery_app.seenn_celery.uninstrument()
+    try:
+        result = celery_app.app.send_task("tests.integrations.celery_app.step",
+                                          args=("user-by-name",))
+    finally:
+        celery_app.seenn_celery.instrument()
+    job = settled(client, result.id)
+    assert job.id == result.id
+    assert job.status == "completed" and job.user_id == "user-by-name"
+
+
+def test_a_task_without_seenn_job_makes_no_job(
+        client: seenn.SeennClient, worker: WorkerProcess) -> None:
+    """A task whose function has no @seenn.job is not tracked."""
+    result = celery_app.untracked.delay("user-untracked")
+    assert result.id
+    tracked = celery_app.step.delay("user-after-untracked")
+    settled(client, tracked.id)
+    with pytest.raises(seenn.NotFoundError):
+        client.jobs.get(result.id)
