@@ -79,3 +79,15 @@ def too_slow(self: Any, tag: str) -> None:
 def untracked(tag: str) -> str:
     """A task without @seenn.job: no job."""
     return tag
+
+
+def _user_of(tag: str | None) -> str:
+    if tag is None:
+        raise LookupError("no user for this call")
+    return tag
+
+
+@app.task
+@seenn.job("celery-picky", user_id=_user_of)
+def picky(tag: str | None) -> None:
+    """A task whose user_id callable raises for some arguments."""

@@ -189,3 +189,61 @@ def test_a_task_without_seenn_job_makes_no_job(
     settled(client, tracked.id)
     with pytest.raises(seenn.NotFoundError):
         client.jobs.get(result.id)
+
+
+def test_a_task_enqueued_inside_a_tracked_job_is_its_child(
+        client: seenn.SeennClient, broker: redis.Redis) -> None:
+    """delay() inside a tracked block makes the task's job a child of the block's job."""
+    with seenn.track("request", user_id="user-parent") as parent:
+        result = celery_app.step.apply_async(("user-child",), queue="parked")
+    assert seenn.force_flush(timeout=10)
+    job = client.jobs.get(result.id)
+    assert job.parent is not None and job.parent.parent_job_id == parent.id
+
+
+def test_a_raising_user_id_callable_never_breaks_publishing(
+        client: seenn.SeennClient, broker: redis.Redis,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A decoration's callable that raises at publish is logged; the task is still sent."""
+    result = celery_app.picky.apply_async((None,), queue="parked")
+    assert result.id
+    assert seenn.force_flush(timeout=10)
+    with pytest.raises(seenn.NotFoundError):
+        client.jobs.get(result.id)
+    assert any("before_task_publish" in record.getMessage() for record in caplog.records)
+    assert broker.llen("parked") >= 1
+
+
+def test_instrument_is_idempotent_and_uninstrument_stops_tracking(
+        client: seenn.SeennClient, broker: redis.Redis) -> None:
+    """instrument() twice connects each hook once; after uninstrument() no job is made."""
+    from celery import signals
+
+    def ours() -> list[object]:
+        return [r for r in signals.before_task_publish.receivers
+                if "seenn" in str(r[0])]
+
+    seenn_celery = celery_app.seenn_celery
+    seenn_celery.instrument()
+    assert len(ours()) == 1 and seenn_celery.is_instrumented()
+    seenn_celery.uninstrument()
+    try:
+        assert ours() == [] and not seenn_celery.is_instrumented()
+        result = celery_app.step.apply_async(("user-untracked-publish",), queue="parked")
+        assert seenn.force_flush(timeout=10)
+        with pytest.raises(seenn.NotFoundError):
+            client.jobs.get(result.id)
+    finally:
+        seenn_celery.instrument()
+
+
+def test_importing_the_integration_does_not_import_celery() -> None:
+    """seenn.integrations.celery imports Celery only when instrument() is called."""
+    import subprocess
+    import sys
+
+    code = ("import sys, seenn.integrations.celery, seenn.integrations\n"
+            "assert 'celery' not in sys.modules, sorted(sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
