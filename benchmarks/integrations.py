@@ -1,8 +1,8 @@
 """What the Celery integration costs a task: at publish and through a real worker.
 
 Starts a Redis server (Debian's ``redis-server``) and ``seenn serve`` (in
-subprocesses, so their CPU is not the publisher's) on free loopback ports, then measures, in alternating runs so that a noisy neighbour
-slows both sides alike:
+subprocesses, so their CPU is not the publisher's) on free loopback ports, then
+measures, in alternating runs so that a noisy neighbour slows both sides alike:
 
 1. ``task.delay()`` in the publishing process, with ``instrument()`` and an
    HTTP exporter against the time without (the job's start is built and
@@ -91,13 +91,12 @@ def wait(condition: object, timeout: float, what: str) -> None:
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "bench_celery_app", "worker", "-P", "prefork",
          "-c", "1", "--without-gossip", "--without-mingle", "--without-heartbeat",
          "--loglevel", "WARNING", "--prefetch-multiplier", "16"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
-    return proc
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

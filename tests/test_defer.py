@@ -149,7 +149,7 @@ def test_defer_refuses_functions_without_job_and_generators() -> None:
     def generate() -> Iterator[int]:
         yield 1
 
-    with pytest.raises(TypeError, match="@seenn.job"):
+    with pytest.raises(TypeError, match=r"@seenn\.job"):
         seenn.defer(plain)
     with pytest.raises(TypeError, match="generators"):
         seenn.defer(generate)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -17,7 +16,7 @@ from tests.integrations.conftest import PYTHON, WorkerProcess, wait_until, worke
 
 @pytest.fixture
 def example_env(backend: RunningServer, redis_url: str,
-                monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+                monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The environment the example's README asks for, in this process and the worker's."""
     env = worker_env(backend, redis_url, CELERY_BROKER_URL=redis_url + "/2",
                      EXAMPLE_PACE="0", EXAMPLE_BUSY_ONCE="1")
@@ -26,7 +25,7 @@ def example_env(backend: RunningServer, redis_url: str,
         monkeypatch.setenv(name, env[name])
     for module in ("examples.celery_app.web", "examples.celery_app.tasks"):
         sys.modules.pop(module, None)  # read the environment afresh
-    yield env
+    return env
 
 
 async def test_the_endpoint_returns_an_id_that_a_worker_takes_to_completed(
