@@ -7,7 +7,10 @@ per-key rate limits, CORS and its preflight, the size, JSON and text of a reques
 body, ``GET`` with ETags, lists and children in pages with cursors,
 ``Idempotency-Key`` replay, and turning ``HTTPError`` into the JSON error answer. A
 write opens one ``Store.write`` transaction and hands the parsed body to ``_jobs``
-(``start_job`` or ``update_job``), which does what happens to the jobs.
+(``start_job`` or ``update_job``), which does what happens to the jobs. A read is a
+plain read, unless it meets a running job past its stale limit: that job is ended
+(``_jobs.end_stale``) in a write transaction before the answer is read again, so no
+reader ever sees it running; a background ``Sweeper`` ends the others.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from seenn._core.validation import (
@@ -37,7 +40,7 @@ from seenn._core.validation import (
     format_datetime,
 )
 from seenn.server._errors import HTTPError, Response
-from seenn.server._jobs import Fields, start_job, update_job
+from seenn.server._jobs import Fields, end_stale, start_job, sweep, update_job
 from seenn.server._requests import (
     encode_cursor,
     etag_matches,
@@ -47,11 +50,13 @@ from seenn.server._requests import (
     read_json,
 )
 from seenn.server._requests import route as match_route
+from seenn.server._stale import DEFAULT_STALE_AFTER, StalePolicy, Sweeper, check_stale_after
 from seenn.server._store import Store, StoredJob, Transaction, canonical_hash, key_hash
 
 logger = logging.getLogger("seenn.server")
 
 StartResponse = Callable[..., Any]
+T = TypeVar("T")
 
 MAX_BODY_BYTES = 512 * 1024
 TOKEN_PREFIX = "ut_"
@@ -118,16 +123,30 @@ class SeennServerApp:
         cors_origin: The ``Access-Control-Allow-Origin`` sent to browsers (``"*"`` by
             default: keys travel in a header, not in cookies); ``None`` sends no CORS
             headers and answers ``OPTIONS`` with 405.
+        stale_after: Seconds a ``running`` job may go without any write before it is
+            ended as ``failed`` with ``WORKER_LOST``, unless it set its own limit
+            (``staleAfterSeconds``); 0 turns the server-wide limit off.
+        clock: The time source (seconds since the epoch) of timestamps, expiry and
+            stale limits; ``time.time`` by default. A seam for tests.
 
     Attributes:
         created_keys: The ``(secret, public)`` pair made on this start, if one was
             (a new database and no keys given, or only a secret key given).
+        stale_after: The server-wide stale limit in seconds (0: none).
+
+    Raises:
+        seenn.ValidationError: An option is invalid; the error names it.
     """
 
     def __init__(self, db_path: str | os.PathLike[str], *, api_key: str | None = None,
                  public_key: str | None = None, rate_limit: int | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*") -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*",
+                 stale_after: float = DEFAULT_STALE_AFTER,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.stale_after = check_stale_after("stale_after", stale_after)
         self.store = Store(os.fspath(db_path))
+        if clock is not None:
+            self.store.clock = clock
         self.max_body_bytes = max_body_bytes
         self.cors_origin = cors_origin or None
         self.created_keys: tuple[str, str] | None = None
@@ -153,14 +172,71 @@ class SeennServerApp:
         self._signing_keys = self.store.signing_keys()
         self._keys_loaded = time.monotonic()
         self._rate = _RateLimiter(rate_limit) if rate_limit else None
+        self._stale = StalePolicy(self.stale_after, self.store.clock())
+        self._sweeper = Sweeper(self.sweep, self._stale.sweep_interval)
 
     def close(self) -> None:
-        """Close the database connections."""
+        """Stop the sweep for silent jobs and close the database connections."""
+        self.stop_sweeper()
         self.store.close()
+
+    # Jobs whose worker went silent ------------------------------------------------------
+
+    def sweep(self) -> int:
+        """End every running job past its stale limit, in every app of the database.
+
+        This is what the background sweep runs; reads end the jobs they meet themselves.
+
+        Returns:
+            How many jobs were ended.
+        """
+        return sweep(self.store, self._stale)
+
+    def start_sweeper(self) -> None:
+        """Start the background sweep in this process, if it is not running yet.
+
+        The built-in server starts it when it starts serving, and the app itself on
+        its first request (so it also runs under another WSGI server, in each of its
+        worker processes). It never starts again once stopped.
+        """
+        self._sweeper.start()
+
+    def stop_sweeper(self) -> None:
+        """Stop the background sweep (``close()`` and the built-in server's
+        ``server_close()`` call this)."""
+        self._sweeper.stop()
+
+    @property
+    def sweep_interval(self) -> float:
+        """Seconds between two background sweeps: ``stale_after / 10``, within 1 to 30."""
+        return self._sweeper.interval
+
+    @sweep_interval.setter
+    def sweep_interval(self, seconds: float) -> None:
+        self._sweeper.interval = seconds
+
+    def _read(self, app_id: str,
+              read: Callable[[Transaction], tuple[T, Sequence[StoredJob]]]) -> T:
+        """Run ``read`` (an answer and the jobs it shows) with no job in it past its limit.
+
+        A pure read when every job shown is fresh; otherwise the stale ones are ended in
+        one write transaction and the answer is read again inside it.
+        """
+        with self.store.read(app_id) as tx:
+            answer, shown = read(tx)
+            stale = [job.data["id"] for job in shown if self._stale.is_stale(job, tx.now)]
+        if not stale:
+            return answer
+        with self.store.write(app_id) as tx:
+            for job_id in stale:
+                end_stale(tx, job_id, self._stale)
+            answer, _ = read(tx)
+        return answer
 
     # WSGI ---------------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        self._sweeper.start()
         try:
             status, body, headers = self.handle(environ)
         except HTTPError as error:
@@ -339,19 +415,25 @@ class SeennServerApp:
             fields = Fields()
             children = page(query, "c", fields)
             fields.raise_if_any()
-        with self.store.read(caller.app_id) as tx:
+
+        def read(tx: Transaction) -> tuple[Response, list[StoredJob]]:
             stored = tx.get(job_id)
             if stored is None or (caller.user_id is not None
                                   and stored.data.get("userId") != caller.user_id):
                 raise HTTPError(404, "NOT_FOUND", f"job {job_id} not found")
             if children is not None:
                 return self._children(tx, stored, caller, *children)
-        etag = '"' + hashlib.sha1(json.dumps(stored.data, sort_keys=True).encode(),
+            return (200, stored.data, {}), [stored]
+
+        status, job, headers = self._read(caller.app_id, read)
+        if children is not None:
+            return status, job, headers
+        etag = '"' + hashlib.sha1(json.dumps(job, sort_keys=True).encode(),
                                   usedforsecurity=False).hexdigest()[:27] + '"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
         if etag_matches(str(environ.get("HTTP_IF_NONE_MATCH", "")), etag):
             return 304, None, headers
-        return 200, stored.data, headers
+        return 200, job, headers
 
     def _list(self, caller: _Caller, query: dict[str, list[str]]) -> Response:
         raw_user = one(query, "userId")
@@ -365,23 +447,29 @@ class SeennServerApp:
         if caller.user_id is not None and user_id != caller.user_id:
             raise HTTPError(403, "FORBIDDEN", "a user token lists its own user's jobs only",
                             {"field": "userId"})
-        with self.store.read(caller.app_id) as tx:
-            rows = tx.list_user(user_id, before_seq=before, limit=limit + 1)
-        body: dict[str, Any] = {"jobs": [data for _, data in rows[:limit]]}
+
+        def read(tx: Transaction) -> tuple[list[StoredJob], list[StoredJob]]:
+            found = tx.list_user(user_id, before_seq=before, limit=limit + 1)
+            return found, found
+
+        rows = self._read(caller.app_id, read)
+        body: dict[str, Any] = {"jobs": [row.data for row in rows[:limit]]}
         if len(rows) > limit:
-            body["nextCursor"] = encode_cursor("s", rows[limit - 1][0])
+            body["nextCursor"] = encode_cursor("s", rows[limit - 1].seq)
         return 200, body, {}
 
     def _children(self, tx: Transaction, parent: StoredJob, caller: _Caller,
-                  limit: int, after: int | None) -> Response:
+                  limit: int, after: int | None) -> tuple[Response, list[StoredJob]]:
+        """A parent's page of children, and the jobs it shows."""
         # A token sees the children that belong to its user, as it does everywhere.
         rows = tx.children_page(parent.data["id"], after_index=after, limit=limit + 1,
                                 user_id=caller.user_id)
         body: dict[str, Any] = {"parent": parent.data,
-                                "children": [data for _, data in rows[:limit]]}
+                                "children": [row.data for row in rows[:limit]]}
         if len(rows) > limit:
-            body["nextCursor"] = encode_cursor("c", rows[limit - 1][0])
-        return 200, body, {}
+            body["nextCursor"] = encode_cursor(
+                "c", rows[limit - 1].data["parent"]["childIndex"])
+        return (200, body, {}), [parent, *rows[:limit]]
 
     # Writes -------------------------------------------------------------------------
 
@@ -403,12 +491,14 @@ class SeennServerApp:
                     return earlier[1], json.loads(earlier[2]), {"Idempotent-Replayed": "true"}
             try:
                 if route == ("list",):
-                    status, answer = start_job(tx, app_id, body)
+                    status, answer = start_job(tx, app_id, body, stale=self._stale)
                 else:
-                    status, answer = update_job(tx, route[0], route[1], body)
+                    status, answer = update_job(tx, route[0], route[1], body,
+                                                stale=self._stale)
             except HTTPError as error:
                 # Every HTTPError is raised before the job is written, so committing
-                # here stores the answer for replay and nothing else.
+                # here stores the answer for replay, and at most the end of a job
+                # found past its stale limit, which stands whatever the answer.
                 failure = error
                 status, answer, _ = error.response()
             if key:
@@ -430,8 +520,9 @@ def _unbase64(text: str) -> bytes:
 
 def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
                public_key: str | None = None, rate_limit: int | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES,
-               cors_origin: str | None = "*") -> SeennServerApp:
+               max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*",
+               stale_after: float = DEFAULT_STALE_AFTER,
+               clock: Callable[[], float] | None = None) -> SeennServerApp:
     """Create the reference backend's WSGI application on a SQLite database.
 
     Args:
@@ -441,11 +532,18 @@ def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
         rate_limit: Requests per second allowed per key (429 beyond it).
         max_body_bytes: Request bodies above this are refused with 413.
         cors_origin: ``Access-Control-Allow-Origin`` for browsers; ``None`` for no CORS.
+        stale_after: Seconds without any write after which a running job is ended as
+            failed with ``WORKER_LOST`` (0 or 10 to 2,592,000; 0 turns it off for jobs
+            that set no ``staleAfterSeconds`` of their own).
+        clock: The time source, ``time.time`` by default (a seam for tests).
 
     Returns:
         A WSGI application; ``app.created_keys`` holds a key pair made on this start.
+
+    Raises:
+        seenn.ValidationError: An option is invalid; the error names it.
     """
     return SeennServerApp(db_path, api_key=api_key, public_key=public_key,
                           rate_limit=rate_limit, max_body_bytes=max_body_bytes,
-                          cors_origin=cors_origin)
+                          cors_origin=cors_origin, stale_after=stale_after, clock=clock)
 
