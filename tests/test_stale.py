@@ -595,3 +595,35 @@ def test_a_database_from_before_stale_limits_gains_them_on_start(tmp_path: Path)
         now[0] += 1
         assert client.jobs.get(job.id).error.code == "WORKER_LOST"  # type: ignore[union-attr]
         assert client.jobs.get(waiting.id).status == "pending"
+
+
+# The client -------------------------------------------------------------------------------
+
+
+def test_the_client_sets_a_limit_and_sees_the_job_lost(stale: Stale) -> None:
+    """jobs.start(stale_after=) and set_progress(stale_after=) reach the server and read back."""
+    with seenn.SeennClient(stale.backend.api_key, base_url=stale.backend.url) as client:
+        job = client.jobs.start("render", user_id="u", title="t", stale_after=120)
+        assert job.stale_after_seconds == 120
+        job.set_progress(32, stale_after=60)
+        assert (job.status, job.stale_after_seconds) == ("running", 60)
+        stale.advance(61)
+        lost = client.jobs.get(job.id)
+        assert (lost.status, lost.progress) == ("failed", 32)
+        assert lost.error is not None and lost.error.code == "WORKER_LOST"
+        assert lost.completed_at is not None
+        with pytest.raises(seenn.ConflictError):
+            job.set_progress(33)
+        assert client.jobs.start("t", user_id="u", title="t").stale_after_seconds is None
+
+
+async def test_the_async_client_sets_a_limit(stale: Stale) -> None:
+    """AsyncSeennClient sends stale_after on start and on set_progress too."""
+    async with seenn.AsyncSeennClient(stale.backend.api_key,
+                                      base_url=stale.backend.url) as client:
+        job = await client.jobs.start("render", user_id="u", title="t", stale_after=45)
+        assert job.stale_after_seconds == 45
+        await job.set_progress(10, stale_after=90)
+        assert job.stale_after_seconds == 90
+        stale.advance(91)
+        assert (await client.jobs.get(job.id)).status == "failed"
