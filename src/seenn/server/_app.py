@@ -188,7 +188,7 @@ class SeennServerApp:
         This is what the background sweep runs; reads end the jobs they meet themselves.
 
         Returns:
-            How many jobs were ended.
+            How many of the jobs it found it ended.
         """
         return sweep(self.store, self._stale)
 
@@ -202,8 +202,7 @@ class SeennServerApp:
         self._sweeper.start()
 
     def stop_sweeper(self) -> None:
-        """Stop the background sweep (``close()`` and the built-in server's
-        ``server_close()`` call this)."""
+        """Stop the background sweep for good (``close()`` and ``server_close()`` do)."""
         self._sweeper.stop()
 
     @property
@@ -450,7 +449,7 @@ class SeennServerApp:
 
         def read(tx: Transaction) -> tuple[list[StoredJob], list[StoredJob]]:
             found = tx.list_user(user_id, before_seq=before, limit=limit + 1)
-            return found, found
+            return found, found[:limit]
 
         rows = self._read(caller.app_id, read)
         body: dict[str, Any] = {"jobs": [row.data for row in rows[:limit]]}

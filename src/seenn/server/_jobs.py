@@ -374,11 +374,15 @@ def end_stale(tx: Transaction, job_id: str, stale: StalePolicy) -> bool:
 
 
 def sweep(store: Store, stale: StalePolicy, *, batch: int = 100, rounds: int = 100) -> int:
-    """End every job of the database past its stale limit; how many were ended.
+    """End every job of the database past its stale limit.
 
     Candidates come from the store's index a ``batch`` at a time, and each app's are
     ended in one short write transaction, so a sweep never holds the write lock for
     long. At most ``rounds`` batches: what is left waits for the next sweep.
+
+    Returns:
+        How many candidates this sweep ended (an ancestor ended on the way, as its
+        child's change reached it, is not counted).
     """
     ended = 0
     for _ in range(rounds):
