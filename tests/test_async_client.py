@@ -120,6 +120,23 @@ async def test_async_validation_before_request(aclient: AsyncSeennClient,
     assert len(server.requests) == 1
 
 
+async def test_async_stale_after_is_sent_and_checked(aclient: AsyncSeennClient,
+                                                     server: RecordingServer) -> None:
+    """stale_after on start and set_progress is sent as staleAfterSeconds, or refused locally."""
+    with pytest.raises(seenn.ValidationError) as caught:
+        await aclient.jobs.start("v", user_id="u", title="t", stale_after=5)
+    assert caught.value.field == "stale_after"
+    assert server.requests == []
+    job = await aclient.jobs.start("v", user_id="u", title="t", stale_after=120)
+    assert server.requests[-1].json["staleAfterSeconds"] == 120
+    with pytest.raises(seenn.ValidationError) as caught:
+        await job.set_progress(5, stale_after=1.5)
+    assert caught.value.field == "stale_after"
+    await job.set_progress(5, stale_after=3600)
+    assert server.requests[-1].json == {"progress": 5, "staleAfterSeconds": 3600}
+    assert len(server.requests) == 2
+
+
 async def test_async_client_closes_and_reprs_without_key(server: RecordingServer) -> None:
     """aclose() closes the owned connection pool and repr hides the key."""
     client = AsyncSeennClient(SECRET, base_url=server.url)

@@ -45,9 +45,10 @@ def _conn(backend: RunningServer) -> list[str]:
 class _Server:
     """`python -m seenn serve` in a subprocess, its stdout read line by line on a thread."""
 
-    def __init__(self, db: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, db: Path, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "seenn", "serve", "--port", "0", "--db", str(db)],
+            [sys.executable, "-m", "seenn", "serve", "--port", "0", "--db", str(db), *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         self.lines: queue.Queue[str] = queue.Queue()
@@ -144,6 +145,49 @@ def test_serve_takes_keys_from_the_environment(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not any("secret key" in line for line in server.seen)
+
+
+def test_serve_takes_a_stale_limit_and_says_so(tmp_path: Path) -> None:
+    """--stale-after 60 ends a silent running job after 60 s, and the listening line says so."""
+    server = _Server(tmp_path / "s.db", args=("--stale-after", "60"))
+    try:
+        secret = server.line(r"secret key").split()[-1]
+        url = server.url()
+        assert "silent for 60 s fail as WORKER_LOST" in server.seen[-1]
+        with seenn.SeennClient(secret, base_url=url) as c:
+            job = c.jobs.start("t", user_id="u", title="t")
+        assert "staleAfterSeconds" not in job.to_dict()
+    finally:
+        server.stop()
+    off = _Server(tmp_path / "off.db", args=("--stale-after", "0"))
+    try:
+        off.url()
+        assert "WORKER_LOST" not in off.seen[-1]
+    finally:
+        off.stop()
+
+
+@pytest.mark.parametrize("value", ["5", "9.9", "-1", "2592001", "nan", "inf", "1e400", "x", ""])
+def test_serve_refuses_a_stale_limit_out_of_range(tmp_path: Path, value: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--stale-after takes 0 or 10 to 2,592,000 seconds; anything else is exit 2, no database."""
+    db = tmp_path / "never.db"
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "0", "--db", str(db), "--stale-after", value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --stale-after: must be 0 (off) or 10 to 2592000 seconds" in err
+    assert not db.exists()
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("0", 0.0), ("10", 10.0), ("2592000", 2592000.0),
+                                                ("90.5", 90.5), ("1e3", 1000.0)])
+def test_serve_accepts_a_stale_limit_in_range(value: str, seconds: float) -> None:
+    """0 (off) and 10 to 2,592,000 seconds, fractions included, are valid --stale-after values."""
+    from seenn._cli.main import build_parser
+
+    assert build_parser().parse_args(["serve", "--stale-after", value]).stale_after == seconds
+    assert build_parser().parse_args(["serve"]).stale_after == 300
 
 
 def test_jobs_get_prints_a_table_or_json(backend: RunningServer, client: seenn.SeennClient,

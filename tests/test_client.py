@@ -434,6 +434,12 @@ BIG = {"blob": "x" * 20_000}
      "queue.position"),
     (lambda c: c.jobs.list("u", limit=0), "limit"),
     (lambda c: c.jobs.get(""), "job_id"),
+    (lambda c: c.jobs.start("t", user_id="u", title="t", stale_after=9), "stale_after"),
+    (lambda c: c.jobs.start("t", user_id="u", title="t", stale_after=2_592_001),
+     "stale_after"),
+    (lambda c: c.jobs.start("t", user_id="u", title="t", stale_after=60.0), "stale_after"),
+    (lambda c: c.jobs.start("t", user_id="u", title="t", stale_after="60"), "stale_after"),
+    (lambda c: c.jobs.start("t", user_id="u", title="t", stale_after=True), "stale_after"),
 ])
 def test_invalid_arguments_fail_before_any_request(client: SeennClient, server: RecordingServer,
                                                    call: object, field: str) -> None:
@@ -458,6 +464,10 @@ def test_invalid_arguments_fail_before_any_request(client: SeennClient, server: 
     (lambda j: j.fail(error={"message": "no code"}), "error.code"),
     (lambda j: j.fail(error={"code": "", "message": "m"}), "error.code"),
     (lambda j: j.fail(error={"code": "C", "message": "m"}, retryable="yes"), "retryable"),
+    (lambda j: j.set_progress(5, stale_after=0), "stale_after"),
+    (lambda j: j.set_progress(5, stale_after=-60), "stale_after"),
+    (lambda j: j.set_progress(5, stale_after=10**30), "stale_after"),
+    (lambda j: j.set_progress(5, stale_after=600.5), "stale_after"),
 ])
 def test_invalid_job_updates_fail_before_any_request(client: SeennClient,
                                                      server: RecordingServer, call: object,
@@ -470,6 +480,27 @@ def test_invalid_job_updates_fail_before_any_request(client: SeennClient,
     assert caught.value.field == field
     assert len(server.requests) == sent
     assert (job.status, job.progress) == ("pending", 0)
+
+
+def test_stale_after_is_sent_as_stale_after_seconds_and_read_back(
+        client: SeennClient, server: RecordingServer) -> None:
+    """start(stale_after=) and set_progress(stale_after=) send staleAfterSeconds; jobs read it."""
+    server.reply(201, {"id": "job_1", "status": "pending", "staleAfterSeconds": 600})
+    job = client.jobs.start("video", user_id="u", title="T", stale_after=600)
+    assert server.requests[-1].json["staleAfterSeconds"] == 600
+    assert job.stale_after_seconds == 600
+    assert "staleAfterSeconds" not in job.extra
+    server.reply(200, {"id": "job_1", "status": "running", "progress": 5,
+                       "staleAfterSeconds": 10})
+    job.set_progress(5, stale_after=10)
+    assert server.requests[-1].json == {"progress": 5, "staleAfterSeconds": 10}
+    assert job.stale_after_seconds == 10
+    plain = client.jobs.start("video", user_id="u", title="T")
+    assert "staleAfterSeconds" not in server.requests[-1].json
+    assert plain.stale_after_seconds is None
+    for odd in ("600", 600.5, True, None):
+        server.reply(200, {"id": "job_2", "staleAfterSeconds": odd})
+        assert client.jobs.get("job_2").stale_after_seconds is None
 
 
 def test_progress_accepts_numbers_and_floors_floats(client: SeennClient,

@@ -378,6 +378,27 @@ def test_error_answers_fit_the_spec(backend: RunningServer, api: Api) -> None:
     assert api("get", "/jobs/{id}", **one).json()["status"] == "pending"
 
 
+def test_jobs_ended_by_the_stale_limit_fit_the_spec(tmp_path: Path) -> None:
+    """A job with its own limit, and the WORKER_LOST job it becomes, match the Job schema."""
+    now = [1_800_000_000.0]
+    with seenn.server.running(tmp_path / "db", clock=lambda: now[0]) as srv:
+        api = Api(srv, srv.api_key)
+        job = api.start({**BASE, "staleAfterSeconds": 60})
+        one = {"path_params": {"id": job["id"]}}
+        running = api("post", "/jobs/{id}/progress",
+                      json={"progress": 32, "staleAfterSeconds": 90}, **one).json()
+        assert running["staleAfterSeconds"] == 90
+        now[0] += 91
+        lost = api("get", "/jobs/{id}", **one).json()
+        late = api("post", "/jobs/{id}/progress", json={"progress": 33}, **one)
+        listed = api("get", "/jobs", params={"userId": "u"}).json()
+        api.http.close()
+    assert (lost["status"], lost["error"]["code"]) == ("failed", "WORKER_LOST")
+    assert _schema_errors(lost["error"], ("components", "schemas", "JobError")) == []
+    assert (late.status_code, late.json()["error"]["code"]) == (409, "CONFLICT")
+    assert listed["jobs"] == [lost]
+
+
 def test_rate_limited_answers_fit_the_spec(tmp_path: Path) -> None:
     """Beyond the rate limit the answer is 429 with Retry-After and the rate headers."""
     with seenn.server.running(tmp_path / "db", rate_limit=2) as srv:
@@ -423,6 +444,13 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("/jobs", {**BASE, "ttlSeconds": 2_592_000}, True),
     ("/jobs", {**BASE, "ttlSeconds": 2_592_001}, False),
     ("/jobs", {**BASE, "ttlSeconds": 60.5}, False),
+    ("/jobs", {**BASE, "staleAfterSeconds": 10}, True),
+    ("/jobs", {**BASE, "staleAfterSeconds": 2_592_000}, True),
+    ("/jobs", {**BASE, "staleAfterSeconds": 9}, False),
+    ("/jobs", {**BASE, "staleAfterSeconds": 2_592_001}, False),
+    ("/jobs", {**BASE, "staleAfterSeconds": 60.5}, False),
+    ("/jobs", {**BASE, "staleAfterSeconds": "60"}, False),
+    ("/jobs", {**BASE, "staleAfterSeconds": True}, False),
     ("/jobs", {**BASE, "totalChildren": 1000, "childProgressMode": "sequential"}, True),
     ("/jobs", {**BASE, "totalChildren": 0}, False),
     ("/jobs", {**BASE, "totalChildren": 1001}, False),
@@ -443,6 +471,9 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("/jobs/{id}/progress", {"progress": 42.5, "message": "", "push": True,
                              "liveActivity": {"a": 1}}, True),
     ("/jobs/{id}/progress", {"progress": 5, "queue": {"position": 2}}, True),
+    ("/jobs/{id}/progress", {"progress": 5, "staleAfterSeconds": 600}, True),
+    ("/jobs/{id}/progress", {"progress": 5, "staleAfterSeconds": 0}, False),
+    ("/jobs/{id}/progress", {"progress": 5, "staleAfterSeconds": -600}, False),
     ("/jobs/{id}/progress", {}, False),
     ("/jobs/{id}/progress", {"progress": 101}, False),
     ("/jobs/{id}/progress", {"progress": -0.5}, False),

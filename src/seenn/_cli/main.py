@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from seenn._cli.errors import CLIError
+from seenn._core.validation import MAX_STALE_AFTER, MIN_STALE_AFTER
 from seenn._version import __version__
 from seenn.errors import SeennError
 
@@ -70,7 +71,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                        f"{error.strerror or error}") from None
     try:
         app = create_app(args.db, api_key=api_key, public_key=public_key,
-                         rate_limit=rate_limit, cors_origin=args.cors_origin or None)
+                         rate_limit=rate_limit, cors_origin=args.cors_origin or None,
+                         stale_after=args.stale_after)
     except SeennError as error:
         server.server_close()
         raise CLIError(f"serve: {error.message}", 2) from None
@@ -86,8 +88,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                       f"  secret key (read and write): {secret}\n"
                       f"  public key (read only):      {public}\n")
         rate = f", {rate_limit} requests/s per key" if rate_limit else ""
+        stale = (f", running jobs silent for {args.stale_after:g} s fail as WORKER_LOST"
+                 if args.stale_after else "")
         out.write(f"seenn serve {__version__}: listening on {server.url} (the base_url for "
-                  f"clients; database {args.db}{rate}); Ctrl-C stops\n")
+                  f"clients; database {args.db}{rate}{stale}); Ctrl-C stops\n")
         out.flush()
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
@@ -115,6 +119,18 @@ def _positive_seconds(text: str) -> float:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _stale_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value)
+            and (value == 0 or MIN_STALE_AFTER <= value <= MAX_STALE_AFTER)):
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (off) or {MIN_STALE_AFTER} to {MAX_STALE_AFTER} seconds, got {text!r}")
     return value
 
 
@@ -156,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="SECONDS",
                        help="time a kept-alive connection may wait for its next request "
                             "(default: 30)")
+    serve.add_argument("--stale-after", type=_stale_seconds, default=300.0,
+                       metavar="SECONDS",
+                       help="end a running job that has had no update for this long as "
+                            "failed with WORKER_LOST (its worker is gone); 0 turns it off "
+                            "for jobs that set no limit of their own (default: 300)")
     serve.set_defaults(func=_cmd_serve)
 
     from seenn._cli.jobs import add_commands

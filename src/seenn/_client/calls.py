@@ -19,10 +19,12 @@ from seenn._core.validation import (
     MAX_JOB_TYPE,
     MAX_LIST_LIMIT,
     MAX_MESSAGE,
+    MAX_STALE_AFTER,
     MAX_TITLE,
     MAX_TOTAL_CHILDREN,
     MAX_TTL_SECONDS,
     MAX_USER_ID,
+    MIN_STALE_AFTER,
     MIN_TTL_SECONDS,
     check_bool,
     check_choice,
@@ -95,6 +97,7 @@ def start_body(
     child_index: int | None = None,
     total_children: int | None = None,
     child_progress_mode: str | None = None,
+    stale_after: int | None = None,
 ) -> dict[str, Any]:
     """Validate the arguments of a job start and return the ``POST /jobs`` body."""
     body: dict[str, Any] = {
@@ -133,7 +136,13 @@ def start_body(
     if child_progress_mode is not None:
         body["childProgressMode"] = check_choice(child_progress_mode, "child_progress_mode",
                                                  CHILD_PROGRESS_MODES)
+    if stale_after is not None:
+        body["staleAfterSeconds"] = _stale_after(stale_after)
     return body
+
+
+def _stale_after(value: object) -> int:
+    return check_int("stale_after", value, minimum=MIN_STALE_AFTER, maximum=MAX_STALE_AFTER)
 
 
 def progress_body(
@@ -145,6 +154,7 @@ def progress_body(
     metadata: Mapping[str, Any] | None,
     estimated_completion_at: datetime | str | None,
     push: bool | Mapping[str, Any] | None,
+    stale_after: int | None = None,
 ) -> dict[str, Any]:
     """Validate the arguments of a progress call and return its body."""
     body: dict[str, Any] = {"progress": check_progress(progress)}
@@ -161,6 +171,8 @@ def progress_body(
                                                        "estimated_completion_at")
     if push is not None:
         body["push"] = _push(push, "push")
+    if stale_after is not None:
+        body["staleAfterSeconds"] = _stale_after(stale_after)
     return body
 
 

@@ -85,6 +85,7 @@ class Jobs:
         child_index: int | None = None,
         total_children: int | None = None,
         child_progress_mode: ChildProgressMode | None = None,
+        stale_after: int | None = None,
     ) -> Job:
         """Start a job (``POST /jobs``).
 
@@ -104,6 +105,10 @@ class Jobs:
             child_index: This child's 0-based index (needs ``parent_job_id``).
             total_children: Make this job a parent of that many children (1–1000).
             child_progress_mode: How a parent's progress follows its children.
+            stale_after: The job's own stale limit in seconds (10 to 2,592,000), sent
+                as ``staleAfterSeconds``: a backend that supports it (``seenn serve``)
+                ends the job as failed with ``WORKER_LOST`` once it has run this long
+                without an update. Its default otherwise (300 s for ``seenn serve``).
 
         Returns:
             The job as the backend stored it.
@@ -118,7 +123,8 @@ class Jobs:
             estimated_completion_at=estimated_completion_at,
             estimated_duration=estimated_duration, ttl_seconds=ttl_seconds,
             parent_job_id=parent_job_id, child_index=child_index,
-            total_children=total_children, child_progress_mode=child_progress_mode)
+            total_children=total_children, child_progress_mode=child_progress_mode,
+            stale_after=stale_after)
         return Job(self._post("", body), self)
 
     def get(self, job_id: str) -> Job:
@@ -275,6 +281,7 @@ class AsyncJobs:
         child_index: int | None = None,
         total_children: int | None = None,
         child_progress_mode: ChildProgressMode | None = None,
+        stale_after: int | None = None,
     ) -> AsyncJob:
         """Start a job; see :meth:`Jobs.start`."""
         body = start_body(
@@ -283,7 +290,8 @@ class AsyncJobs:
             estimated_completion_at=estimated_completion_at,
             estimated_duration=estimated_duration, ttl_seconds=ttl_seconds,
             parent_job_id=parent_job_id, child_index=child_index,
-            total_children=total_children, child_progress_mode=child_progress_mode)
+            total_children=total_children, child_progress_mode=child_progress_mode,
+            stale_after=stale_after)
         return AsyncJob(await self._post("", body), self)
 
     async def get(self, job_id: str) -> AsyncJob:

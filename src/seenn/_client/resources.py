@@ -58,7 +58,7 @@ _KNOWN_FIELDS = frozenset({
     "id", "appId", "userId", "jobType", "title", "workflowId", "status", "progress",
     "message", "queue", "stage", "result", "error", "metadata", "estimatedCompletionAt",
     "etaConfidence", "etaBasedOn", "createdAt", "updatedAt", "startedAt", "completedAt",
-    "parent", "children", "childProgressMode",
+    "parent", "children", "childProgressMode", "staleAfterSeconds",
 })
 JobT = TypeVar("JobT", bound="BaseJob")
 
@@ -101,6 +101,9 @@ class BaseJob:
         parent: The parent of a child job.
         children: The children counts of a parent job.
         child_progress_mode: How a parent's progress derives from its children.
+        stale_after_seconds: The job's own stale limit, if it set one and the backend
+            shows it: a running job silent for longer is ended as failed with
+            ``WORKER_LOST`` (``seenn serve``).
         extra: Fields the backend sent that this version of seenn does not know.
     """
 
@@ -125,6 +128,7 @@ class BaseJob:
         "queue",
         "result",
         "stage",
+        "stale_after_seconds",
         "started_at",
         "status",
         "title",
@@ -156,6 +160,7 @@ class BaseJob:
     parent: ParentInfo | None
     children: ChildrenStats | None
     child_progress_mode: str | None
+    stale_after_seconds: int | None
     extra: dict[str, Any]
 
     def __init__(self, data: Mapping[str, Any]) -> None:
@@ -190,6 +195,9 @@ class BaseJob:
         self.parent = ParentInfo.from_wire(data.get("parent"))
         self.children = ChildrenStats.from_wire(data.get("children"))
         self.child_progress_mode = _str(data.get("childProgressMode"))
+        stale_after = data.get("staleAfterSeconds")
+        self.stale_after_seconds = (stale_after if isinstance(stale_after, int)
+                                    and not isinstance(stale_after, bool) else None)
         self.extra = {k: v for k, v in data.items() if k not in _KNOWN_FIELDS}
 
     @property
@@ -247,6 +255,7 @@ class Job(BaseJob):
         metadata: Mapping[str, Any] | None = None,
         estimated_completion_at: datetime | str | None = None,
         push: bool | Mapping[str, Any] | None = None,
+        stale_after: int | None = None,
     ) -> Self:
         """Report progress (0–100, sent as an integer) and optionally message, stage, queue.
 
@@ -258,6 +267,9 @@ class Job(BaseJob):
             metadata: Metadata to merge into the stored metadata (at most 10 KB).
             estimated_completion_at: A new ETA (datetime or ISO 8601 string).
             push: Push-notification options passed through to the backend.
+            stale_after: A new stale limit for the job, in seconds (10 to 2,592,000):
+                the backend ends it as failed (``WORKER_LOST``) after this long without
+                an update (sent as ``staleAfterSeconds``).
 
         Returns:
             This job, updated from the backend's answer.
@@ -267,7 +279,7 @@ class Job(BaseJob):
         """
         body = progress_body(progress, message=message, stage=stage, queue=queue,
                              metadata=metadata, estimated_completion_at=estimated_completion_at,
-                             push=push)
+                             push=push, stale_after=stale_after)
         self._update(self._jobs._post(f"/{quote_id(self.id)}/progress", body))
         return self
 
@@ -348,11 +360,12 @@ class AsyncJob(BaseJob):
         metadata: Mapping[str, Any] | None = None,
         estimated_completion_at: datetime | str | None = None,
         push: bool | Mapping[str, Any] | None = None,
+        stale_after: int | None = None,
     ) -> Self:
         """Report progress; see :meth:`Job.set_progress`."""
         body = progress_body(progress, message=message, stage=stage, queue=queue,
                              metadata=metadata, estimated_completion_at=estimated_completion_at,
-                             push=push)
+                             push=push, stale_after=stale_after)
         self._update(await self._jobs._post(f"/{quote_id(self.id)}/progress", body))
         return self
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from seenn.server._app import SeennServerApp, create_app
+from seenn.server._stale import DEFAULT_STALE_AFTER
 from seenn.server._wsgi import WSGIServer
 
 __all__ = ["RunningServer", "SeennServerApp", "WSGIServer", "create_app", "running"]
@@ -49,7 +50,8 @@ class RunningServer:
 @contextmanager
 def running(db_path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 0,
             api_key: str | None = None, public_key: str | None = None,
-            rate_limit: int | None = None) -> Iterator[RunningServer]:
+            rate_limit: int | None = None, stale_after: float = DEFAULT_STALE_AFTER,
+            clock: Callable[[], float] | None = None) -> Iterator[RunningServer]:
     """Serve the reference backend on a background thread for the duration of a block.
 
     Args:
@@ -59,6 +61,9 @@ def running(db_path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
         api_key: The app's secret key; a fresh test pair is made when omitted.
         public_key: The app's public key.
         rate_limit: Requests per second allowed per key.
+        stale_after: Seconds without a write after which a running job is ended as
+            failed with ``WORKER_LOST``; 0 turns the server-wide limit off.
+        clock: The app's time source, ``time.time`` by default (a seam for tests).
 
     Yields:
         The running server: its URL and keys.
@@ -67,7 +72,8 @@ def running(db_path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
         from seenn.server._app import new_key
 
         api_key, public_key = new_key("sk"), public_key or new_key("pk")
-    app = create_app(db_path, api_key=api_key, public_key=public_key, rate_limit=rate_limit)
+    app = create_app(db_path, api_key=api_key, public_key=public_key, rate_limit=rate_limit,
+                     stale_after=stale_after, clock=clock)
     server = WSGIServer((host, port), app)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name="seenn-serve", daemon=True)

@@ -7,14 +7,15 @@ per-key rate limits, CORS and its preflight, the size, JSON and text of a reques
 body, ``GET`` with ETags, lists and children in pages with cursors,
 ``Idempotency-Key`` replay, and turning ``HTTPError`` into the JSON error answer. A
 write opens one ``Store.write`` transaction and hands the parsed body to ``_jobs``
-(``start_job`` or ``update_job``), which does what happens to the jobs.
+(``start_job`` or ``update_job``), which does what happens to the jobs. A read is a
+plain read, unless it meets a running job past its stale limit: that job is ended
+(``_jobs.end_stale``) in a write transaction before the answer is read again, so no
+reader ever sees it running; a background ``Sweeper`` ends the others.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
-import contextlib
 import hashlib
 import hmac
 import json
@@ -23,14 +24,13 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
-from urllib.parse import parse_qs, quote, unquote
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 from seenn._core.validation import (
-    MAX_LIST_LIMIT,
     MAX_TTL_SECONDS,
     MAX_USER_ID,
     MIN_TTL_SECONDS,
@@ -40,14 +40,24 @@ from seenn._core.validation import (
     format_datetime,
 )
 from seenn.server._errors import HTTPError, Response
-from seenn.server._jobs import Fields, start_job, update_job
+from seenn.server._jobs import Fields, end_stale, start_job, sweep, update_job
+from seenn.server._requests import (
+    encode_cursor,
+    etag_matches,
+    one,
+    page,
+    path_segments,
+    read_json,
+)
+from seenn.server._requests import route as match_route
+from seenn.server._stale import DEFAULT_STALE_AFTER, StalePolicy, Sweeper, check_stale_after
 from seenn.server._store import Store, StoredJob, Transaction, canonical_hash, key_hash
 
 logger = logging.getLogger("seenn.server")
 
 StartResponse = Callable[..., Any]
+T = TypeVar("T")
 
-DEFAULT_LIMIT = 20
 MAX_BODY_BYTES = 512 * 1024
 TOKEN_PREFIX = "ut_"
 DEFAULT_TOKEN_TTL = 3600
@@ -113,16 +123,30 @@ class SeennServerApp:
         cors_origin: The ``Access-Control-Allow-Origin`` sent to browsers (``"*"`` by
             default: keys travel in a header, not in cookies); ``None`` sends no CORS
             headers and answers ``OPTIONS`` with 405.
+        stale_after: Seconds a ``running`` job may go without any write before it is
+            ended as ``failed`` with ``WORKER_LOST``, unless it set its own limit
+            (``staleAfterSeconds``); 0 turns the server-wide limit off.
+        clock: The time source (seconds since the epoch) of timestamps, expiry and
+            stale limits; ``time.time`` by default. A seam for tests.
 
     Attributes:
         created_keys: The ``(secret, public)`` pair made on this start, if one was
             (a new database and no keys given, or only a secret key given).
+        stale_after: The server-wide stale limit in seconds (0: none).
+
+    Raises:
+        seenn.ValidationError: An option is invalid; the error names it.
     """
 
     def __init__(self, db_path: str | os.PathLike[str], *, api_key: str | None = None,
                  public_key: str | None = None, rate_limit: int | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*") -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*",
+                 stale_after: float = DEFAULT_STALE_AFTER,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.stale_after = check_stale_after("stale_after", stale_after)
         self.store = Store(os.fspath(db_path))
+        if clock is not None:
+            self.store.clock = clock
         self.max_body_bytes = max_body_bytes
         self.cors_origin = cors_origin or None
         self.created_keys: tuple[str, str] | None = None
@@ -148,14 +172,70 @@ class SeennServerApp:
         self._signing_keys = self.store.signing_keys()
         self._keys_loaded = time.monotonic()
         self._rate = _RateLimiter(rate_limit) if rate_limit else None
+        self._stale = StalePolicy(self.stale_after, self.store.clock())
+        self._sweeper = Sweeper(self.sweep, self._stale.sweep_interval)
 
     def close(self) -> None:
-        """Close the database connections."""
+        """Stop the sweep for silent jobs and close the database connections."""
+        self.stop_sweeper()
         self.store.close()
+
+    # Jobs whose worker went silent ------------------------------------------------------
+
+    def sweep(self) -> int:
+        """End every running job past its stale limit, in every app of the database.
+
+        This is what the background sweep runs; reads end the jobs they meet themselves.
+
+        Returns:
+            How many of the jobs it found it ended.
+        """
+        return sweep(self.store, self._stale)
+
+    def start_sweeper(self) -> None:
+        """Start the background sweep in this process, if it is not running yet.
+
+        The built-in server starts it when it starts serving, and the app itself on
+        its first request (so it also runs under another WSGI server, in each of its
+        worker processes). It never starts again once stopped.
+        """
+        self._sweeper.start()
+
+    def stop_sweeper(self) -> None:
+        """Stop the background sweep for good (``close()`` and ``server_close()`` do)."""
+        self._sweeper.stop()
+
+    @property
+    def sweep_interval(self) -> float:
+        """Seconds between two background sweeps: ``stale_after / 10``, within 1 to 30."""
+        return self._sweeper.interval
+
+    @sweep_interval.setter
+    def sweep_interval(self, seconds: float) -> None:
+        self._sweeper.interval = seconds
+
+    def _read(self, app_id: str,
+              read: Callable[[Transaction], tuple[T, Sequence[StoredJob]]]) -> T:
+        """Run ``read`` (an answer and the jobs it shows) with no job in it past its limit.
+
+        A pure read when every job shown is fresh; otherwise the stale ones are ended in
+        one write transaction and the answer is read again inside it.
+        """
+        with self.store.read(app_id) as tx:
+            answer, shown = read(tx)
+            stale = [job.data["id"] for job in shown if self._stale.is_stale(job, tx.now)]
+        if not stale:
+            return answer
+        with self.store.write(app_id) as tx:
+            for job_id in stale:
+                end_stale(tx, job_id, self._stale)
+            answer, _ = read(tx)
+        return answer
 
     # WSGI ---------------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        self._sweeper.start()
         try:
             status, body, headers = self.handle(environ)
         except HTTPError as error:
@@ -179,12 +259,12 @@ class SeennServerApp:
     def handle(self, environ: dict[str, Any]) -> Response:
         """Answer one request: ``(status, JSON body or None, extra headers)``."""
         method = environ.get("REQUEST_METHOD", "GET").upper()
-        segments = _path_segments(environ)
+        segments = path_segments(environ)
         if segments in (["healthz"], ["v1", "healthz"]):
             if method != "GET":
                 raise HTTPError(405, "METHOD_NOT_ALLOWED", "use GET", headers={"Allow": "GET"})
             return 200, {"status": "ok"}, {}
-        route, allowed = _route(segments)
+        route, allowed = match_route(segments)
         if route is None:
             raise HTTPError(404, "NOT_FOUND", "no such path")
         if method == "OPTIONS" and self.cors_origin is not None:
@@ -281,7 +361,7 @@ class SeennServerApp:
 
     def _mint_token(self, app_id: str, environ: Mapping[str, Any]) -> Response:
         """``POST /v1/tokens``: a user token, signed and stored nowhere."""
-        body = self._read_json(environ)
+        body = read_json(environ, self.max_body_bytes)
         fields = Fields()
         user_id = fields.check("userId", lambda: check_text(
             "userId", body.get("userId"), max_len=MAX_USER_ID))
@@ -329,59 +409,71 @@ class SeennServerApp:
                                 "(POST /v1/tokens) or a secret key")
             return self._list(caller, query)
         job_id = route[1]
-        page = None
+        children = None
         if route[0] == "children":
             fields = Fields()
-            page = _page(query, "c", fields)
+            children = page(query, "c", fields)
             fields.raise_if_any()
-        with self.store.read(caller.app_id) as tx:
+
+        def read(tx: Transaction) -> tuple[Response, list[StoredJob]]:
             stored = tx.get(job_id)
             if stored is None or (caller.user_id is not None
                                   and stored.data.get("userId") != caller.user_id):
                 raise HTTPError(404, "NOT_FOUND", f"job {job_id} not found")
-            if page is not None:
-                return self._children(tx, stored, caller, *page)
-        etag = '"' + hashlib.sha1(json.dumps(stored.data, sort_keys=True).encode(),
+            if children is not None:
+                return self._children(tx, stored, caller, *children)
+            return (200, stored.data, {}), [stored]
+
+        status, job, headers = self._read(caller.app_id, read)
+        if children is not None:
+            return status, job, headers
+        etag = '"' + hashlib.sha1(json.dumps(job, sort_keys=True).encode(),
                                   usedforsecurity=False).hexdigest()[:27] + '"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if _etag_matches(str(environ.get("HTTP_IF_NONE_MATCH", "")), etag):
+        if etag_matches(str(environ.get("HTTP_IF_NONE_MATCH", "")), etag):
             return 304, None, headers
-        return 200, stored.data, headers
+        return 200, job, headers
 
     def _list(self, caller: _Caller, query: dict[str, list[str]]) -> Response:
-        raw_user = _one(query, "userId")
+        raw_user = one(query, "userId")
         if raw_user is None and caller.user_id is not None:
             raw_user = caller.user_id  # a token lists its own user's jobs by default
         fields = Fields()
         user_id = fields.check("userId", lambda: check_text(
             "userId", raw_user, max_len=MAX_USER_ID))
-        limit, before = _page(query, "s", fields)
+        limit, before = page(query, "s", fields)
         fields.raise_if_any()
         if caller.user_id is not None and user_id != caller.user_id:
             raise HTTPError(403, "FORBIDDEN", "a user token lists its own user's jobs only",
                             {"field": "userId"})
-        with self.store.read(caller.app_id) as tx:
-            rows = tx.list_user(user_id, before_seq=before, limit=limit + 1)
-        body: dict[str, Any] = {"jobs": [data for _, data in rows[:limit]]}
+
+        def read(tx: Transaction) -> tuple[list[StoredJob], list[StoredJob]]:
+            found = tx.list_user(user_id, before_seq=before, limit=limit + 1)
+            return found, found[:limit]
+
+        rows = self._read(caller.app_id, read)
+        body: dict[str, Any] = {"jobs": [row.data for row in rows[:limit]]}
         if len(rows) > limit:
-            body["nextCursor"] = _encode_cursor("s", rows[limit - 1][0])
+            body["nextCursor"] = encode_cursor("s", rows[limit - 1].seq)
         return 200, body, {}
 
     def _children(self, tx: Transaction, parent: StoredJob, caller: _Caller,
-                  limit: int, after: int | None) -> Response:
+                  limit: int, after: int | None) -> tuple[Response, list[StoredJob]]:
+        """A parent's page of children, and the jobs it shows."""
         # A token sees the children that belong to its user, as it does everywhere.
         rows = tx.children_page(parent.data["id"], after_index=after, limit=limit + 1,
                                 user_id=caller.user_id)
         body: dict[str, Any] = {"parent": parent.data,
-                                "children": [data for _, data in rows[:limit]]}
+                                "children": [row.data for row in rows[:limit]]}
         if len(rows) > limit:
-            body["nextCursor"] = _encode_cursor("c", rows[limit - 1][0])
-        return 200, body, {}
+            body["nextCursor"] = encode_cursor(
+                "c", rows[limit - 1].data["parent"]["childIndex"])
+        return (200, body, {}), [parent, *rows[:limit]]
 
     # Writes -------------------------------------------------------------------------
 
     def _post(self, route: tuple[str, ...], app_id: str, environ: Mapping[str, Any]) -> Response:
-        body = self._read_json(environ)
+        body = read_json(environ, self.max_body_bytes)
         key = str(environ.get("HTTP_IDEMPOTENCY_KEY", "")).strip()
         if len(key) > 255:
             raise HTTPError(400, "VALIDATION_ERROR", "Idempotency-Key: at most 255 characters",
@@ -398,12 +490,14 @@ class SeennServerApp:
                     return earlier[1], json.loads(earlier[2]), {"Idempotent-Replayed": "true"}
             try:
                 if route == ("list",):
-                    status, answer = start_job(tx, app_id, body)
+                    status, answer = start_job(tx, app_id, body, stale=self._stale)
                 else:
-                    status, answer = update_job(tx, route[0], route[1], body)
+                    status, answer = update_job(tx, route[0], route[1], body,
+                                                stale=self._stale)
             except HTTPError as error:
                 # Every HTTPError is raised before the job is written, so committing
-                # here stores the answer for replay and nothing else.
+                # here stores the answer for replay, and at most the end of a job
+                # found past its stale limit, which stands whatever the answer.
                 failure = error
                 status, answer, _ = error.response()
             if key:
@@ -411,108 +505,6 @@ class SeennServerApp:
         if failure is not None:
             raise failure
         return status, answer, {}
-
-    def _read_json(self, environ: Mapping[str, Any]) -> dict[str, Any]:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise HTTPError(400, "INVALID_REQUEST", "bad Content-Length") from None
-        if length > self.max_body_bytes:
-            raise HTTPError(413, "PAYLOAD_TOO_LARGE",
-                            f"request bodies are limited to {self.max_body_bytes} bytes")
-        raw = environ["wsgi.input"].read(length) if length > 0 else b""
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise HTTPError(400, "INVALID_JSON", "the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise HTTPError(400, "INVALID_JSON", "the request body must be a JSON object")
-        field = _unencodable_field(body)
-        if field is not None:
-            reason = "must be valid Unicode text: it holds a lone surrogate"
-            raise HTTPError(400, "VALIDATION_ERROR", f"{field}: {reason}",
-                            {"field": field, "reason": reason, "fields": {field: reason}})
-        return body
-
-def _path_segments(environ: Mapping[str, Any]) -> list[str]:
-    # The raw path keeps %2F inside an id from splitting it; PATH_INFO is already decoded.
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if isinstance(raw, str):
-        path = raw.split("?", 1)[0]
-        mount = str(environ.get("SCRIPT_NAME", "")).rstrip("/")
-        if mount and unquote(path).startswith(mount + "/"):
-            path = path[len(quote(mount, safe="/")):]
-        return [unquote(part, errors="replace") for part in path.split("/") if part]
-    path_info = str(environ.get("PATH_INFO", ""))
-    with contextlib.suppress(UnicodeError):
-        path_info = path_info.encode("latin-1").decode("utf-8")
-    return [part for part in path_info.split("/") if part]
-
-
-def _route(segments: list[str]) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
-    if segments == ["v1", "tokens"]:
-        return ("tokens",), ("POST",)
-    if len(segments) < 2 or segments[:2] != ["v1", "jobs"]:
-        return None, ()
-    rest = segments[2:]
-    if not rest:
-        return ("list",), ("GET", "POST")
-    if len(rest) == 1:
-        return ("job", rest[0]), ("GET",)
-    if len(rest) == 2 and rest[1] == "children":
-        return ("children", rest[0]), ("GET",)
-    if len(rest) == 2 and rest[1] in ("progress", "complete", "fail"):
-        return (rest[1], rest[0]), ("POST",)
-    return None, ()
-
-
-def _etag_matches(header: str, etag: str) -> bool:
-    if not header:
-        return False
-    tags = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return "*" in tags or etag in tags
-
-
-def _one(query: dict[str, list[str]], name: str) -> str | None:
-    values = query.get(name)
-    return values[0] if values else None
-
-
-def _as_int(name: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        fail(name, f"must be an integer, got {text!r}")
-
-
-def _page(query: dict[str, list[str]], kind: str, fields: Fields) -> tuple[int, int | None]:
-    """A page's ``limit`` and the position of its ``cursor`` of ``kind``; errors go to fields."""
-    raw_limit = _one(query, "limit")
-    limit = fields.check("limit", lambda: DEFAULT_LIMIT if raw_limit is None else check_int(
-        "limit", _as_int("limit", raw_limit), minimum=1, maximum=MAX_LIST_LIMIT))
-    raw_cursor = _one(query, "cursor")
-    position = fields.check("cursor", lambda: None if raw_cursor is None
-                            else _decode_cursor(raw_cursor, kind))
-    return limit, position
-
-
-def _encode_cursor(kind: str, position: int) -> str:
-    """An opaque cursor: ``s:<seq>`` for a list of jobs, ``c:<childIndex>`` for children."""
-    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, kind: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    digits = text[len(kind) + 1:]
-    # isdigit() alone accepts "²" and other digits int() refuses: ASCII digits only.
-    # SQLite integers stop at 2**63 - 1: a larger position would be a 500, not a 400.
-    if not (text.startswith(f"{kind}:") and 0 < len(digits) < 20 and digits.isascii()
-            and digits.isdigit() and int(digits) < 2 ** 63):
-        fail("cursor", "is not a cursor this server made")
-    return int(digits)
 
 
 def _base64(data: bytes) -> str:
@@ -525,44 +517,11 @@ def _unbase64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _unencodable_field(body: dict[str, Any]) -> str | None:
-    """The path of a string (or key) in a body that UTF-8 cannot encode, if there is one.
-
-    ``json.loads`` turns the escape ``"\\ud800"`` into a lone surrogate, which no later
-    step could store or send back. Iterative, so a deeply nested body costs no recursion.
-    """
-    stack: list[tuple[str, Any]] = [("", body)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, str):
-            if not _encodable(value):
-                return path
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if not _encodable(key):
-                    # Named with the surrogate escaped: the key cannot be sent back as it is.
-                    key = key.encode("utf-8", "backslashreplace").decode("utf-8")
-                    return (f"{path}.{key}" if path else key)[:200]
-                stack.append(((f"{path}.{key}" if path else key)[:200], item))
-        elif isinstance(value, list):
-            stack.extend((f"{path}.{index}"[:200], item) for index, item in enumerate(value))
-    return None
-
-
-def _encodable(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
                public_key: str | None = None, rate_limit: int | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES,
-               cors_origin: str | None = "*") -> SeennServerApp:
+               max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*",
+               stale_after: float = DEFAULT_STALE_AFTER,
+               clock: Callable[[], float] | None = None) -> SeennServerApp:
     """Create the reference backend's WSGI application on a SQLite database.
 
     Args:
@@ -572,11 +531,18 @@ def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
         rate_limit: Requests per second allowed per key (429 beyond it).
         max_body_bytes: Request bodies above this are refused with 413.
         cors_origin: ``Access-Control-Allow-Origin`` for browsers; ``None`` for no CORS.
+        stale_after: Seconds without any write after which a running job is ended as
+            failed with ``WORKER_LOST`` (0 or 10 to 2,592,000; 0 turns it off for jobs
+            that set no ``staleAfterSeconds`` of their own).
+        clock: The time source, ``time.time`` by default (a seam for tests).
 
     Returns:
         A WSGI application; ``app.created_keys`` holds a key pair made on this start.
+
+    Raises:
+        seenn.ValidationError: An option is invalid; the error names it.
     """
     return SeennServerApp(db_path, api_key=api_key, public_key=public_key,
                           rate_limit=rate_limit, max_body_bytes=max_body_bytes,
-                          cors_origin=cors_origin)
+                          cors_origin=cors_origin, stale_after=stale_after, clock=clock)
 

@@ -6,7 +6,9 @@ parent and carry the change up to every ancestor: its children counts and, for a
 declared parent, its progress and outcome, updated by difference from sums stored
 with the parent (``_carry``), never by reading the siblings. Each checks its whole
 body first with ``Fields`` so that a 400 names every bad field, and raises every
-``HTTPError`` before it writes anything: ``_app`` commits the transaction of a
+``HTTPError`` before it writes anything, with one exception: a running job found
+past its stale limit is ended first (``end_stale``, failed with ``WORKER_LOST``), and
+that stays written whatever the answer. ``_app`` commits the transaction of a
 refused request to store its answer for ``Idempotency-Key`` replay. HTTP itself
 (routing, keys, rate limits, replay, reading the body) belongs to ``_app``; these
 functions see only a ``Transaction``, the app id and a parsed body.
@@ -27,10 +29,12 @@ from seenn._core.validation import (
     MAX_JOB_TYPE,
     MAX_MESSAGE,
     MAX_METADATA_BYTES,
+    MAX_STALE_AFTER,
     MAX_TITLE,
     MAX_TOTAL_CHILDREN,
     MAX_TTL_SECONDS,
     MAX_USER_ID,
+    MIN_STALE_AFTER,
     MIN_TTL_SECONDS,
     check_bool,
     check_choice,
@@ -51,7 +55,8 @@ from seenn._core.validation import (
 )
 from seenn.errors import ValidationError
 from seenn.server._errors import HTTPError
-from seenn.server._store import FINISHED, StoredJob, Transaction, canonical_hash
+from seenn.server._stale import StalePolicy
+from seenn.server._store import FINISHED, Store, StoredJob, Transaction, canonical_hash
 
 TERMINAL = FINISHED
 # A deeper tree is a mistake or an attack: every child change walks up all its ancestors.
@@ -110,6 +115,11 @@ def _reject(name: str, message: str) -> Any:
     fail(name, message)
 
 
+def _stale_after(value: object) -> int:
+    return check_int("staleAfterSeconds", value, minimum=MIN_STALE_AFTER,
+                     maximum=MAX_STALE_AFTER)
+
+
 def _passthrough(name: str, value: object) -> object:
     """Options the reference server accepts but does not act on (push, Live Activities)."""
     if isinstance(value, bool):
@@ -119,8 +129,13 @@ def _passthrough(name: str, value: object) -> object:
     return check_json(name, value, max_bytes=4096)
 
 
-def start_job(tx: Transaction, app_id: str, body: dict[str, Any]) -> tuple[int, Any]:
-    """Start a job of ``app_id`` from a ``POST /v1/jobs`` body: ``(status, job)``."""
+def start_job(tx: Transaction, app_id: str, body: dict[str, Any], *,
+              stale: StalePolicy | None = None) -> tuple[int, Any]:
+    """Start a job of ``app_id`` from a ``POST /v1/jobs`` body: ``(status, job)``.
+
+    Jobs met on the way (a job with the same id, the parent and its ancestors) are
+    ended first if they are past their limit under ``stale`` (``None``: never).
+    """
     f = Fields()
     job_id = f.check("id", lambda: _check_id(body.get("id")))
     job_type = f.check("jobType", lambda: check_text("jobType", body.get("jobType"),
@@ -148,6 +163,7 @@ def start_job(tx: Transaction, app_id: str, body: dict[str, Any]) -> tuple[int, 
                                              maximum=MAX_TOTAL_CHILDREN),
         "childProgressMode": lambda v: check_choice(v, "childProgressMode",
                                                     CHILD_PROGRESS_MODES),
+        "staleAfterSeconds": _stale_after,
     }
     values = f.check_all(optional, body)
     if "childIndex" in values and "parentJobId" not in body:
@@ -159,7 +175,7 @@ def start_job(tx: Transaction, app_id: str, body: dict[str, Any]) -> tuple[int, 
 
     start_hash = canonical_hash(body)
     if job_id is not None:
-        existing = tx.get(job_id)
+        existing = _get(tx, job_id, stale)
         if existing is not None:
             if existing.start_hash != start_hash:
                 raise HTTPError(409, "CONFLICT",
@@ -179,7 +195,7 @@ def start_job(tx: Transaction, app_id: str, body: dict[str, Any]) -> tuple[int, 
         "status": "queued" if "queue" in values else "pending", "progress": 0,
         "createdAt": now_iso, "updatedAt": now_iso,
     }
-    for name in ("metadata", "queue", "stage", "estimatedCompletionAt"):
+    for name in ("metadata", "queue", "stage", "estimatedCompletionAt", "staleAfterSeconds"):
         if name in values:
             job[name] = values[name]
     if "estimatedDuration" in values and "estimatedCompletionAt" not in values:
@@ -189,16 +205,18 @@ def start_job(tx: Transaction, app_id: str, body: dict[str, Any]) -> tuple[int, 
                            "running": 0, "pending": 0}
         job["childProgressMode"] = values.get("childProgressMode", "average")
     if "parentJobId" in values:
-        job["parent"] = _parent_link(tx, values["parentJobId"], values.get("childIndex"))
+        job["parent"] = _parent_link(tx, values["parentJobId"], values.get("childIndex"),
+                                     stale)
     expires_at = tx.now + values.get("ttlSeconds", DEFAULT_TTL)
     tx.insert(job, start_hash=start_hash, expires_at=expires_at)
     if "parent" in job:
-        _carry(tx, job["parent"]["parentJobId"], None, _share(job), expires_at)
+        _carry(tx, job["parent"]["parentJobId"], None, _share(job), expires_at, stale)
     return 201, job
 
 
-def _parent_link(tx: Transaction, parent_id: str, index: int | None) -> dict[str, Any]:
-    parent = tx.get(parent_id)
+def _parent_link(tx: Transaction, parent_id: str, index: int | None,
+                 stale: StalePolicy | None) -> dict[str, Any]:
+    parent = _get(tx, parent_id, stale)
     if parent is None:
         raise HTTPError(404, "NOT_FOUND", f"parent job {parent_id} not found",
                         {"field": "parentJobId"})
@@ -239,9 +257,13 @@ def _check_depth(tx: Transaction, parent: StoredJob) -> None:
                              "reason": f"jobs nest at most {MAX_DEPTH} levels deep"})
 
 
-def update_job(tx: Transaction, action: str, job_id: str,
-               body: dict[str, Any]) -> tuple[int, Any]:
-    """Apply ``progress``, ``complete`` or ``fail`` to a job: ``(status, job)``."""
+def update_job(tx: Transaction, action: str, job_id: str, body: dict[str, Any], *,
+               stale: StalePolicy | None = None) -> tuple[int, Any]:
+    """Apply ``progress``, ``complete`` or ``fail`` to a job: ``(status, job)``.
+
+    A job past its limit under ``stale`` is ended first, so a late worker's call is a
+    409 however soon after the limit it comes, and whether or not anyone looked.
+    """
     f = Fields()
     if action == "progress":
         if body.get("progress") is None:
@@ -257,6 +279,7 @@ def update_job(tx: Transaction, action: str, job_id: str,
                 v if isinstance(v, str) else _reject("estimatedCompletionAt",
                                                      "must be a string"),
                 "estimatedCompletionAt"),
+            "staleAfterSeconds": _stale_after,
         }
     elif action == "complete":
         rules = {"result": lambda v: coerce_result(v).to_wire(),
@@ -271,22 +294,31 @@ def update_job(tx: Transaction, action: str, job_id: str,
     values = f.check_all(rules, body)
     f.raise_if_any()
 
-    stored = tx.get(job_id)
+    stored = _get(tx, job_id, stale)
     if stored is None:
         raise HTTPError(404, "NOT_FOUND", f"job {job_id} not found")
     job = stored.data
     if job.get("status") in TERMINAL:
         raise HTTPError(409, "CONFLICT", f"job {job_id} is already {job['status']}")
+    return 200, _apply(tx, stored, action, values, stale)
+
+
+def _apply(tx: Transaction, stored: StoredJob, action: str, values: dict[str, Any],
+           stale: StalePolicy | None) -> dict[str, Any]:
+    """Write checked ``values`` of an action to an unfinished job, and carry it up."""
+    job = stored.data
     before = _share(job)
     now_iso = _now_iso(tx.now)
     if action == "progress":
         if "metadata" in values:
+            f = Fields()
             merged = {**job.get("metadata", {}), **values["metadata"]}
             f.check("metadata", lambda: check_json("metadata", merged,
                                                    max_bytes=MAX_METADATA_BYTES))
             f.raise_if_any()
             job["metadata"] = merged
-        for name in ("message", "stage", "queue", "estimatedCompletionAt"):
+        for name in ("message", "stage", "queue", "estimatedCompletionAt",
+                     "staleAfterSeconds"):
             if name in values:
                 job[name] = values[name]
         job["progress"] = values["progress"]
@@ -306,8 +338,67 @@ def update_job(tx: Transaction, action: str, job_id: str,
     job["updatedAt"] = now_iso
     tx.update(job)
     if stored.parent_id is not None:
-        _carry(tx, stored.parent_id, before, _share(job), None)
-    return 200, job
+        _carry(tx, stored.parent_id, before, _share(job), None, stale)
+    return job
+
+
+def _get(tx: Transaction, job_id: str, stale: StalePolicy | None) -> StoredJob | None:
+    """The live job with this id, ended first if it is past its stale limit."""
+    stored = tx.get(job_id)
+    if stored is not None and stale is not None and stale.is_stale(stored, tx.now):
+        _end(tx, stored, stale)
+        stored = tx.get(job_id)
+    return stored
+
+
+def _end(tx: Transaction, stored: StoredJob, stale: StalePolicy) -> None:
+    _apply(tx, stored, "fail", {"error": coerce_error(stale.error(stored)).to_wire()}, stale)
+
+
+def end_stale(tx: Transaction, job_id: str, stale: StalePolicy) -> bool:
+    """End the job as ``failed`` with ``WORKER_LOST`` if it is past its stale limit.
+
+    It is ended exactly as ``POST .../fail`` would end it (``completedAt``, the parent's
+    counts and progress), in the caller's write transaction. A job that is not
+    running, was written since, or was ended already is left alone, so racing
+    sweeps and reads end a job once.
+
+    Returns:
+        Whether this call ended the job.
+    """
+    stored = tx.get(job_id)
+    if stored is None or not stale.is_stale(stored, tx.now):
+        return False
+    _end(tx, stored, stale)
+    return True
+
+
+def sweep(store: Store, stale: StalePolicy, *, batch: int = 100, rounds: int = 100) -> int:
+    """End every job of the database past its stale limit.
+
+    Candidates come from the store's index a ``batch`` at a time, and each app's are
+    ended in one short write transaction, so a sweep never holds the write lock for
+    long. At most ``rounds`` batches: what is left waits for the next sweep.
+
+    Returns:
+        How many candidates this sweep ended (an ancestor ended on the way, as its
+        child's change reached it, is not counted).
+    """
+    ended = 0
+    for _ in range(rounds):
+        found = store.stale_jobs(now=store.clock(), default=stale.default, since=stale.since,
+                                 limit=batch)
+        by_app: dict[str, list[str]] = {}
+        for app_id, job_id in found:
+            by_app.setdefault(app_id, []).append(job_id)
+        progress = 0
+        for app_id, job_ids in by_app.items():
+            with store.write(app_id) as tx:
+                progress += sum(end_stale(tx, job_id, stale) for job_id in job_ids)
+        ended += progress
+        if not progress:
+            break
+    return ended
 
 
 def _share(job: Mapping[str, Any]) -> tuple[str, int, int]:
@@ -354,7 +445,8 @@ def _scan(tx: Transaction, parent_id: str) -> dict[str, Any]:
 
 
 def _carry(tx: Transaction, parent_id: str, before: tuple[str, int, int] | None,
-           after: tuple[str, int, int], expires_at: float | None) -> None:
+           after: tuple[str, int, int], expires_at: float | None,
+           stale: StalePolicy | None) -> None:
     """Apply a child's change to its parent, and the parent's change to its own parent.
 
     ``before`` is the child's share before the change (``None`` for a new child, which
@@ -365,7 +457,8 @@ def _carry(tx: Transaction, parent_id: str, before: tuple[str, int, int] | None,
     of the children counted in it has expired since, which drops that child out.
     """
     for _ in range(MAX_DEPTH):
-        stored = tx.get(parent_id)
+        # A parent past its own stale limit is ended (and that carried up) first.
+        stored = _get(tx, parent_id, stale)
         if stored is None:
             return
         parent = stored.data

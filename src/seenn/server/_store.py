@@ -6,6 +6,8 @@ threads without a lock), WAL mode so readers never wait for the writer, and
 A job is stored as its protocol JSON document plus the columns that queries
 and the TTL need; a parent also keeps the running sums of its children
 (``aggregate``) so that a child's change updates it without reading the siblings.
+A running job also keeps when it was last written (``idle_since``) and its own stale
+limit, indexed so that finding the jobs whose worker went silent reads only those.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 SCHEMA = """
@@ -42,6 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     data TEXT NOT NULL,
     finished INTEGER NOT NULL DEFAULT 0,
     aggregate TEXT,
+    idle_since REAL,
+    stale_after REAL,
     UNIQUE (app_id, id)
 );
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -60,7 +65,18 @@ CREATE INDEX IF NOT EXISTS jobs_by_user ON jobs (app_id, user_id, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (app_id, parent_id, child_index);
 CREATE INDEX IF NOT EXISTS jobs_open_children ON jobs (app_id, parent_id, finished, child_index);
 CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at);
+CREATE INDEX IF NOT EXISTS jobs_idle ON jobs (idle_since)
+    WHERE idle_since IS NOT NULL AND stale_after IS NULL;
+CREATE INDEX IF NOT EXISTS jobs_idle_own_limit ON jobs (idle_since + stale_after)
+    WHERE idle_since IS NOT NULL AND stale_after IS NOT NULL;
 """
+# Running jobs silent since before a time (the first parameter), by the server's limit
+# or by their own; each is answered from its partial index above.
+STALE_BY_DEFAULT = ("SELECT app_id, id FROM jobs WHERE idle_since IS NOT NULL "
+                    "AND stale_after IS NULL AND idle_since < ? AND expires_at > ? LIMIT ?")
+STALE_BY_OWN_LIMIT = ("SELECT app_id, id FROM jobs WHERE idle_since IS NOT NULL "
+                      "AND stale_after IS NOT NULL AND idle_since + stale_after < ? "
+                      "AND stale_after < ? AND expires_at > ? LIMIT ?")
 # The statuses that end a job; a finished child no longer moves its parent.
 FINISHED = ("completed", "failed", "cancelled")
 
@@ -88,6 +104,44 @@ class StoredJob:
     expires_at: float
     parent_id: str | None = None
     aggregate: dict[str, Any] | None = None
+    idle_since: float | None = None
+    stale_after: float | None = None
+
+
+# The columns a StoredJob is read from, in the order of its fields.
+_JOB_COLUMNS = ("seq, data, start_hash, expires_at, parent_id, aggregate, idle_since, "
+                "stale_after")
+
+
+def _stored(row: Any) -> StoredJob:
+    return StoredJob(row[0], json.loads(row[1]), row[2], row[3], row[4],
+                     None if row[5] is None else json.loads(row[5]), row[6], row[7])
+
+
+def _idle_since(job: dict[str, Any], now: float) -> float | None:
+    """When a job's stale clock started: the time of this write if it is running, else None.
+
+    A declared parent (``childProgressMode``) follows its children, which have stale
+    limits of their own, so its clock never runs: it may rightly wait for children
+    still queued.
+    """
+    if job.get("status") != "running" or job.get("childProgressMode") is not None:
+        return None
+    return now
+
+
+def _last_write(job: dict[str, Any]) -> float:
+    """The ``updatedAt`` of a job document as a timestamp (now if it cannot be read)."""
+    try:
+        text = str(job.get("updatedAt")).replace("Z", "+00:00")
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def _own_limit(job: dict[str, Any]) -> float | None:
+    limit = job.get("staleAfterSeconds")
+    return None if limit is None else float(limit)
 
 
 class Transaction:
@@ -101,13 +155,9 @@ class Transaction:
     def get(self, job_id: str) -> StoredJob | None:
         """The live (unexpired) job with this id in this app."""
         row = self._conn.execute(
-            "SELECT seq, data, start_hash, expires_at, parent_id, aggregate FROM jobs "
-            "WHERE app_id = ? AND id = ? AND expires_at > ?",
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app_id = ? AND id = ? AND expires_at > ?",
             (self.app_id, job_id, self.now)).fetchone()
-        if row is None:
-            return None
-        return StoredJob(row[0], json.loads(row[1]), row[2], row[3], row[4],
-                         None if row[5] is None else json.loads(row[5]))
+        return None if row is None else _stored(row)
 
     def insert(self, job: dict[str, Any], *, start_hash: str, expires_at: float) -> None:
         """Store a new job; any expired row with the same id is replaced."""
@@ -116,23 +166,28 @@ class Transaction:
         parent = job.get("parent") or {}
         self._conn.execute(
             "INSERT INTO jobs (app_id, id, user_id, parent_id, child_index, start_hash, "
-            "expires_at, data, finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "expires_at, data, finished, idle_since, stale_after) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.app_id, job["id"], job["userId"], parent.get("parentJobId"),
              parent.get("childIndex"), start_hash, expires_at, _dump(job),
-             job.get("status") in FINISHED))
+             job.get("status") in FINISHED, _idle_since(job, self.now), _own_limit(job)))
 
     def update(self, job: dict[str, Any], *, aggregate: dict[str, Any] | None = None) -> None:
-        """Save a changed job document, and a parent's children aggregate when given."""
+        """Save a changed job document, and a parent's children aggregate when given.
+
+        Every update is a write to the job: a running job's stale clock starts again.
+        """
+        columns = (_dump(job), job.get("status") in FINISHED, _idle_since(job, self.now),
+                   _own_limit(job))
         if aggregate is None:
             self._conn.execute(
-                "UPDATE jobs SET data = ?, finished = ? WHERE app_id = ? AND id = ?",
-                (_dump(job), job.get("status") in FINISHED, self.app_id, job["id"]))
+                "UPDATE jobs SET data = ?, finished = ?, idle_since = ?, stale_after = ? "
+                "WHERE app_id = ? AND id = ?", (*columns, self.app_id, job["id"]))
         else:
             self._conn.execute(
-                "UPDATE jobs SET data = ?, finished = ?, aggregate = ? "
-                "WHERE app_id = ? AND id = ?",
-                (_dump(job), job.get("status") in FINISHED, _dump(aggregate), self.app_id,
-                 job["id"]))
+                "UPDATE jobs SET data = ?, finished = ?, idle_since = ?, stale_after = ?, "
+                "aggregate = ? WHERE app_id = ? AND id = ?",
+                (*columns, _dump(aggregate), self.app_id, job["id"]))
 
     def children(self, parent_id: str) -> list[tuple[dict[str, Any], float]]:
         """Every live child of a parent with its expiry, in child-index order.
@@ -147,12 +202,12 @@ class Transaction:
         return [(json.loads(row[0]), row[1]) for row in rows]
 
     def children_page(self, parent_id: str, *, after_index: int | None, limit: int,
-                      user_id: str | None = None) -> list[tuple[int, dict[str, Any]]]:
+                      user_id: str | None = None) -> list[StoredJob]:
         """Up to ``limit`` live children after ``after_index``, in child-index order.
 
         With ``user_id``, only that user's children.
         """
-        sql = ("SELECT child_index, data FROM jobs WHERE app_id = ? AND parent_id = ? "
+        sql = (f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app_id = ? AND parent_id = ? "
                "AND child_index > ? AND expires_at > ?")
         args: list[Any] = [self.app_id, parent_id, -1 if after_index is None else after_index,
                            self.now]
@@ -161,7 +216,7 @@ class Transaction:
             args.append(user_id)
         rows = self._conn.execute(sql + " ORDER BY child_index LIMIT ?",
                                   (*args, limit)).fetchall()
-        return [(row[0], json.loads(row[1])) for row in rows]
+        return [_stored(row) for row in rows]
 
     def last_child_index(self, parent_id: str) -> int | None:
         """The highest child index among a parent's live children (``None`` if none)."""
@@ -194,14 +249,14 @@ class Transaction:
         return row is not None
 
     def list_user(self, user_id: str, *, before_seq: int | None,
-                  limit: int) -> list[tuple[int, dict[str, Any]]]:
+                  limit: int) -> list[StoredJob]:
         """Up to ``limit`` live jobs of a user, newest first, older than ``before_seq``."""
         rows = self._conn.execute(
-            "SELECT seq, data FROM jobs WHERE app_id = ? AND user_id = ? AND seq < ? "
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app_id = ? AND user_id = ? AND seq < ? "
             "AND expires_at > ? ORDER BY seq DESC LIMIT ?",
             (self.app_id, user_id, before_seq if before_seq is not None else 2 ** 62,
              self.now, limit)).fetchall()
-        return [(row[0], json.loads(row[1])) for row in rows]
+        return [_stored(row) for row in rows]
 
     def idempotent(self, key: str) -> tuple[str, int, str] | None:
         """The stored (request hash, status, body) of an earlier call with this key."""
@@ -245,6 +300,17 @@ def _migrate(conn: sqlite3.Connection) -> None:
             done = [(seq,) for seq, data in conn.execute("SELECT seq, data FROM jobs")
                     if json.loads(data).get("status") in FINISHED]
             conn.executemany("UPDATE jobs SET finished = 1 WHERE seq = ?", done)
+        if "idle_since" not in job_columns:
+            conn.execute("ALTER TABLE jobs ADD COLUMN idle_since REAL")
+            conn.execute("ALTER TABLE jobs ADD COLUMN stale_after REAL")
+            # Running jobs start their stale clock at their last update; the policy's
+            # grace after a start still gives their workers a whole limit.
+            for seq, data in conn.execute(
+                    "SELECT seq, data FROM jobs WHERE finished = 0").fetchall():
+                job = json.loads(data)
+                since = _idle_since(job, _last_write(job))
+                if since is not None:
+                    conn.execute("UPDATE jobs SET idle_since = ? WHERE seq = ?", (since, seq))
         if "signing_key" not in {row[1] for row in conn.execute("PRAGMA table_info(apps)")}:
             conn.execute("ALTER TABLE apps ADD COLUMN signing_key TEXT")
         for (app_id,) in conn.execute(
@@ -376,6 +442,21 @@ class Store:
             except sqlite3.IntegrityError:
                 raise ValueError("the public key belongs to another app") from None
         return app_id
+
+    def stale_jobs(self, *, now: float, default: float, since: float,
+                   limit: int) -> list[tuple[str, str]]:
+        """``(app id, job id)`` of running jobs, in every app, silent past their stale limit.
+
+        A job's limit is its own ``stale_after``, else ``default`` (0: none); its silence
+        counts from ``idle_since``, or from ``since`` if that is later. Each half reads
+        only the candidates, through its partial index. At most ``limit`` of each kind.
+        """
+        found: list[tuple[str, str]] = []
+        with self._connection() as conn:
+            if default > 0 and since < now - default:
+                found += conn.execute(STALE_BY_DEFAULT, (now - default, now, limit)).fetchall()
+            found += conn.execute(STALE_BY_OWN_LIMIT, (now, now - since, now, limit)).fetchall()
+        return found
 
     def purge(self, interval: float = 60.0) -> int:
         """Delete expired jobs and idempotency records, at most once per ``interval``."""

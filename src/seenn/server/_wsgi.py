@@ -470,6 +470,11 @@ class WSGIServer(ThreadingHTTPServer):
                 a pending shutdown or a full server.
         """
         self._stopped.clear()
+        # The app's background work (seenn serve's sweep for silent jobs) runs while
+        # it is served; any app may offer it.
+        start = getattr(self.app, "start_sweeper", None)
+        if callable(start):
+            start()
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self, selectors.EVENT_READ)
@@ -503,9 +508,13 @@ class WSGIServer(ThreadingHTTPServer):
         """Stop listening, and end the open connections.
 
         A connection waiting for its next request is closed now; one in the middle of
-        a request is closed once its answer is sent. Neither is waited for.
+        a request is closed once its answer is sent. Neither is waited for. The app's
+        background sweep, if it has one, is stopped.
         """
         super().server_close()
+        stop = getattr(self.app, "stop_sweeper", None)
+        if callable(stop):
+            stop()
         with self._lock:
             for slot in self._slots.values():
                 slot.evicted = True
