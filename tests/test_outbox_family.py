@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 
 import seenn
+import seenn.server
 from seenn.exporters import HTTPExporter
+from seenn.exporters._http import family as family_module
 from seenn.exporters._http import outbox as outbox_module
 from tests.faults import free_port
 from tests.outbox_worker import KEY, adopt, hold, lifecycle
@@ -237,6 +239,34 @@ def test_two_processes_starting_at_once_adopt_a_dead_file_once(
     sent = keys_sent(server)
     assert sorted(sent) == expected_keys([f"job_race{a}_{n}" for a in range(4)
                                           for n in range(3)])
+
+
+def test_a_crash_between_copy_and_delete_only_replays_what_the_backend_has(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adopter ending before it deletes the file: the next replay is applied by no one twice."""
+    directory = tmp_path / "spool"
+    with seenn.server.running(tmp_path / "backend.db", api_key=KEY) as backend:
+        dead = leave_dead_file(f"{directory}/", ["job_twice"])
+        # The first adopter copies the rows and ends before it deletes the file (a crash).
+        monkeypatch.setattr(family_module, "remove_outbox", lambda path, log: None)
+        first = exporter_on(directory, backend.url)
+        assert first.stats.replayed == 3
+        assert first.force_flush(30)
+        assert os.path.exists(dead)
+        with seenn.SeennClient(KEY, base_url=backend.url) as client:
+            delivered = client.jobs.get("job_twice")._raw
+        assert delivered["status"] == "completed"
+        monkeypatch.undo()
+        second = exporter_on(directory, backend.url)  # the file is free again: adopted again
+        assert second.stats.replayed == 3
+        assert second.force_flush(30)
+        # Same keys: the backend answers as it did, applying nothing again.
+        assert (second.stats.delivered, second.stats.rejected) == (3, 0)
+        with seenn.SeennClient(KEY, base_url=backend.url) as client:
+            assert client.jobs.get("job_twice")._raw == delivered  # updatedAt included
+        assert not os.path.exists(dead)
+        second.shutdown(timeout=5)
+        first.shutdown(timeout=5)
 
 
 def test_a_live_process_file_is_never_adopted(tmp_path: Path, spawn: Any) -> None:
