@@ -486,27 +486,6 @@ def test_shut_down_exporters_are_freed_and_ignore_persist(tmp_path: Path) -> Non
     assert ref() is None
 
 
-def test_an_outbox_serves_one_process_at_a_time(tmp_path: Path) -> None:
-    """A second process opening an outbox in use is refused, naming the outbox."""
-    outbox = tmp_path / "claimed.db"
-    holder = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x", outbox=outbox)
-    script = ("import sys, seenn\n"
-              "from seenn.exporters import HTTPExporter\n"
-              "try:\n"
-              "    HTTPExporter(api_key='k', base_url='http://127.0.0.1:9', outbox=sys.argv[1])\n"
-              "except seenn.ValidationError as e:\n"
-              "    print(e.field)\n")
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", script, str(outbox)], capture_output=True,
-                         text=True, timeout=60)
-    assert out.stdout.strip() == "outbox"
-    holder.shutdown(timeout=0.1)
-    again = exporter_for(f"http://127.0.0.1:{free_port()}", "sk_test_x", outbox=outbox)
-    again.shutdown(timeout=0.1)
-
-
 def test_children_of_a_refused_parent_start_on_their_own(server: RecordingServer) -> None:
     """When a parent's start is refused, its children are started without the parent link."""
     server.reply(400, {"error": {"code": "VALIDATION_ERROR", "message": "bad parent"}})

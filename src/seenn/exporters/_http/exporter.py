@@ -3,7 +3,8 @@
 This module owns the exporter's face and lifecycle: its settings, the replay
 from the outbox at start, ``export``/``persist``, ``force_flush``/``shutdown``
 and a fresh start after ``os.fork()``. The machinery is in ``delivery``, the
-REST mapping in ``wire``, the SQLite outbox in ``outbox``.
+REST mapping in ``wire``, the SQLite outbox in ``outbox`` and the files many
+processes share one setting with (and adopt when a process ends) in ``family``.
 
 How it works:
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 import weakref
 from collections.abc import Sequence
@@ -47,12 +49,13 @@ from typing import TYPE_CHECKING
 
 from seenn._core.pipeline import ExportResult
 from seenn.exporters._http.delivery import DeliveryCore
-from seenn.exporters._http.outbox import Outbox
+from seenn.exporters._http.family import ADOPT_INTERVAL, Family, adopt_dead, family_of, open_own
 from seenn.exporters._http.state import DeliveryStats
 
 if TYPE_CHECKING:
     from seenn._client.client import SeennClient
     from seenn._core.events import JobEvent
+    from seenn.exporters._http.outbox import Outbox
 
 __all__ = ["HTTPExporter"]
 
@@ -61,15 +64,32 @@ logger = logging.getLogger("seenn")
 
 _live: weakref.WeakSet[HTTPExporter] = weakref.WeakSet()
 _inherited: list[Outbox] = []  # outboxes a forked child must leave alone
+_held_over_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    # No outbox call may be half done in another thread when the process forks: the
+    # child opens SQLite files of its own, and fork() leaves SQLite's mutexes as they were.
+    for exporter in list(_live):
+        for lock in exporter._outbox_locks():
+            lock.acquire()
+            _held_over_fork.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_over_fork:
+        _held_over_fork.pop().release()
 
 
 def _after_fork_in_child() -> None:
+    _after_fork_in_parent()
     for exporter in list(_live):
         exporter._after_fork()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 class HTTPExporter(DeliveryCore):
@@ -92,7 +112,11 @@ class HTTPExporter(DeliveryCore):
             start in the job's metadata, so a backend can link the job to its trace.
         progress_interval: The least time between two progress calls of one job.
         max_concurrency: How many calls may be in flight at once (different jobs).
-        outbox: A SQLite file keeping undelivered events across crashes and restarts.
+        outbox: Where undelivered events are kept across crashes and restarts. A
+            directory (one that exists, or a path ending in ``/``, made ``0700``) is
+            the setting for many processes: each keeps its own SQLite file there, and
+            adopts the files of processes that have ended. A file path serves one
+            process; another process finding it in use keeps its own file beside it.
         max_outbox_events: The outbox's size cap: beyond it, progress and new jobs
             are kept in memory only (and logged); terminal events are always written.
         delivery_timeout: How long an event may keep failing before it counts as lost.
@@ -142,36 +166,82 @@ class HTTPExporter(DeliveryCore):
         self.delivery_timeout = delivery_timeout
         self.max_pending_jobs = max_pending_jobs
         self.stats = DeliveryStats()
-        self._outbox_path = os.fspath(outbox) if outbox is not None else None
+        self._outbox_path = None
         self._max_outbox_events = max_outbox_events
         self._outbox = None
+        self._family: Family | None = None
+        self._adopt_lock = threading.Lock()  # one look for ended processes' files at a time
+        self._adopt_at = 0.0  # when export() looks again
         # Seams for tests.
         self._clock = time.monotonic
         self._random = random.random
         self._reset()
-        if self._outbox_path is not None:
+        if outbox is not None:
             try:
-                self._outbox = Outbox(self._outbox_path, max_outbox_events, self._log)
+                self._family = family_of(outbox)
+                self._outbox = open_own(self._family, max_outbox_events, self._log)
             except BaseException:
                 if self._owns_client:
                     self._client.close()
                 raise
-            replay = self._outbox.load()
-            if replay:
-                with self._cond:
-                    for event in replay:
-                        self._accept(event, durable=True)
-                    self.stats.replayed += len(replay)
-                    self._start_workers()
-                logger.info("seenn: HTTP exporter: replaying %d undelivered event(s) from %s",
-                            len(replay), self._outbox_path)
+            self._outbox_path = self._outbox.path
+            self._recover()
         _live.add(self)
+
+    # The outbox: replay, adoption, fork -----------------------------------------------
+
+    def _recover(self) -> None:
+        """File for delivery what the outbox holds and what ended processes left beside it."""
+        outbox, family = self._outbox, self._family
+        if outbox is None or family is None:
+            return
+        stored = outbox.load()
+        if stored:
+            logger.info("seenn: HTTP exporter: replaying %d undelivered event(s) from %s",
+                        len(stored), outbox.path)
+        with self._adopt_lock:
+            self._adopt_at = self._clock() + ADOPT_INTERVAL
+            stored += adopt_dead(family, outbox, self._log)
+        self._file_stored(stored)
+
+    def _adopt_due(self) -> None:
+        """Adopt the files of processes that ended since the last look (once a minute)."""
+        if not self._adopt_lock.acquire(blocking=False):
+            return  # another thread is looking
+        try:
+            outbox, family = self._outbox, self._family
+            if self._clock() < self._adopt_at or outbox is None or family is None:
+                return
+            self._adopt_at = self._clock() + ADOPT_INTERVAL
+            adopted = adopt_dead(family, outbox, self._log)
+        finally:
+            self._adopt_lock.release()
+        self._file_stored(adopted)
+
+    def _file_stored(self, events: list[JobEvent]) -> None:
+        """File events that are in the outbox already (read back or adopted)."""
+        if not events:
+            return
+        with self._cond:
+            if self._closed:
+                return  # they stay in the outbox for the next start
+            for event in events:
+                self._accept(event, durable=True)
+            self.stats.replayed += len(events)
+            self._start_workers()
+            self._cond.notify_all()
+
+    def _outbox_locks(self) -> list[threading.Lock]:
+        """The locks held over ``fork()``, in the order they are taken."""
+        outbox = self._outbox
+        return [self._adopt_lock] + ([outbox._lock] if outbox is not None else [])
 
     def _after_fork(self) -> None:
         # The parent's threads, locks and sockets are not the child's: start over.
         closed = self._closed
         self._reset()
         self.stats = DeliveryStats()
+        self._adopt_lock = threading.Lock()
         if closed:
             self._closed = self._stopping = True
             return
@@ -181,16 +251,26 @@ class HTTPExporter(DeliveryCore):
                 base_path=self._client.base_path, timeout=self._client.timeout,
                 max_retries=0, deadline=None)
         if self._outbox is not None:
-            # The parent keeps its outbox (and its claim on it): a forked child
-            # delivers from memory, or opens an outbox of its own in a new exporter.
-            logger.warning("seenn: HTTP exporter: a forked process does not share the "
-                           "outbox %s; its events are kept in memory only",
-                           self._outbox_path)
-            # Never close the inherited connection: SQLite could take the parent's
-            # WAL for its own and checkpoint or delete it.
+            # The parent keeps its outbox and its claim on it. Never close the inherited
+            # connection: SQLite could take the parent's WAL for its own and checkpoint
+            # or delete it (abandon() closes only our copy of the lock's descriptor).
+            self._outbox.abandon()
             _inherited.append(self._outbox)
             self._outbox = None
             self._outbox_path = None
+        if self._family is not None:
+            # A file of its own in the family: a directory's, or one beside a file path
+            # (whose file the parent holds). The parent's file is locked by the parent,
+            # so the child never adopts it.
+            try:
+                self._outbox = open_own(self._family, self._max_outbox_events, self._log)
+            except Exception as exc:  # the fork hook is no place to raise
+                logger.warning("seenn: HTTP exporter: a forked process cannot open an outbox "
+                               "of its own in %s (%s); its events are kept in memory only",
+                               self._family.directory, exc)
+                return
+            self._outbox_path = self._outbox.path
+            self._recover()
 
     # The processor side ---------------------------------------------------------------
 
@@ -240,6 +320,10 @@ class HTTPExporter(DeliveryCore):
                 self._accept(event, durable=False)
             self._start_workers()
             self._cond.notify_all()
+        if self._family is not None and self._clock() >= self._adopt_at:
+            # On the processor's worker thread, once a minute: a process that ended
+            # after this one started leaves its file to whoever looks first.
+            self._adopt_due()
         return ExportResult.SUCCESS
 
     # Flush and shutdown ---------------------------------------------------------------

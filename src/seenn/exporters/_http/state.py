@@ -33,7 +33,8 @@ class DeliveryStats:
             next ``force_flush()`` return ``False``).
         lost: Events given up on after ``delivery_timeout`` or at shutdown (they,
             too, make the next ``force_flush()`` return ``False``).
-        replayed: Events read back from the outbox at start.
+        replayed: Events read back from the outbox at start, and events adopted
+            from the outbox file of a process that ended.
         spilled: Events kept in the outbox only while memory was full, and read
             back from there once there was room (not lost).
     """
