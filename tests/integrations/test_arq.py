@@ -281,6 +281,7 @@ def test_uninstrument_stops_tracking_at_enqueue(client: seenn.SeennClient, redis
     seenn_arq.uninstrument()
     try:
         assert not seenn_arq.is_instrumented()
+        assert not hasattr(ArqRedis.enqueue_job, "__wrapped__")  # arq's own method again
         untracked = enqueue(redis_url, "step", "user-uninstrumented", _queue_name="arq:parked")
     finally:
         seenn_arq.instrument()
