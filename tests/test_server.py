@@ -76,6 +76,19 @@ def test_queue_keeps_a_job_queued_until_work_starts(client: seenn.SeennClient) -
     assert job.started_at is not None
 
 
+def test_a_queue_sends_a_running_job_back_to_queued(client: seenn.SeennClient) -> None:
+    """Progress with a queue on a running job makes it queued again (a retry waits in line)."""
+    job = client.jobs.start("video", user_id="u", title="T")
+    job.set_progress(40)
+    assert job.status == "running"
+    job.set_progress(40, queue={"position": 0, "queue_name": "retries"},
+                     message="Waiting for attempt 2")
+    assert (job.status, job.progress, job.message) == ("queued", 40, "Waiting for attempt 2")
+    started = job.started_at
+    job.set_progress(45, message="Attempt 2")
+    assert job.status == "running" and job.started_at == started
+
+
 @pytest.mark.parametrize("finish", ["complete", "fail"])
 @pytest.mark.parametrize("action", ["progress", "complete", "fail"])
 def test_writes_to_finished_jobs_are_conflicts(client: seenn.SeennClient, finish: str,

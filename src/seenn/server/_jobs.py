@@ -322,8 +322,9 @@ def _apply(tx: Transaction, stored: StoredJob, action: str, values: dict[str, An
             if name in values:
                 job[name] = values[name]
         job["progress"] = values["progress"]
-        waiting = job.get("status") in ("pending", "queued")
-        job["status"] = "queued" if waiting and "queue" in values else "running"
+        # A queue puts the job in line, even a running one: a worker that hands
+        # it back for a retry says where it waits (and a waiting job never goes stale).
+        job["status"] = "queued" if "queue" in values else "running"
     elif action == "complete":
         for name in ("result", "message"):
             if name in values:
