@@ -28,6 +28,10 @@ MIN_TTL_SECONDS = 60
 MAX_TTL_SECONDS = 2_592_000
 # No job outlives its longest TTL, so neither does its expected duration (milliseconds).
 MAX_DURATION_MS = MAX_TTL_SECONDS * 1000
+# A running job silent for longer than this is ended (WORKER_LOST) by seenn serve.
+# Never longer than a job lives; never shorter than a few missed progress calls.
+MIN_STALE_AFTER = 10
+MAX_STALE_AFTER = MAX_TTL_SECONDS
 MAX_TOTAL_CHILDREN = 1000
 MAX_LIST_LIMIT = 100
 CHILD_PROGRESS_MODES = ("average", "weighted", "sequential")
