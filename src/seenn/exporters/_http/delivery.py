@@ -335,6 +335,8 @@ class DeliveryCore(Heartbeats):
                     del job.queue[0]
                     job.due = 0.0
                     self._retire(job)
+                    if self._on_disk:
+                        self._refill()
                     self._cond.notify_all()
                     continue
                 if when > now:
