@@ -558,3 +558,30 @@ def test_rate_limited_log_says_each_kind_once_per_interval_then_counts_the_rest(
     assert [r.getMessage() for r in caplog.records] == [
         "queue full for job job_1", "outbox /x broken",
         "queue full for job job_4 (2 more like this since the last such line)"]
+
+
+class HandOffExporter(ListExporter):
+    """A ListExporter that records the hand-offs it is told about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hand_offs: list[str] = []
+
+    def on_hand_off(self, job_id: str) -> None:
+        self.hand_offs.append(job_id)
+
+
+@pytest.mark.parametrize("make", [BatchProcessor, SimpleProcessor])
+def test_processors_pass_a_hand_off_on_to_their_exporter(make: type) -> None:
+    """Leaving a handed-off job's block reaches the exporter's on_hand_off, once, until shutdown."""
+    exporter = HandOffExporter()
+    processor = make(exporter)
+    tracker = seenn.Tracker(processors=[processor])
+    with tracker.track("handed") as job:
+        job.hand_off()
+    with tracker.track("finished"):
+        pass
+    assert exporter.hand_offs == [job.id]
+    tracker.shutdown(timeout=10)
+    processor.on_hand_off("job_after_shutdown")
+    assert exporter.hand_offs == [job.id]

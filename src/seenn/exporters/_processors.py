@@ -116,6 +116,7 @@ class BatchProcessor:
         # ... and can take a job the queue has no room for from there.
         self._restore: Callable[[Sequence[str]], None] | None = getattr(
             exporter, "spilled", None)
+        self._hand_off: Callable[[str], None] | None = getattr(exporter, "on_hand_off", None)
         self._log = RateLimitedLog()
         self._closed = False
         self._reset_state()
@@ -324,12 +325,17 @@ class BatchProcessor:
         """Forget what is kept per job for a job that goes on in another process.
 
         No terminal event will come for it here (see ``TrackedJob.hand_off()``);
-        a progress event still held is exported as usual.
+        a progress event still held is exported as usual. The exporter is told
+        too, if it asks (``on_hand_off``: the HTTP exporter stops the job's
+        heartbeats); it is called on this thread, so it must not block.
         """
         with self._lock:
             self._refused.discard(job_id)
             if job_id not in self._held:
                 self._last_sent.pop(job_id, None)
+            closed = self._closed
+        if self._hand_off is not None and not closed:
+            self._hand_off(job_id)
 
     def _persist_now(self, event: JobEvent) -> None:
         assert self._persist is not None

@@ -7,6 +7,9 @@ settles the outcome (acknowledge, retry with backoff, reject or give up).
 Memory holds at most ``max_pending_jobs`` jobs. Past that, with an outbox, a
 new job waits on disk only (``_on_disk``) and is read back when a job leaves
 memory; without one it is dropped whole, counted and logged.
+
+Jobs live in this process that have gone quiet get heartbeats (``heartbeat``):
+their entries share the timer heap, and the heartbeat is sent like an event.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from seenn.errors import (
     ServerError,
 )
 from seenn.exporters._http import wire
+from seenn.exporters._http.heartbeat import Heartbeats, Remembered, resumes_here
 from seenn.exporters._http.state import Job, Pending, remember
 
 if TYPE_CHECKING:
@@ -49,12 +53,14 @@ UNREADABLE = frozenset({"INVALID_RESPONSE", "RESPONSE_TOO_LARGE"})
 """Error codes of a 2xx answer the client could not use: the call may not have been applied."""
 
 
-class DeliveryCore:
+class DeliveryCore(Heartbeats):
     """The machinery of :class:`HTTPExporter`, which sets what is declared here."""
 
     include_traceback: bool
     include_trace_context: bool
     progress_interval: float
+    heartbeat_interval: float | None
+    stale_after: int | None
     max_concurrency: int
     delivery_timeout: float
     max_pending_jobs: int
@@ -79,8 +85,10 @@ class DeliveryCore:
         self._on_disk: dict[str, None] = {}
         self._read_back: dict[str, int] = {}
         # What outlives a job's queue between its events (bounded): the backend's id
-        # for it, when its last progress call went, whether its start was acknowledged.
-        self._memory: dict[str, tuple[str | None, float, bool]] = {}
+        # for it, when its last progress call went, whether its start was acknowledged,
+        # and, for a job live here, what its heartbeat needs.
+        self._memory: dict[str, Remembered] = {}
+        self._reset_beats()
         self._workers: list[threading.Thread] = []
         self._busy = 0
         self._paused_until = 0.0
@@ -122,6 +130,8 @@ class DeliveryCore:
                 self._overflow(event, durable)
                 return
         self._file(event, durable)
+        if not durable and self.heartbeat_interval is not None:
+            self._note(self._jobs[job_id], event)  # from export(): this process's own job
 
     def _overflow(self, event: JobEvent, durable: bool) -> None:
         """Memory is full: keep the job in the outbox, or else drop it whole."""
@@ -184,7 +194,7 @@ class DeliveryCore:
             job = Job(job_id, parent_id=parent_id)
             remembered = self._memory.pop(job_id, None)
             if remembered is not None:
-                job.server_id, job.last_progress, job.started_acked = remembered
+                job.server_id, job.last_progress, job.started_acked, job.beat = remembered
             self._jobs[job_id] = job
         if not durable and self._outbox is not None:
             self._outbox.add(event)  # if it cannot, it says so; memory has the event
@@ -209,11 +219,18 @@ class DeliveryCore:
         stats = self.stats
         event = pending.event
         queue = job.queue
+        if queue and not job.busy and queue[-1].key_suffix[:1] == "h":
+            # A heartbeat not sent yet (waiting to retry): a real call says more.
+            queue.pop()
+            job.due = 0.0
+            job.scheduled = False
         if event.kind == "progress" and queue:
             tail = queue[-1]
             if tail.event.kind == "progress" and not (job.busy and len(queue) == 1):
                 if not tail.key_suffix:
                     self._forget_durable(tail.event)
+                # The replaced call may have been a resumed job's first (see _request).
+                pending.resumed = tail.resumed or resumes_here(tail.event)
                 queue[-1] = pending
                 stats.coalesced += 1
                 return
@@ -235,8 +252,10 @@ class DeliveryCore:
             child = self._jobs.get(child_id)
             if child is not None and not child.busy:
                 self._schedule(child)
-        if job.started_acked and not job.finished:
-            remember(self._memory, job.id, (job.server_id, job.last_progress, True))
+        if (job.started_acked and not job.finished) or job.beat is not None:
+            self._went_quiet(job)
+            remember(self._memory, job.id, (job.server_id, job.last_progress,
+                                            job.started_acked, job.beat))
 
     def _report_drops(self) -> bool:
         """``True`` unless events were dropped or lost since the last report."""
@@ -284,18 +303,41 @@ class DeliveryCore:
 
     def _next(self) -> tuple[Job, Pending] | None:
         """Wait for a job whose head event may be sent now; ``None`` when stopping."""
+        jobs = self._jobs
         while True:
+            if self._hand_offs:
+                self._take_hand_offs()
             now = self._clock()
             timers = self._timers
+            beats = 0
             while timers and timers[0][0] <= now:
-                self._ready.append(heapq.heappop(timers)[2])
+                _, timer, job_id = heapq.heappop(timers)
+                job = jobs.get(job_id)
+                if job is None:
+                    if self._beat(job_id, timer, now):
+                        beats += 1
+                elif job.beat is not None and job.beat.timer == timer:
+                    job.beat.timer = 0  # its heartbeat's, but it is busy: a new one when quiet
+                else:
+                    self._ready.append(job_id)
+            if beats > 1:
+                self._start_workers()
             while self._ready:
-                job = self._jobs.get(self._ready.popleft())
+                job = jobs.get(self._ready.popleft())
                 if job is None or job.busy or not job.queue:
                     continue
                 job.scheduled = False
                 when = self._when(job)
                 if when is None:
+                    continue
+                if when > now and self._flushing and job.queue[0].key_suffix[:1] == "h":
+                    # A heartbeat waiting to retry: not worth a flush's wait.
+                    del job.queue[0]
+                    job.due = 0.0
+                    self._retire(job)
+                    if self._on_disk:
+                        self._refill()
+                    self._cond.notify_all()
                     continue
                 if when > now:
                     # Early (a stale timer, a pause): wait for the real time.
@@ -343,7 +385,7 @@ class DeliveryCore:
 
     def _send(self, job: Job, pending: Pending) -> tuple[str, Any]:
         event = pending.event
-        path, body = self._request(job, event)
+        path, body = self._request(job, pending)
         try:
             suffix = pending.key_suffix
             if pending.renewals:
@@ -373,20 +415,42 @@ class DeliveryCore:
             return "reject", error
         return "ok", answer
 
-    def _request(self, job: Job, event: JobEvent) -> tuple[str, dict[str, Any]]:
+    def _request(self, job: Job, pending: Pending) -> tuple[str, dict[str, Any]]:
+        event = pending.event
         parent_ref = None
         if event.kind == "started" and event.parent_id is not None \
                 and job.parent_id is not None:
             parent = self._jobs.get(event.parent_id)
             parent_ref = (parent.server_id if parent and parent.server_id
                           else event.parent_id)
+        # The stale limit goes with a start, and with the first progress call of a job
+        # resumed here (this process's limit then applies), never with a heartbeat.
+        stale_after = self.stale_after
+        if stale_after is not None and event.kind != "started" and not (
+                not pending.key_suffix and (pending.resumed or resumes_here(event))):
+            stale_after = None
         return wire.request(event, server_id=job.server_id, parent_ref=parent_ref,
                             include_traceback=self.include_traceback,
-                            include_trace_context=self.include_trace_context)
+                            include_trace_context=self.include_trace_context,
+                            stale_after=stale_after)
 
     # Settling (under self._cond) ------------------------------------------------------
 
+    def _retry_delay(self, pending: Pending, error: BaseException, now: float) -> float:
+        """How long to wait before the next attempt (a 429 pauses every job as long)."""
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            delay = float(retry_after)
+            if isinstance(error, RateLimitError):
+                self._paused_until = max(self._paused_until, now + delay)
+            return delay
+        # The exponent is capped: 2 ** 1024 does not fit a float.
+        return self._random() * min(30.0, 0.5 * 2.0 ** min(pending.attempts - 1, 16))
+
     def _settle(self, job: Job, pending: Pending, outcome: str, value: Any) -> None:
+        if pending.key_suffix[:1] == "h":
+            self._settle_beat(job, pending, outcome, value)
+            return
         event = pending.event
         stats = self.stats
         stats.requests += 1
@@ -399,14 +463,7 @@ class DeliveryCore:
                                   event.kind, event.job_id, error)
             stats.retries += 1
             pending.attempts += 1
-            retry_after = getattr(error, "retry_after", None)
-            if retry_after is not None:
-                delay = float(retry_after)
-                if isinstance(error, RateLimitError):
-                    self._paused_until = max(self._paused_until, now + delay)
-            else:
-                # The exponent is capped: 2 ** 1024 does not fit a float.
-                delay = self._random() * min(30.0, 0.5 * 2 ** min(pending.attempts - 1, 16))
+            delay = self._retry_delay(pending, error, now)
             if self._stopping or now + delay - pending.accepted <= self.delivery_timeout:
                 # Shutting down is no reason to give an event up: it stays queued (and
                 # in the outbox) and shutdown() reports it.
@@ -419,6 +476,7 @@ class DeliveryCore:
             if event.kind == "started":
                 self._drop_job(job, "its start could not be delivered")
                 return
+            self._shown(job, event)  # it may have been applied: never repeat older values
         elif outcome == "reject":
             stats.rejected += 1
             self._log.warning("refused", "seenn: HTTP exporter: the backend refused the %s "
@@ -435,8 +493,10 @@ class DeliveryCore:
                 stats.rejected += 1
                 self._log.warning("not-applied", "seenn: HTTP exporter: the %s event of job %s "
                                   "was not applied: %s", event.kind, event.job_id, value)
+            job.beat = None  # the backend ended the job, or does not know it
         else:
             stats.delivered += 1
+            self._shown(job, event)
             if event.kind == "started":
                 job.started_acked = True
                 server_id = wire.assigned_id(value, event.job_id)
@@ -457,6 +517,7 @@ class DeliveryCore:
             self._forget_durable(event)
 
     def _drop_job(self, job: Job, why: str) -> None:
+        job.beat = None
         del job.queue[0]
         dropped = len(job.queue)
         self.stats.rejected += dropped

@@ -34,11 +34,16 @@ How it works:
   one over the client's size cap) is retried like a 5xx and logged.
 * Log lines about the same trouble (a full queue, a refusing backend, a broken
   outbox) go out at most once a minute each, with the count of the others.
+* A job running in this process that has had no call delivered for
+  ``heartbeat_interval`` gets a heartbeat: a progress call repeating what the
+  backend shows, so a backend's stale limit does not end it (``heartbeat``).
+  ``stale_after`` sends the job's stale limit with its start.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -92,6 +97,10 @@ if hasattr(os, "register_at_fork"):
                         after_in_child=_after_fork_in_child)
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 class HTTPExporter(DeliveryCore):
     """Delivers job events to a Seenn-compatible backend (Seenn Cloud or ``seenn serve``).
 
@@ -125,6 +134,15 @@ class HTTPExporter(DeliveryCore):
             1.5 KB each for a short job: the default holds a burst of 50,000 jobs, which
             a backend answering 1,000 calls a second absorbs in under two minutes).
             Past it, new jobs wait in the outbox if there is one, else are dropped.
+        heartbeat_interval: Seconds a running job of this process may go without a
+            delivered call before the exporter sends a heartbeat (a progress call
+            repeating what the backend shows); ``None`` or ``0`` sends none.
+        stale_after: The stale limit to ask of the backend, in seconds (10 to
+            2,592,000): sent as ``staleAfterSeconds`` with every start and with the
+            first progress call of a job resumed here. ``None`` never sends the field.
+
+    Raises:
+        ValidationError: An option is out of range (the error names it).
     """
 
     inline = False
@@ -144,9 +162,11 @@ class HTTPExporter(DeliveryCore):
         delivery_timeout: float = 300.0,
         request_timeout: float = 10.0,
         max_pending_jobs: int = 50_000,
+        heartbeat_interval: float | None = 60.0,
+        stale_after: float | None = None,
     ) -> None:
         from seenn._client.client import SeennClient
-        from seenn._core.validation import fail
+        from seenn._core.validation import MAX_STALE_AFTER, MIN_STALE_AFTER, fail
 
         if max_concurrency < 1:
             fail("max_concurrency", "must be at least 1")
@@ -156,6 +176,15 @@ class HTTPExporter(DeliveryCore):
             fail("delivery_timeout", "must be positive")
         if max_pending_jobs < 1:
             fail("max_pending_jobs", "must be at least 1")
+        if heartbeat_interval is not None and not (
+                _is_number(heartbeat_interval) and math.isfinite(heartbeat_interval)
+                and heartbeat_interval >= 0):
+            fail("heartbeat_interval", "must be a finite number of seconds, or None (or 0) "
+                 "to send no heartbeats")
+        if stale_after is not None and not (
+                _is_number(stale_after) and MIN_STALE_AFTER <= stale_after <= MAX_STALE_AFTER):
+            fail("stale_after", f"must be a number of seconds from {MIN_STALE_AFTER} to "
+                 f"{MAX_STALE_AFTER:,}, or None")
         self._owns_client = client is None
         self._client = client if client is not None else SeennClient(
             api_key, base_url=base_url, timeout=request_timeout, max_retries=0, deadline=None)
@@ -165,6 +194,13 @@ class HTTPExporter(DeliveryCore):
         self.max_concurrency = max_concurrency
         self.delivery_timeout = delivery_timeout
         self.max_pending_jobs = max_pending_jobs
+        self.heartbeat_interval = float(heartbeat_interval) if heartbeat_interval else None
+        self.stale_after = int(stale_after) if stale_after is not None else None
+        if self.stale_after is not None and self.heartbeat_interval is not None \
+                and self.stale_after < 2 * self.heartbeat_interval:
+            logger.warning("seenn: HTTP exporter: stale_after=%s is less than twice "
+                           "heartbeat_interval=%s: a quiet job may be ended as stale between "
+                           "two heartbeats", self.stale_after, heartbeat_interval)
         self.stats = DeliveryStats()
         self._outbox_path = None
         self._max_outbox_events = max_outbox_events
@@ -273,6 +309,16 @@ class HTTPExporter(DeliveryCore):
             self._recover()
 
     # The processor side ---------------------------------------------------------------
+
+    def on_hand_off(self, job_id: str) -> None:
+        """Stop the heartbeats of a job that goes on in another process.
+
+        Called through the processor when the block of a job that was handed off
+        (``TrackedJob.hand_off()``) is left. It never waits: the delivery threads
+        take it from a queue.
+        """
+        if self.heartbeat_interval is not None and not self._closed:
+            self._hand_offs.append(job_id)
 
     @property
     def durable(self) -> bool:

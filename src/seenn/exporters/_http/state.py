@@ -1,7 +1,7 @@
 """The records of delivery: each job's queue and state, what outlives it, and the counters.
 
-``Job`` and ``Pending`` are guarded by the exporter's lock; ``DeliveryStats``
-is what ``HTTPExporter.stats`` reports.
+``Job``, ``Pending`` and ``Beat`` are guarded by the exporter's lock;
+``DeliveryStats`` is what ``HTTPExporter.stats`` reports.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from seenn._core.events import JobEvent
     from seenn._core.models import Stage
 
-__all__ = ["DeliveryStats", "Job", "Pending", "remember"]
+__all__ = ["Beat", "DeliveryStats", "Job", "Pending", "remember"]
 
 
 @dataclass
@@ -37,6 +37,10 @@ class DeliveryStats:
             from the outbox file of a process that ended.
         spilled: Events kept in the outbox only while memory was full, and read
             back from there once there was room (not lost).
+        heartbeats: Heartbeat calls the backend acknowledged (one per heartbeat,
+            however many attempts it took). Heartbeats are not events: they are
+            not in ``accepted`` or ``delivered``, but their attempts are in
+            ``requests`` and ``retries``.
     """
 
     accepted: int = 0
@@ -49,6 +53,7 @@ class DeliveryStats:
     lost: int = 0
     replayed: int = 0
     spilled: int = 0
+    heartbeats: int = 0
 
 
 _MAX_REMEMBERED = 100_000
@@ -67,7 +72,8 @@ class Pending:
     event: JobEvent
     accepted: float
     attempts: int = 0
-    key_suffix: str = ""  # "p" for the progress call made from a terminal event
+    key_suffix: str = ""  # "p": the progress call made from a terminal event; "h<n>": a heartbeat
+    resumed: bool = False  # a resumed job's first progress call (or what replaced it)
     renewals: int = 0  # 404s waited out: each retry after one goes under a new key
 
 
@@ -87,3 +93,23 @@ class Job:
     dependents: list[str] = field(default_factory=list)
     shown: tuple[int, Stage | None, str | None] = (0, None, None)  # what the backend will show
     finished: bool = False  # its terminal event was handled
+    beat: Beat | None = None  # live in this process: heartbeats when quiet
+
+
+@dataclass(slots=True)
+class Beat:
+    """What the heartbeat of a job live in this process needs, kept while it is quiet.
+
+    A job has one from its start (or its resume) here until it ends, is handed
+    off, or the backend refuses or no longer knows it.
+    """
+
+    sequence: int  # of the job's latest event: the base of the heartbeat's key
+    running: bool  # its latest event says "running" (not "queued")
+    # The progress, stage and message of the last call the backend took (or may have
+    # taken: one given up on), which a heartbeat repeats; None until there is one.
+    shown: tuple[int, Stage | None, str | None] | None = None
+    count: int = 0  # heartbeats made since `sequence`: "<job id>.<sequence>h<count>"
+    due: float = 0.0  # when the next heartbeat is due, if the job stays quiet
+    timer: int = 0  # the sequence number of its entry in the timer heap (0: none)
+    implied: int = 0  # hand-offs a resume here implied, whose on_hand_off is still to come

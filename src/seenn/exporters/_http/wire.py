@@ -27,7 +27,7 @@ def idempotency_key(event: JobEvent, suffix: str = "") -> str:
 
 def request(event: JobEvent, *, server_id: str | None, parent_ref: str | None,
             include_traceback: bool, include_trace_context: bool,
-            ) -> tuple[str, dict[str, Any]]:
+            stale_after: int | None = None) -> tuple[str, dict[str, Any]]:
     """The path and JSON body of the ``POST`` that delivers ``event``.
 
     Args:
@@ -37,6 +37,8 @@ def request(event: JobEvent, *, server_id: str | None, parent_ref: str | None,
             backend's id for it when known); ``None`` to start the job on its own.
         include_traceback: Keep the traceback and exception chain of a failure.
         include_trace_context: Put the start's ``traceId``/``spanId`` in its metadata.
+        stale_after: For a start or progress call, the job's stale limit in seconds
+            (``staleAfterSeconds``); ``None`` leaves the field out.
     """
     from seenn._client.transport import quote_id
 
@@ -58,6 +60,8 @@ def request(event: JobEvent, *, server_id: str | None, parent_ref: str | None,
             body["parentJobId"] = parent_ref
             if event.child_index is not None:
                 body["childIndex"] = event.child_index
+        if stale_after is not None:
+            body["staleAfterSeconds"] = stale_after
         return "/jobs", body
     target = "/jobs/" + quote_id(server_id or event.job_id)
     if event.kind == "progress":
@@ -70,6 +74,8 @@ def request(event: JobEvent, *, server_id: str | None, parent_ref: str | None,
             body["queue"] = event.queue.to_wire()
         if event.metadata:
             body["metadata"] = dict(event.metadata)
+        if stale_after is not None:
+            body["staleAfterSeconds"] = stale_after
         return target + "/progress", body
     if event.kind == "completed":
         body = {}
