@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -100,8 +101,12 @@ class FakeBackend:
             parent = self.jobs.get(body["parentJobId"])
             if parent is None:
                 return 404, {"error": {"code": "NOT_FOUND", "message": "parent not found"}}
+            if parent["status"] in ("completed", "failed"):  # as seenn serve answers
+                return 409, {"error": {"code": "CONFLICT", "message": "parent is finished"}}
             job["parent"] = {"parentJobId": parent["id"], "childIndex": body["childIndex"]}
-            parent["children"]["pending"] += 1
+            counts = parent.setdefault("children", {"total": 0, "completed": 0, "failed": 0,
+                                                     "running": 0, "pending": 0})
+            counts["pending"] += 1
         self.jobs[job_id] = job
         return 201, job
 
@@ -147,6 +152,7 @@ class RecordingServer:
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._released: list[threading.Event] = []
+        self._gates: list[tuple[Callable[[Recorded], bool], threading.Event]] = []
         handler = self._handler_class()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
@@ -173,6 +179,14 @@ class RecordingServer:
         for _ in range(times):
             self._replies.append(Reply(status, body, headers or {}, raw, drop, hold))
 
+    def hold_requests(self, match: Callable[[Recorded], bool]) -> threading.Event:
+        """Hold every request ``match`` accepts, unanswered, until the returned event is set."""
+        gate = threading.Event()
+        self._released.append(gate)
+        with self._lock:
+            self._gates.append((match, gate))
+        return gate
+
     def _next_reply(self) -> Reply | None:
         with self._lock:
             return self._replies.popleft() if self._replies else None
@@ -198,6 +212,9 @@ class RecordingServer:
                                   dict(self.headers.items()), body)
                 with server._lock:
                     server.requests.append(record)
+                    gates = [gate for match, gate in server._gates if match(record)]
+                for gate in gates:
+                    gate.wait(30)
                 reply = server._next_reply()
                 if reply is None:
                     status, payload = server.backend.handle(

@@ -498,3 +498,54 @@ def test_children_of_a_refused_parent_start_on_their_own(server: RecordingServer
     assert "parentJobId" not in server.requests[-1].json
     assert server.backend.jobs["job_orphan"]["status"] == "pending"
     exporter.shutdown()
+
+
+def test_a_parent_ends_only_after_its_childs_start_is_answered(server: RecordingServer) -> None:
+    """A parent's completion waits for the start of a child filed before it.
+
+    Different jobs go out concurrently; a parent's end overtaking its child's
+    start makes the backend refuse the child (its parent is finished).
+    """
+    gate = server.hold_requests(lambda r: r.method == "POST" and r.path == "/v1/jobs"
+                                and b"parentJobId" in r.body)
+    exporter = exporter_for(server.url, "sk_test_key")
+    parent_events = [ev("started", "job_parent", 0)]
+    child_events = [ev("started", "job_child", 0, parent_id="job_parent", child_index=0),
+                    ev("completed", "job_child", 1)]
+    assert exporter.export(parent_events + child_events
+                           + [ev("completed", "job_parent", 1)]) is ExportResult.SUCCESS
+    deadline = time.monotonic() + 30
+    while not any(b"parentJobId" in r.body for r in server.requests):
+        assert time.monotonic() < deadline, "the child's start was never sent"
+        time.sleep(0.01)
+    with exporter._cond:  # the parent's end waits on the child's start, not on a timer
+        parent = exporter._jobs["job_parent"]
+        assert parent.queue[0].event.kind == "completed"
+        assert not parent.busy and not parent.scheduled
+        assert "job_parent" not in exporter._ready
+    gate.set()
+    assert exporter.force_flush(30)
+    exporter.shutdown(5)
+    paths = [(r.method, r.path) for r in server.requests]
+    child_start = next(i for i, r in enumerate(server.requests) if b"parentJobId" in r.body)
+    assert paths.index(("POST", "/v1/jobs/job_parent/complete")) > child_start
+    assert server.backend.jobs["job_child"]["status"] == "completed"
+    assert exporter.stats.rejected == 0
+
+
+def test_metadata_given_just_before_the_end_reaches_seenn_serve(
+        backend: RunningServer) -> None:
+    """Metadata on a progress call the batch processor dropped for the end still arrives.
+
+    complete/fail carry no metadata: the exporter sends a progress call first.
+    """
+    tracker = seenn.Tracker(exporters=[exporter_for(backend.url, backend.api_key)])
+    try:
+        with tracker.track("video", user_id="u1") as job:
+            job.set_progress(10)  # sent at once: the next one is held for 0.25 s
+            job.set_progress(20, metadata={"attempt": 2})
+        assert tracker.force_flush(timeout=30)
+    finally:
+        tracker.shutdown(timeout=5)
+    final = stored(backend, job.id)
+    assert (final.status, final.metadata) == ("completed", {"attempt": 2})

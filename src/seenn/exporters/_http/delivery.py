@@ -88,6 +88,9 @@ class DeliveryCore(Heartbeats):
         # for it, when its last progress call went, whether its start was acknowledged,
         # and, for a job live here, what its heartbeat needs.
         self._memory: dict[str, Remembered] = {}
+        # Parent id -> its children whose start is filed but not settled: the parent's
+        # end waits for them (a backend refuses a child of a finished parent).
+        self._opening: dict[str, set[str]] = {}
         self._reset_beats()
         self._workers: list[threading.Thread] = []
         self._busy = 0
@@ -192,9 +195,12 @@ class DeliveryCore(Heartbeats):
             if parent_id in self._refused:
                 parent_id = None  # its parent will never exist: start it on its own
             job = Job(job_id, parent_id=parent_id)
+            if parent_id is not None:
+                self._opening.setdefault(parent_id, set()).add(job_id)
             remembered = self._memory.pop(job_id, None)
             if remembered is not None:
-                job.server_id, job.last_progress, job.started_acked, job.beat = remembered
+                (job.server_id, job.last_progress, job.started_acked, job.beat,
+                 job.metadata) = remembered
             self._jobs[job_id] = job
         if not durable and self._outbox is not None:
             self._outbox.add(event)  # if it cannot, it says so; memory has the event
@@ -206,10 +212,17 @@ class DeliveryCore(Heartbeats):
             job.shown = (event.progress, event.stage, event.message)
         elif event.stage is not None:
             job.shown = (0, event.stage, None)
+        if event.metadata:
+            job.metadata = event.metadata
         self._enqueue(job, Pending(event, self._clock()))
 
     @staticmethod
     def _stale(job: Job, event: JobEvent) -> bool:
+        """Whether the backend would end the job showing less than ``event`` says."""
+        if event.metadata and event.metadata is not job.metadata:
+            # Metadata given with a progress call that a processor dropped for the end
+            # (the end supersedes it): only a progress call carries metadata.
+            return True
         progress, stage, message = job.shown
         if event.kind == "completed":
             return event.stage != stage
@@ -255,7 +268,7 @@ class DeliveryCore(Heartbeats):
         if (job.started_acked and not job.finished) or job.beat is not None:
             self._went_quiet(job)
             remember(self._memory, job.id, (job.server_id, job.last_progress,
-                                            job.started_acked, job.beat))
+                                            job.started_acked, job.beat, job.metadata))
 
     def _report_drops(self) -> bool:
         """``True`` unless events were dropped or lost since the last report."""
@@ -267,8 +280,14 @@ class DeliveryCore(Heartbeats):
     # Scheduling (all under self._cond) ------------------------------------------------
 
     def _when(self, job: Job) -> float | None:
-        """When the job's head event may be sent; ``None`` while it waits for its parent."""
+        """When the job's head event may be sent; ``None`` while it waits for another job.
+
+        A child's start waits for its parent's start, and a parent's end for the
+        starts of its children that were filed before it.
+        """
         head = job.queue[0].event
+        if head.is_terminal and job.id in self._opening:
+            return None  # rescheduled by _child_settled
         if head.kind == "started" and job.parent_id is not None:
             parent = self._jobs.get(job.parent_id)
             if (parent is not None and parent.queue and not parent.started_acked
@@ -499,6 +518,7 @@ class DeliveryCore(Heartbeats):
             self._shown(job, event)
             if event.kind == "started":
                 job.started_acked = True
+                self._child_settled(job)
                 server_id = wire.assigned_id(value, event.job_id)
                 if server_id is not None:
                     job.server_id = server_id
@@ -516,7 +536,23 @@ class DeliveryCore(Heartbeats):
         if not pending.key_suffix:
             self._forget_durable(event)
 
+    def _child_settled(self, job: Job) -> None:
+        """A child's start is settled (acknowledged or given up): its parent may end."""
+        parent_id = job.parent_id
+        if parent_id is None or parent_id not in self._opening:
+            return
+        waiting = self._opening[parent_id]
+        waiting.discard(job.id)
+        if not waiting:
+            del self._opening[parent_id]
+            parent = self._jobs.get(parent_id)
+            if parent is not None and parent.queue and not parent.busy \
+                    and not parent.scheduled:
+                self._schedule(parent)
+
     def _drop_job(self, job: Job, why: str) -> None:
+        self._child_settled(job)
+        self._opening.pop(job.id, None)  # it will not end here: nothing waits for children
         job.beat = None
         del job.queue[0]
         dropped = len(job.queue)

@@ -30,7 +30,7 @@ import heapq
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from seenn._core.events import RESUMED_SEQUENCE_UNIT, JobEvent
@@ -43,7 +43,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Heartbeats", "Remembered", "resumes_here"]
 
-Remembered = tuple[str | None, float, bool, Beat | None]
+Remembered = tuple[str | None, float, bool, Beat | None, Mapping[str, Any] | None]
+"""What outlives a job's queue: its backend id, last progress call, start acknowledged,
+heartbeat, and the metadata the backend has (see ``DeliveryCore._stale``)."""
 """What outlives a job's queue: the backend's id for it, when its last progress call
 went, whether its start was acknowledged, and its heartbeat state."""
 
@@ -133,8 +135,8 @@ class Heartbeats:
             if job is not None:
                 job.beat = None
             elif remembered is not None and beat is not None:
-                server_id, last_progress, started_acked, _ = remembered
-                self._memory[job_id] = (server_id, last_progress, started_acked, None)
+                server_id, last_progress, started_acked, _, metadata = remembered
+                self._memory[job_id] = (server_id, last_progress, started_acked, None, metadata)
             remember(self._handed, job_id)
 
     # The delivery side -----------------------------------------------------------------
@@ -194,7 +196,7 @@ class Heartbeats:
         assert remembered is not None
         del self._memory[job_id]
         job = Job(job_id)
-        job.server_id, job.last_progress, job.started_acked, job.beat = remembered
+        job.server_id, job.last_progress, job.started_acked, job.beat, job.metadata = remembered
         job.shown = beat.shown
         self._jobs[job_id] = job
         progress, stage, message = beat.shown

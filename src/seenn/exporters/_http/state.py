@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from seenn._core.events import JobEvent
     from seenn._core.models import Stage
 
@@ -92,6 +94,7 @@ class Job:
     last_progress: float = float("-inf")
     dependents: list[str] = field(default_factory=list)
     shown: tuple[int, Stage | None, str | None] = (0, None, None)  # what the backend will show
+    metadata: Mapping[str, Any] | None = None  # the metadata object last filed for the backend
     finished: bool = False  # its terminal event was handled
     beat: Beat | None = None  # live in this process: heartbeats when quiet
 
