@@ -202,12 +202,12 @@ def ape(estimated: float | None, true: float) -> float:
     return abs(estimated - true) / true * 100
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--history", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     errors: dict[tuple[str, str, float], list[float]] = {}
     for family, make in FAMILIES.items():
