@@ -8,6 +8,7 @@ imports it as the web process would (its default tracker set up by a fixture).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import redis
@@ -38,7 +39,10 @@ def _hold(task_id: str) -> None:
     """Tell the test this task runs (and in which process), then wait for its go."""
     connection = _redis()
     connection.set(f"pid:{task_id}", os.getpid())
-    connection.blpop([f"go:{task_id}"], timeout=120)
+    deadline = time.monotonic() + 120
+    # Short waits: redis-py's socket timeout is shorter than the whole wait.
+    while connection.blpop([f"go:{task_id}"], timeout=1) is None:
+        assert time.monotonic() < deadline, "the test never said go"
 
 
 @app.task(bind=True, max_retries=3)

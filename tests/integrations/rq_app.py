@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import redis
@@ -42,7 +43,10 @@ def _hold(job_id: str) -> None:
     """Tell the test this job runs (and in which process), then wait for its go."""
     client = connection()
     client.set(f"pid:{job_id}", os.getpid())
-    client.blpop([f"go:{job_id}"], timeout=120)
+    deadline = time.monotonic() + 120
+    # Short waits: redis-py's socket timeout is shorter than the whole wait.
+    while client.blpop([f"go:{job_id}"], timeout=1) is None:
+        assert time.monotonic() < deadline, "the test never said go"
 
 
 def _user(tag: str, **options: Any) -> str:
