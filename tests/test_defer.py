@@ -195,3 +195,27 @@ def test_a_deferred_job_pickles_and_runs_in_a_process_pool(tmp_path: Path) -> No
     assert value == {"type": "text", "data": "USER_3"}
     assert (stored.status, stored.user_id) == ("completed", "user_3")
     assert stored.result == seenn.JobResult(type="text", data="USER_3")
+
+
+def test_after_the_adopted_call_the_job_is_no_longer_ambient(
+        tracked: tuple[seenn.Tracker, InMemoryExporter]) -> None:
+    """What a queue does after the function returns (a chain's next task) is not a child."""
+    from seenn.propagation._handover import own
+
+    tracker, exporter = tracked
+
+    @tracker.job("task")
+    def task() -> None:
+        assert seenn.current_job() is job  # adopted: the call runs in the owned job
+
+    spec = task._self_seenn_spec  # type: ignore[attr-defined]
+    job = own(spec, None, (), {}, job_id="job_owned")
+    try:
+        task()
+        assert seenn.current_job() is None  # stepped out: a publish now is no child
+        with tracker.track("next-in-chain") as after:
+            pass
+    finally:
+        job.__exit__(None, None, None)
+    assert after.parent_id is None
+    assert exporter.kinds("job_owned") == ["started", "completed"]

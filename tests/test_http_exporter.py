@@ -549,3 +549,47 @@ def test_metadata_given_just_before_the_end_reaches_seenn_serve(
         tracker.shutdown(timeout=5)
     final = stored(backend, job.id)
     assert (final.status, final.metadata) == ("completed", {"attempt": 2})
+
+
+@pytest.mark.parametrize("refusal", ["finished", "index-taken"])
+def test_a_child_the_backend_will_not_link_starts_on_its_own(
+        backend: RunningServer, refusal: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A child refused for its parent link (finished parent, index taken) is started unlinked."""
+    with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
+        parent = client.jobs.start("video", user_id="u1", title="parent", job_id="job_P")
+        if refusal == "finished":
+            parent.complete()
+        else:
+            client.jobs.start("video", user_id="u1", title="first", job_id="job_first",
+                              parent_job_id="job_P", child_index=0)
+    exporter = exporter_for(backend.url, backend.api_key)
+    child = [ev("started", "job_C", 0, parent_id="job_P", child_index=0),
+             ev("progress", "job_C", 1, progress=50), ev("completed", "job_C", 2)]
+    with caplog.at_level(logging.WARNING, logger="seenn"):
+        assert exporter.export(child) is ExportResult.SUCCESS
+        assert exporter.force_flush(30)
+    exporter.shutdown(5)
+    job = stored(backend, "job_C")
+    assert job.status == "completed" and job.parent is None
+    assert exporter.stats.rejected == 0
+    assert any("starts without its parent" in r.getMessage() for r in caplog.records)
+
+
+def test_a_childs_start_waits_for_a_parent_started_by_another_process(
+        backend: RunningServer) -> None:
+    """A 404 for the parent of a child (its start still on its way) is waited out, linked."""
+    exporter = exporter_for(backend.url, backend.api_key)
+    child = [ev("started", "job_child_late", 0, parent_id="job_parent_late", child_index=0),
+             ev("completed", "job_child_late", 1)]
+    assert exporter.export(child) is ExportResult.SUCCESS
+    deadline = time.monotonic() + 30
+    while exporter.stats.retries == 0:  # the child's start was answered 404 at least once
+        assert time.monotonic() < deadline, "the child's start was never refused"
+        time.sleep(0.01)
+    with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
+        client.jobs.start("video", user_id="u1", title="parent", job_id="job_parent_late")
+    assert exporter.force_flush(60)
+    exporter.shutdown(5)
+    job = stored(backend, "job_child_late")
+    assert job.status == "completed"
+    assert job.parent is not None and job.parent.parent_job_id == "job_parent_late"

@@ -95,3 +95,21 @@ def _user_of(tag: str | None) -> str:
 @seenn.job("celery-picky", user_id=_user_of)
 def picky(tag: str | None) -> None:
     """A task whose user_id callable raises for some arguments."""
+
+
+@app.task(bind=True, max_retries=2)
+@seenn.job("celery-parent", user_id=lambda tag: tag)
+def spawner(self: Any, tag: str) -> None:
+    """Enqueue a child on each attempt, and retry once: the children stay distinct."""
+    step.apply_async((f"{tag}-child-{self.request.retries}",), queue="parked")
+    if self.request.retries < 1:
+        raise self.retry(countdown=0)
+
+
+@app.task(bind=True)
+@seenn.job("celery-ignored", user_id=lambda tag: tag)
+def ignored(self: Any, tag: str) -> None:
+    """Tell Celery to leave the task's state alone (Ignore)."""
+    from celery.exceptions import Ignore
+
+    raise Ignore()

@@ -13,6 +13,7 @@ import redis
 import seenn
 from seenn.server import RunningServer
 from tests.integrations import celery_app
+from tests.faults import free_port
 from tests.integrations.conftest import PYTHON, WorkerProcess, wait_until, worker_env
 
 pytestmark = pytest.mark.usefixtures("publisher")
@@ -247,3 +248,54 @@ def test_importing_the_integration_does_not_import_celery() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_retried_task_carries_its_job_as_it_is_now(
+        client: seenn.SeennClient, worker: WorkerProcess) -> None:
+    """Each attempt's children are linked to the one job under distinct indices."""
+    result = celery_app.spawner.delay("user-spawner")
+    job = settled(client, result.id)
+    assert job.status == "completed" and job.metadata == {"attempt": 2}
+    family = client.jobs.children(result.id)
+    assert sorted(c.parent.child_index for c in family.children if c.parent) == [0, 1]
+    assert {c.user_id for c in family.children} == {"user-spawner-child-0",
+                                                     "user-spawner-child-1"}
+
+
+def test_ignore_ends_the_job_as_celery_ends_the_task(
+        client: seenn.SeennClient, worker: WorkerProcess) -> None:
+    """A task raising Ignore is done for Celery: its job completes (no WORKER_LOST later)."""
+    result = celery_app.ignored.delay("user-ignored")
+    assert settled(client, result.id).status == "completed"
+
+
+def test_a_chain_is_not_a_family(client: seenn.SeennClient, worker: WorkerProcess) -> None:
+    """A task linked after another (a chain, a callback) is its own job, not a child."""
+    first = celery_app.step.apply_async(("user-chain-a",),
+                                        link=celery_app.step.si("user-chain-b"))
+    settled(client, first.id)
+    second = wait_until(lambda: client.jobs.list("user-chain-b").jobs, 60, "the linked task")
+    job = settled(client, second[0].id)
+    assert job.status == "completed" and job.parent is None
+
+
+def test_an_eager_retry_is_one_job(client: seenn.SeennClient, broker: redis.Redis) -> None:
+    """apply() runs a retry in the same process with no message: still one job, completed."""
+    result = celery_app.step.apply(("user-eager",), kwargs={"retry_until": 1})
+    assert result.successful()
+    assert seenn.force_flush(timeout=30)
+    job = client.jobs.get(result.id)
+    assert job.status == "completed" and job.metadata == {"attempt": 2}
+    assert len(client.jobs.list("user-eager").jobs) == 1
+
+
+def test_a_publish_that_fails_makes_no_job(
+        client: seenn.SeennClient, broker: redis.Redis) -> None:
+    """The broker refusing the message: apply_async() raises and no job was started."""
+    from kombu.exceptions import OperationalError
+
+    dead = celery_app.app.connection_for_write(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(OperationalError):
+        celery_app.step.apply_async(("user-unsent",), retry=False, connection=dead)
+    assert seenn.force_flush(timeout=10)
+    assert client.jobs.list("user-unsent").jobs == []

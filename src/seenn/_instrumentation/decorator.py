@@ -145,18 +145,40 @@ def _adopted_call(job: TrackedJob, spec: JobSpec, wrapped: Any, args: tuple[Any,
     to say, since only the queue knows whether an exception means a retry.
     """
     job._awaiting = None  # one call adopts it; nested calls make child jobs
-    value = wrapped(*args, **kwargs)
+    try:
+        value = wrapped(*args, **kwargs)
+    except BaseException:
+        _step_out(job)
+        raise
     if type(value) is CoroutineType:
         return _await_adopted(job, value, spec)
     _keep_result(job, spec, value)
+    _step_out(job)
     return value
 
 
 async def _await_adopted(job: TrackedJob, awaitable: Coroutine[Any, Any, Any],
                          spec: JobSpec) -> Any:
-    value = await awaitable
-    _keep_result(job, spec, value)
+    try:
+        value = await awaitable
+        _keep_result(job, spec, value)
+    finally:
+        _step_out(job)
     return value
+
+
+def _step_out(job: TrackedJob) -> None:
+    """Once the adopted call is over, the job is no longer ambient.
+
+    What the queue does next, before its owner ends the job (Celery sends a
+    chain's next task and link callbacks then), is not the job's work: tasks it
+    enqueues are not children of it. The owner's token still restores what was
+    ambient before.
+    """
+    token = getattr(job, "_token", None)
+    if token is not None and _get() is job:
+        old = token.old_value
+        _set(None if old is token.MISSING else old)
 
 
 def _keep_result(job: TrackedJob, spec: JobSpec, value: Any) -> None:

@@ -140,7 +140,7 @@ class JobCore:
     _warned = False
     # Set on a job that a queue integration (or a deferred call) runs: the first
     # call of the @job function this names adopts the job instead of starting a
-    # child of it (see seenn._instrumentation.handover).
+    # child of it (see seenn.propagation._handover).
     _awaiting: object = None
 
     @property

@@ -17,13 +17,18 @@ from seenn._instrumentation.job import TrackedJob
 from seenn._instrumentation.tracker import default_tracker
 from seenn.propagation._carrier import CARRIER_KEY
 
-__all__ = ["FLUSH_TIMEOUT", "Running", "carrier_of", "flush", "guarded", "spec_of",
+__all__ = ["FLUSH_TIMEOUT", "Running", "carrier_in", "flush", "guarded", "spec_of",
            "waiting_in", "worker_error"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 FLUSH_TIMEOUT = 10.0
 """Seconds a worker process waits, as it exits, for its jobs' events to be delivered."""
+
+FAILING_FLUSH_TIMEOUT = 0.25
+"""...and at most this once the backend is found failing (0 when an outbox keeps the events)."""
+
+_FLUSH_SLICE = 0.1  # how often the exit flush looks whether the backend is failing
 
 
 def guarded(what: str) -> Callable[[F], F]:
@@ -66,7 +71,7 @@ def spec_of(func: Any) -> JobSpec | None:
     return spec
 
 
-def carrier_of(value: object) -> dict[str, str] | None:
+def carrier_in(value: object) -> dict[str, str] | None:
     """A carrier holding the ``seenn-job`` value a message brought, if it brought one."""
     if isinstance(value, Mapping):
         value = value.get(CARRIER_KEY)
@@ -87,15 +92,24 @@ def worker_error(code: str, message: str) -> JobError:
 
 
 class Running:
-    """The jobs whose tasks run in this process, by the queue's task id (thread-safe)."""
+    """Jobs by the queue's task id (thread-safe), e.g. the tasks running in this process.
 
-    def __init__(self) -> None:
+    Bounded: past ``limit`` entries the oldest is forgotten (a table whose
+    entries are not always taken back, such as jobs prepared for a publish
+    that failed, must not grow forever).
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, TrackedJob] = {}
+        self._limit = limit
 
     def add(self, task_id: str, job: TrackedJob) -> None:
         with self._lock:
+            self._jobs.pop(task_id, None)
             self._jobs[task_id] = job
+            if len(self._jobs) > self._limit:
+                del self._jobs[next(iter(self._jobs))]
 
     def get(self, task_id: object) -> TrackedJob | None:
         if not isinstance(task_id, str):
@@ -114,19 +128,38 @@ class Running:
             self._jobs.clear()
 
 
+def _exporters(tracker: Any) -> list[Any]:
+    return [getattr(processor, "exporter", processor)
+            for processor in getattr(tracker, "processors", ())]
+
+
 def flush(timeout: float = FLUSH_TIMEOUT) -> bool:
     """Deliver what the default tracker's exporters hold, before the process exits.
 
     A worker process that ends with ``os._exit`` (a Celery prefork child, an
     RQ work horse) runs no ``atexit`` handler: without this, the end of its
-    last job could be lost.
+    last job could be lost. A backend that is down does not hold the exit up:
+    once an exporter finds it failing, the wait ends within
+    ``FAILING_FLUSH_TIMEOUT`` (at once when an outbox keeps the events).
     """
+    trackers = {default_tracker(), *_trackers}
     deadline = time.monotonic() + timeout
-    delivered = True
-    for tracker in {default_tracker(), *_trackers}:
-        try:
-            delivered = tracker.force_flush(max(deadline - time.monotonic(), 0.0)) and delivered
-        except Exception as exc:  # never break the worker's exit
-            internal_error("flushing at worker exit", exc, ())
-            delivered = False
-    return delivered
+    while True:
+        delivered = True
+        for tracker in trackers:
+            left = max(min(deadline - time.monotonic(), _FLUSH_SLICE), 0.0)
+            try:
+                delivered = tracker.force_flush(left) and delivered
+            except Exception as exc:  # never break the worker's exit
+                internal_error("flushing at worker exit", exc, ())
+                return False
+        now = time.monotonic()
+        if delivered or now >= deadline:
+            return delivered
+        troubled = [exporter for tracker in trackers for exporter in _exporters(tracker)
+                    if getattr(exporter, "failing", False)]
+        if troubled:
+            # What an outbox holds is replayed by the next process; the rest
+            # would be lost anyway: do not hold the worker's exit for it.
+            durable = all(getattr(exporter, "durable", False) for exporter in troubled)
+            deadline = min(deadline, now + (0.0 if durable else FAILING_FLUSH_TIMEOUT))

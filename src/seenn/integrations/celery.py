@@ -41,6 +41,7 @@ worker each child gets fresh delivery threads after the fork.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -50,7 +51,7 @@ from seenn._instrumentation.outcomes import error_from_exception
 from seenn.integrations._common import (
     FLUSH_TIMEOUT,
     Running,
-    carrier_of,
+    carrier_in,
     flush,
     guarded,
     spec_of,
@@ -59,18 +60,22 @@ from seenn.integrations._common import (
 )
 from seenn.propagation._carrier import CARRIER_KEY, encode_job
 from seenn.propagation._handover import (
+    carrier_of,
     end_elsewhere,
     is_live_here,
     own,
+    prepare,
     requeue,
-    start_handed_off,
+    start_prepared,
 )
 
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
 
 _lock = threading.Lock()
 _connected: list[tuple[Any, Any, str]] = []  # (signal, receiver, dispatch_uid)
-_running = Running()
+_running = Running()  # tasks running in this process
+_publishing = Running()  # prepared at before_task_publish, started at after_task_publish
+_eager = Running()  # eager retries: apply() runs them with no message to carry the job
 _flush_timeout = FLUSH_TIMEOUT
 
 
@@ -94,6 +99,7 @@ def instrument(*, flush_timeout: float = FLUSH_TIMEOUT) -> None:
             return
         for signal, receiver in (
             (signals.before_task_publish, _on_publish),
+            (signals.after_task_publish, _on_published),
             (signals.task_prerun, _on_prerun),
             (signals.task_retry, _on_retry),
             (signals.task_failure, _on_failure),
@@ -163,22 +169,43 @@ def _call_of(body: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
 @guarded("the Celery before_task_publish hook")
 def _on_publish(sender: Any = None, body: Any = None, headers: Any = None,
                 routing_key: Any = None, **_: Any) -> None:
-    if not isinstance(headers, dict) or headers.get(CARRIER_KEY):
-        return  # not ours to touch, or already carrying its job (a retry)
+    if not isinstance(headers, dict):
+        return
     task_id = headers.get("id")
     running = _running.get(task_id)
     if running is not None:
-        # A task re-publishing itself (a retry) whose headers lost the carrier.
+        # The task running here republishes itself (self.retry(), autoretry_for,
+        # self.replace()): the job goes back to its queue now, before any process
+        # can run the next attempt, and the message carries the job as it is now
+        # (its children so far included), not as it was first published.
+        if is_live_here(running):
+            failure = sys.exc_info()[1]
+            retries = headers.get("retries")
+            requeue(running, reason=type(failure).__name__ if failure else None,
+                    queue=waiting_in(routing_key),
+                    next_attempt=retries + 1 if isinstance(retries, int) else None)
         headers[CARRIER_KEY] = encode_job(running)
         return
+    if headers.get(CARRIER_KEY):
+        return  # already carrying its job
     task = _task_named(sender)
     spec = _spec_of_task(task)
     if spec is None or not isinstance(task_id, str):
         return
     args, kwargs = _call_of(body)
-    _job, carrier = start_handed_off(spec, args, kwargs, job_id=task_id,
-                                     queue=waiting_in(routing_key))
-    headers[CARRIER_KEY] = carrier[CARRIER_KEY]
+    job = prepare(spec, args, kwargs, job_id=task_id, queue=waiting_in(routing_key))
+    headers[CARRIER_KEY] = carrier_of(job)[CARRIER_KEY]
+    # Started once the message is out (after_task_publish): a publish that fails
+    # (the broker is down) makes no job.
+    _publishing.add(task_id, job)
+
+
+@guarded("the Celery after_task_publish hook")
+def _on_published(headers: Any = None, **_: Any) -> None:
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    job = _publishing.pop(task_id)
+    if job is not None:
+        start_prepared(job)
 
 
 # -- running ------------------------------------------------------------------------------
@@ -188,7 +215,7 @@ def _request_carrier(request: Any) -> dict[str, str] | None:
     value = getattr(request, CARRIER_KEY, None)
     if value is None:
         value = getattr(request, "headers", None)
-    return carrier_of(value)
+    return carrier_in(value)
 
 
 @guarded("the Celery task_prerun hook")
@@ -200,7 +227,11 @@ def _on_prerun(task_id: Any = None, task: Any = None, args: Any = None, kwargs: 
     request = task.request
     retries = getattr(request, "retries", 0) or 0
     max_retries = getattr(task, "max_retries", None)
-    job = own(spec, _request_carrier(request), tuple(args or ()), dict(kwargs or {}),
+    carrier = _request_carrier(request)
+    eager = _eager.pop(task_id)
+    if carrier is None and eager is not None:
+        carrier = carrier_of(eager)  # an eager retry: apply() runs it without a message
+    job = own(spec, carrier, tuple(args or ()), dict(kwargs or {}),
               job_id=task_id, attempt=retries + 1,
               max_attempts=max_retries + 1 if isinstance(max_retries, int) else None)
     _running.add(task_id, job)
@@ -216,6 +247,8 @@ def _on_retry(request: Any = None, reason: Any = None, **_: Any) -> None:
     delivery = getattr(request, "delivery_info", None) or {}
     requeue(job, reason=str(why) if why else None,
             queue=waiting_in(delivery.get("routing_key")), next_attempt=retries + 2)
+    if getattr(request, "is_eager", False):
+        _eager.add(job.id, job)
 
 
 @guarded("the Celery task_failure hook")
@@ -242,14 +275,16 @@ def _on_postrun(task_id: Any = None, state: Any = None, **_: Any) -> None:
     job = _running.pop(task_id)
     if job is None:
         return
-    if state != "SUCCESS" and is_live_here(job):
-        if state == "RETRY":
-            requeue(job)
-        else:
-            # Ignored or rejected: Celery did not say how the job ends; leave it
-            # open for whoever handles the task next (no end from here).
-            job.hand_off()
-    job.__exit__(None, None, None)  # completes it unless it ended or was handed off
+    if state == "RETRY":
+        requeue(job)  # if task_retry did not already
+    elif state not in ("SUCCESS", "IGNORED") and is_live_here(job):
+        # A failure this process did not see as an exception (the pool process
+        # being stopped past a hard time limit): the main process reports it.
+        job.hand_off()
+    # Otherwise the job ends as Celery ends the task: completed (SUCCESS, and
+    # Ignore, which Celery counts as done), unless it failed or went back to its
+    # queue above (a retry, a replace() under the same id).
+    job.__exit__(None, None, None)
 
 
 @guarded("the Celery task_revoked hook")

@@ -56,7 +56,7 @@ from seenn._instrumentation.decorator import JobSpec
 from seenn.integrations._common import (
     FLUSH_TIMEOUT,
     Running,
-    carrier_of,
+    carrier_in,
     flush,
     guarded,
     spec_of,
@@ -304,7 +304,7 @@ def _on_process(broker: Any, message: Any) -> None:
         return
     retries = message.options.get("retries", 0)
     args, kwargs = _call_of(message)
-    job = own(spec, carrier_of(message.options), args, kwargs, job_id=message_id,
+    job = own(spec, carrier_in(message.options), args, kwargs, job_id=message_id,
               attempt=retries + 1 if _is_count(retries) else 1,
               max_attempts=_max_attempts(broker, actor, message))
     _running.add(message_id, job)

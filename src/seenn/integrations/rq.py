@@ -66,7 +66,7 @@ from seenn.errors import ValidationError
 from seenn.integrations._common import (
     FLUSH_TIMEOUT,
     Running,
-    carrier_of,
+    carrier_in,
     flush,
     guarded,
     spec_of,
@@ -198,7 +198,7 @@ def _readable_meta(job: Any) -> dict[str, Any] | None:
 def _carrier_of_job(job: Any) -> dict[str, str] | None:
     """The carrier in ``job.meta``, if it holds this very job (not one copied from another)."""
     meta = _readable_meta(job)
-    carrier = carrier_of(meta) if meta is not None else None
+    carrier = carrier_in(meta) if meta is not None else None
     if carrier is None:
         return None
     try:

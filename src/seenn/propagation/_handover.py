@@ -28,11 +28,11 @@ from seenn._core.validation import MAX_JOB_TYPE, MAX_MESSAGE, check_text
 from seenn._instrumentation.decorator import JobSpec, job_spec
 from seenn._instrumentation.job import TrackedJob, plain_job
 from seenn._instrumentation.lifecycle import HANDED
-from seenn.propagation._carrier import JobContext, extract
+from seenn.propagation._carrier import CARRIER_KEY, JobContext, encode_job, extract
 from seenn.propagation._resume import ResumeScope, resumed_job, resumed_sequence
 
-__all__ = ["DeferredJob", "defer", "end_elsewhere", "is_live_here", "own", "requeue",
-           "start_handed_off"]
+__all__ = ["DeferredJob", "carrier_of", "defer", "end_elsewhere", "is_live_here", "own",
+           "prepare", "requeue", "start_handed_off", "start_prepared"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,15 +57,45 @@ def start_handed_off(spec: JobSpec, args: tuple[Any, ...], kwargs: Mapping[str, 
         ValidationError: ``job_id`` is malformed, or a callable option of the
             decoration returned a malformed value.
     """
+    job = prepare(spec, args, kwargs, job_id=job_id, queue=queue)
+    return job, start_prepared(job)
+
+
+def prepare(spec: JobSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any], *,
+            job_id: str | None = None, queue: Queue | None = _WAITING) -> TrackedJob:
+    """Make the job of a call about to be enqueued, not started yet.
+
+    For a queue that says only *after* publishing whether the message went
+    out: :func:`carrier_of` gives the carrier to put in the message now, and
+    :func:`start_prepared` starts the job once it is published (a message that
+    was never sent makes no job).
+
+    Raises:
+        ValidationError: As for :func:`start_handed_off`.
+    """
     job = spec.new_job(args, dict(kwargs))
     if job_id is not None:
         check_text("job_id", job_id, max_len=MAX_JOB_TYPE)
         job._id = job_id
     job._queue = queue
+    return job
+
+
+def carrier_of(job: TrackedJob) -> dict[str, str]:
+    """The carrier of a job as it is now (prepared, running or handed off)."""
+    return {CARRIER_KEY: encode_job(job)}
+
+
+def start_prepared(job: TrackedJob) -> dict[str, str]:
+    """Start a :func:`prepare`-d job (a child of the ambient job, if any) and hand it off.
+
+    Returns:
+        The carrier.
+    """
     job._start()
     carrier = job.hand_off()
     job._succeed(None)  # leaves it handed off: the processors hear no end from here
-    return job, carrier
+    return carrier
 
 
 def own(spec: JobSpec, carrier: Mapping[str, Any] | None, args: tuple[Any, ...],
@@ -135,13 +165,15 @@ def requeue(job: TrackedJob, *, reason: str | None = None, queue: Queue = _WAITI
 
     The job reads ``queued`` with a message saying so, and is handed off, so
     that leaving it (``job.__exit__``) ends nothing: the next attempt resumes it.
+    A job no longer live here (already sent back, or ended) is left alone: the
+    next attempt may already run elsewhere.
     """
-    what = f"attempt {next_attempt}" if next_attempt is not None else "another attempt"
-    message = f"Waiting for {what}" + (f": {reason}" if reason else "")
-    if len(message) > MAX_MESSAGE:
-        message = message[:MAX_MESSAGE - 1] + "…"
     if not is_live_here(job):
         return
+    message = (f"Waiting for attempt {next_attempt}" if next_attempt is not None
+               and next_attempt > 1 else "Waiting in line") + (f": {reason}" if reason else "")
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE - 1] + "…"
     job.set_progress(job.progress, queue=queue, message=_printable(message))
     job.hand_off()
 

@@ -221,7 +221,8 @@ def _parent_link(tx: Transaction, parent_id: str, index: int | None,
         raise HTTPError(404, "NOT_FOUND", f"parent job {parent_id} not found",
                         {"field": "parentJobId"})
     if parent.data.get("status") in TERMINAL:
-        raise HTTPError(409, "CONFLICT", f"parent job {parent_id} is already finished")
+        raise HTTPError(409, "CONFLICT", f"parent job {parent_id} is already finished",
+                        {"field": "parentJobId", "reason": "finished"})
     _check_depth(tx, parent)
     declared = parent.data.get("childProgressMode") is not None
     if index is None:
@@ -238,7 +239,8 @@ def _parent_link(tx: Transaction, parent_id: str, index: int | None,
                         f"childIndex: must be below the parent's totalChildren ({total})",
                         {"field": "childIndex", "reason": "out of range"})
     if tx.child_index_taken(parent_id, index):
-        raise HTTPError(409, "CONFLICT", f"parent {parent_id} already has child {index}")
+        raise HTTPError(409, "CONFLICT", f"parent {parent_id} already has child {index}",
+                        {"field": "childIndex", "reason": "taken"})
     return {"parentJobId": parent_id, "childIndex": index}
 
 

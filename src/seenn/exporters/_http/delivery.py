@@ -18,7 +18,7 @@ import heapq
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from seenn.errors import (
     RateLimitError,
     SeennError,
     ServerError,
+    ValidationError,
 )
 from seenn.exporters._http import wire
 from seenn.exporters._http.heartbeat import Heartbeats, Remembered, resumes_here
@@ -91,6 +92,7 @@ class DeliveryCore(Heartbeats):
         # Parent id -> its children whose start is filed but not settled: the parent's
         # end waits for them (a backend refuses a child of a finished parent).
         self._opening: dict[str, set[str]] = {}
+        self._answering = True  # the backend's last answer was not a failure to retry
         self._reset_beats()
         self._workers: list[threading.Thread] = []
         self._busy = 0
@@ -385,6 +387,7 @@ class DeliveryCore(Heartbeats):
             with self._cond:
                 self._busy -= 1
                 job.busy = False
+                self._answering = outcome not in ("retry", "unreadable")
                 try:
                     self._settle(job, pending, outcome, value)
                 except Exception as exc:
@@ -411,9 +414,26 @@ class DeliveryCore(Heartbeats):
                 suffix += f"n{pending.renewals}"
             key = wire.idempotency_key(event, suffix)
             answer = self._client._http.send_once("POST", path, json=body, idempotency_key=key)
-        except (APIConnectionError, RateLimitError, ServerError) as error:
+        except SeennError as error:
+            if _refuses_parent(error, event, job):
+                # The parent is unknown (its start may still be on its way from another
+                # process: wait a while, as below), finished, or too deep, or the child's
+                # index is taken (a retried task starting its children again): start the
+                # job on its own rather than lose it.
+                if isinstance(error, NotFoundError) \
+                        and self._clock() - pending.accepted < RESUMED_START_GRACE:
+                    pending.renewals += 1
+                    return "retry", error
+                return "unlink", error
+            return self._failed(job, pending, error)
+        return "ok", answer
+
+    def _failed(self, job: Job, pending: Pending, error: SeennError) -> tuple[str, Any]:
+        """What an error answer means for the event: retry, reject, gone, or done."""
+        event = pending.event
+        if isinstance(error, (APIConnectionError, RateLimitError, ServerError)):
             return "retry", error
-        except (ConflictError, NotFoundError) as error:
+        if isinstance(error, (ConflictError, NotFoundError)):
             if isinstance(error, NotFoundError) and event.sequence >= RESUMED_SEQUENCE_UNIT \
                     and not job.started_acked \
                     and self._clock() - pending.accepted < RESUMED_START_GRACE:
@@ -424,15 +444,13 @@ class DeliveryCore(Heartbeats):
                 pending.renewals += 1
                 return "retry", error
             return ("reject" if event.kind == "started" else "gone"), error
-        except SeennError as error:
-            if error.code in UNREADABLE:
-                # A 2xx that is not the backend's JSON (a proxy's HTML page, a huge body):
-                # it may never have reached the backend. The same key makes a resend safe.
-                return "unreadable", error
-            if error.status_code is None or (200 <= error.status_code < 300):
-                return "ok", None
-            return "reject", error
-        return "ok", answer
+        if error.code in UNREADABLE:
+            # A 2xx that is not the backend's JSON (a proxy's HTML page, a huge body):
+            # it may never have reached the backend. The same key makes a resend safe.
+            return "unreadable", error
+        if error.status_code is None or (200 <= error.status_code < 300):
+            return "ok", None
+        return "reject", error
 
     def _request(self, job: Job, pending: Pending) -> tuple[str, dict[str, Any]]:
         event = pending.event
@@ -467,6 +485,9 @@ class DeliveryCore(Heartbeats):
         return self._random() * min(30.0, 0.5 * 2.0 ** min(pending.attempts - 1, 16))
 
     def _settle(self, job: Job, pending: Pending, outcome: str, value: Any) -> None:
+        if outcome == "unlink":
+            self._unlink(job, pending, value)
+            return
         if pending.key_suffix[:1] == "h":
             self._settle_beat(job, pending, outcome, value)
             return
@@ -536,6 +557,17 @@ class DeliveryCore(Heartbeats):
         if not pending.key_suffix:
             self._forget_durable(event)
 
+    def _unlink(self, job: Job, pending: Pending, error: SeennError) -> None:
+        """Start a child on its own: the backend refused the link to its parent."""
+        self.stats.requests += 1
+        self.stats.retries += 1
+        self._log.warning("unlinked", "seenn: HTTP exporter: job %s starts without its parent "
+                          "%s, which the backend refused: %s", job.id, job.parent_id, error)
+        self._child_settled(job)  # its parent need not wait for it any more
+        job.parent_id = None
+        pending.renewals += 1  # another body: another key
+        job.due = 0.0
+
     def _child_settled(self, job: Job) -> None:
         """A child's start is settled (acknowledged or given up): its parent may end."""
         parent_id = job.parent_id
@@ -570,3 +602,12 @@ class DeliveryCore(Heartbeats):
                 child.parent_id = None  # its parent will never exist: start it on its own
                 self._schedule(child)
         job.dependents.clear()
+
+
+def _refuses_parent(error: SeennError, event: JobEvent, job: Job) -> bool:
+    """Whether the backend refused a child's start for its link to its parent."""
+    details = error.details
+    return (event.kind == "started" and job.parent_id is not None
+            and isinstance(error, (NotFoundError, ConflictError, ValidationError))
+            and isinstance(details, Mapping)
+            and details.get("field") in ("parentJobId", "childIndex"))

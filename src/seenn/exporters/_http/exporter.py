@@ -321,6 +321,15 @@ class HTTPExporter(DeliveryCore):
             self._hand_offs.append(job_id)
 
     @property
+    def failing(self) -> bool:
+        """Whether the backend's last answer was one to retry (down, 5xx, unreadable).
+
+        A process about to exit reads this to decide how long to wait for
+        delivery (``seenn.integrations`` flush for at most a moment then).
+        """
+        return not self._answering
+
+    @property
     def durable(self) -> bool:
         """Whether events written now reach disk: an outbox is open and its last write worked.
 
