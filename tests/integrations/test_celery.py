@@ -12,8 +12,8 @@ import redis
 
 import seenn
 from seenn.server import RunningServer
-from tests.integrations import celery_app
 from tests.faults import free_port
+from tests.integrations import celery_app
 from tests.integrations.conftest import PYTHON, WorkerProcess, wait_until, worker_env
 
 pytestmark = pytest.mark.usefixtures("publisher")
