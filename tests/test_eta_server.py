@@ -415,6 +415,7 @@ def test_progress_refines_the_eta_exactly_as_the_estimator(http: httpx.Client,
         assert job["estimatedCompletionAt"] == iso(model.shown), (step, value)
         assert (job["etaConfidence"], job["etaBasedOn"]) == (found.confidence, found.based_on)
         assert job.get("etaOverdue", False) is found.overdue
+    assert clock.now - model.started > history.total.p95
     assert job["etaOverdue"] is True  # 30 s without news near the end: past p95
 
 
