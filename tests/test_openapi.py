@@ -216,7 +216,10 @@ def test_spec_paths_and_methods_are_exactly_the_server_routes(backend: RunningSe
                                                               api: Api) -> None:
     """Every documented path and method is served, and every other method there is 405."""
     job = api.start(BASE)
-    values = {"id": job["id"], "parentId": job["id"]}
+    # A job that ran and completed, so its eta key has statistics to read and to reset.
+    api("post", "/jobs/{id}/progress", json={"progress": 5}, path_params={"id": job["id"]})
+    api("post", "/jobs/{id}/complete", json={}, path_params={"id": job["id"]})
+    values = {"id": job["id"], "parentId": job["id"], "etaKey": job["workflowId"]}
     with httpx.Client(base_url=backend.url,
                       headers={"Authorization": f"Bearer {backend.api_key}"}) as http:
         for path, item in SPEC["paths"].items():
@@ -397,6 +400,51 @@ def test_jobs_ended_by_the_stale_limit_fit_the_spec(tmp_path: Path) -> None:
     assert _schema_errors(lost["error"], ("components", "schemas", "JobError")) == []
     assert (late.status_code, late.json()["error"]["code"]) == (409, "CONFLICT")
     assert listed["jobs"] == [lost]
+
+
+def test_eta_answers_fit_the_spec(tmp_path: Path) -> None:
+    """Statistics, their list and reset, jobs with an ETA and every eta error fit the spec."""
+    now = [1_800_000_000.0]
+    with seenn.server.running(tmp_path / "db", clock=lambda: now[0]) as srv:
+        api = Api(srv, srv.api_key)
+        for seconds in (20.0, 24.0, 30.0, 26.0, 22.0, 28.0):
+            one = {"path_params": {"id": api.start({**BASE, "workflowId": "w/1"})["id"]}}
+            api("post", "/jobs/{id}/progress", json={"progress": 0, "stage": {"name": "a"}},
+                **one)
+            now[0] += seconds / 2
+            api("post", "/jobs/{id}/progress", json={"progress": 50, "stage": {"name": "b"}},
+                **one)
+            now[0] += seconds / 2
+            api("post", "/jobs/{id}/complete", json={}, **one)
+        key = {"path_params": {"etaKey": "w%2F1"}}  # the Api helper does not quote
+        listed = api("get", "/eta").json()
+        detail = api("get", "/eta/{etaKey}", **key).json()
+        one = {"path_params": {"id": api.start({**BASE, "workflowId": "w/1"})["id"]}}
+        api("post", "/jobs/{id}/progress", json={"progress": 0}, **one)
+        now[0] += 10
+        running = api("post", "/jobs/{id}/progress", json={"progress": 40}, **one).json()
+        now[0] += 120  # past the ETA, within the stale limit
+        overdue = api("get", "/jobs/{id}", **one).json()
+        reset = api("delete", "/eta/{etaKey}", **key)
+        errors = [(api("get", "/eta/{etaKey}", **key), 404, "NOT_FOUND"),
+                  (api("delete", "/eta/{etaKey}", **key), 404, "NOT_FOUND"),
+                  (api("get", "/eta/{etaKey}", path_params={"etaKey": "x" * 101}), 400,
+                   "VALIDATION_ERROR")]
+        for credential in (srv.public_key, None):
+            other = Api(srv, credential)
+            status, code = (403, "FORBIDDEN") if credential else (401, "UNAUTHORIZED")
+            errors += [(other("get", "/eta"), status, code),
+                       (other("get", "/eta/{etaKey}", **key), status, code),
+                       (other("delete", "/eta/{etaKey}", **key), status, code)]
+            other.http.close()
+        api.http.close()
+    assert [entry["etaKey"] for entry in listed["stats"]] == ["w/1"]
+    assert (detail["count"], set(detail["stages"])) == (6, {"a", "b"})
+    assert (running["etaBasedOn"], running["status"]) == (6, "running")
+    assert overdue["etaOverdue"] is True
+    assert reset.json() == {"etaKey": "w/1", "reset": True}
+    for response, status, code in errors:
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code)
 
 
 def test_rate_limited_answers_fit_the_spec(tmp_path: Path) -> None:

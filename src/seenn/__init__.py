@@ -10,6 +10,7 @@ Two ways in, one data model:
 
 from seenn import propagation as _propagation  # noqa: F401 (registers hand_off)
 from seenn._client.client import AsyncJobs, AsyncSeennClient, Jobs, SeennClient
+from seenn._client.eta import EtaStageStats, EtaStats
 from seenn._client.resources import AsyncJob, BatchResult, Job, JobFamily, JobPage
 from seenn._core.events import JobEvent
 from seenn._core.models import (
@@ -50,6 +51,8 @@ __all__ = [
     "ChildrenStats",
     "ConflictError",
     "DeferredJob",
+    "EtaStageStats",
+    "EtaStats",
     "Job",
     "JobError",
     "JobEvent",

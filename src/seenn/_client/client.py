@@ -29,6 +29,7 @@ from seenn._client.calls import (
     token_shape,
     user_token,
 )
+from seenn._client.eta import AsyncEtaStatsResource, EtaStatsResource
 from seenn._client.resources import (
     AsyncJob,
     BatchResult,
@@ -464,6 +465,10 @@ class SeennClient(_ClientInfo):
         debug: Log one line per attempt to the ``seenn`` logger (never the key).
         http_client: An ``httpx.Client`` to send with (it is not closed by :meth:`close`).
 
+    Attributes:
+        jobs: Start, update, read and list jobs.
+        eta: The ETA statistics of the app's job types and workflows (a secret key).
+
     Raises:
         ValidationError: No key, a bad option, or a public key against Seenn Cloud.
 
@@ -492,6 +497,7 @@ class SeennClient(_ClientInfo):
                               **_options(base_url, base_path, timeout, max_retries, deadline,
                                          debug))
         self.jobs = Jobs(self._http)
+        self.eta = EtaStatsResource(self._http)
 
     def create_token(self, user_id: str, *, ttl_seconds: int = 3600) -> UserToken:
         """Mint a read token for one user's jobs (``POST /tokens``, with a secret key).
@@ -551,6 +557,7 @@ class AsyncSeennClient(_ClientInfo):
                                **_options(base_url, base_path, timeout, max_retries, deadline,
                                           debug))
         self.jobs = AsyncJobs(self._http)
+        self.eta = AsyncEtaStatsResource(self._http)
 
     async def create_token(self, user_id: str, *, ttl_seconds: int = 3600) -> UserToken:
         """Mint a read token for one user's jobs; see :meth:`SeennClient.create_token`."""

@@ -57,8 +57,8 @@ __all__ = ["AsyncJob", "BatchResult", "Job", "JobFamily", "JobPage"]
 _KNOWN_FIELDS = frozenset({
     "id", "appId", "userId", "jobType", "title", "workflowId", "status", "progress",
     "message", "queue", "stage", "result", "error", "metadata", "estimatedCompletionAt",
-    "etaConfidence", "etaBasedOn", "createdAt", "updatedAt", "startedAt", "completedAt",
-    "parent", "children", "childProgressMode", "staleAfterSeconds",
+    "etaConfidence", "etaBasedOn", "etaOverdue", "createdAt", "updatedAt", "startedAt",
+    "completedAt", "parent", "children", "childProgressMode", "staleAfterSeconds",
 })
 JobT = TypeVar("JobT", bound="BaseJob")
 
@@ -94,6 +94,11 @@ class BaseJob:
         metadata: Free-form JSON metadata.
         estimated_completion_at: When the backend expects the job to finish.
         eta_confidence: The backend's confidence in that estimate, 0.0 to 1.0.
+        eta_based_on: How many completed jobs of its kind the backend's estimate uses
+            (0: the job's own pace only), when the backend made the estimate.
+        eta_overdue: Whether the job has run past what the backend expected (past the
+            95th percentile of its kind, or past ``estimated_completion_at``): show
+            "taking longer than usual" rather than a countdown.
         created_at: When the job was created.
         updated_at: When the job last changed.
         started_at: When the job started running.
@@ -117,7 +122,9 @@ class BaseJob:
         "created_at",
         "error",
         "estimated_completion_at",
+        "eta_based_on",
         "eta_confidence",
+        "eta_overdue",
         "extra",
         "id",
         "job_type",
@@ -153,6 +160,8 @@ class BaseJob:
     metadata: dict[str, Any] | None
     estimated_completion_at: datetime | None
     eta_confidence: float | None
+    eta_based_on: int | None
+    eta_overdue: bool
     created_at: datetime | None
     updated_at: datetime | None
     started_at: datetime | None
@@ -188,6 +197,10 @@ class BaseJob:
         self.metadata = dict(metadata) if isinstance(metadata, Mapping) else None
         self.estimated_completion_at = parse_datetime(data.get("estimatedCompletionAt"))
         self.eta_confidence = _number(data.get("etaConfidence"))
+        based_on = data.get("etaBasedOn")
+        self.eta_based_on = (based_on if isinstance(based_on, int)
+                             and not isinstance(based_on, bool) else None)
+        self.eta_overdue = data.get("etaOverdue") is True
         self.created_at = parse_datetime(data.get("createdAt"))
         self.updated_at = parse_datetime(data.get("updatedAt"))
         self.started_at = parse_datetime(data.get("startedAt"))

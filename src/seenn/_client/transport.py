@@ -70,8 +70,10 @@ _STATUS_ERRORS: dict[int, type[SeennError]] = {
 
 
 def quote_id(value: str) -> str:
-    """Quote a path segment (a job id) so it can never change the path."""
-    return quote(value, safe="")
+    """Quote a path segment (a job id, an eta key) so it can never change the path."""
+    quoted = quote(value, safe="")
+    # "." and ".." would be dot segments, which httpx (as RFC 3986 says) removes.
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def is_seenn_cloud(base_url: str) -> bool:

@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "CURVE_POINTS",
@@ -100,6 +101,11 @@ class DurationStats:
     p50: float
     p95: float
 
+    def to_wire(self) -> dict[str, Any]:
+        """As JSON: ``{count, p50Duration, p95Duration}``, durations in whole milliseconds."""
+        return {"count": self.count, "p50Duration": round(self.p50 * 1000),
+                "p95Duration": round(self.p95 * 1000)}
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -144,6 +150,45 @@ class History:
         """Whether there are enough samples to use it."""
         return (self.total.count >= MIN_SAMPLES and self.total.p50 > 0
                 and len(self.curve) == CURVE_POINTS and len(self.errors) == CURVE_POINTS)
+
+    def to_wire(self) -> dict[str, Any]:
+        """This history as JSON: the ``history`` object of ``GET /v1/eta/{etaKey}``.
+
+        Durations are whole milliseconds and shares are rounded to six decimals;
+        a spread with nothing behind it (infinite) is ``null``. ``stages`` are not
+        included (the answer carries them beside it). A backend that estimates
+        from ``History.from_wire(history.to_wire())`` rather than from ``history``
+        gives exactly the numbers a process rebuilding it from the answer gives.
+        """
+        return {"count": self.total.count, "p50Duration": round(self.total.p50 * 1000),
+                "p95Duration": round(self.total.p95 * 1000),
+                "spread": _wire_float(self.spread),
+                "curve": [_wire_float(v) for v in self.curve],
+                "errors": [_wire_float(v) for v in self.errors],
+                "recentErrors": [_wire_float(v) for v in self.recent_errors]}
+
+    @classmethod
+    def from_wire(cls, data: object, stages: object = None) -> History | None:
+        """Rebuild a history from :meth:`to_wire`'s JSON; ``None`` if it is not that shape.
+
+        Args:
+            data: The ``history`` object of a ``GET /v1/eta/{etaKey}`` answer.
+            stages: The answer's ``stages`` (``{name: {count, p50Duration,
+                p95Duration}}``), if any; malformed entries are left out.
+        """
+        if not isinstance(data, Mapping):
+            return None
+        count = data.get("count")
+        p50, p95 = _wire_number(data.get("p50Duration")), _wire_number(data.get("p95Duration"))
+        spread = _wire_spread(data.get("spread"))
+        curve = _wire_points(data.get("curve"), nulls=False)
+        errors = _wire_points(data.get("errors"), nulls=True)
+        recent = _wire_points(data.get("recentErrors"), nulls=True)
+        if (type(count) is not int or count < 0 or p50 is None or p95 is None
+                or spread is None or curve is None or errors is None or recent is None):
+            return None
+        return cls(DurationStats(count, p50 / 1000, p95 / 1000), spread, curve, errors, recent,
+                   _wire_stages(stages))
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,3 +382,47 @@ def _robust_spread(values: Sequence[float]) -> float:
 def median(values: Sequence[float]) -> float:
     """The median of some values (not sorted beforehand)."""
     return percentile(sorted(values), 0.5)
+
+
+def _wire_float(value: float) -> float | None:
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def _wire_number(value: object) -> float | None:
+    """A finite number >= 0 from JSON (never a bool), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _wire_spread(value: object) -> float | None:
+    return math.inf if value is None else _wire_number(value)
+
+
+def _wire_points(value: object, *, nulls: bool) -> tuple[float, ...] | None:
+    """``CURVE_POINTS`` numbers (``null`` read as infinite where ``nulls``), else ``None``."""
+    if not isinstance(value, list) or len(value) != CURVE_POINTS:
+        return None
+    points = []
+    for item in value:
+        number = math.inf if item is None and nulls else _wire_number(item)
+        if number is None:
+            return None
+        points.append(number)
+    return tuple(points)
+
+
+def _wire_stages(value: object) -> dict[str, DurationStats]:
+    stages: dict[str, DurationStats] = {}
+    if not isinstance(value, Mapping):
+        return stages
+    for name, item in value.items():
+        if not isinstance(name, str) or not isinstance(item, Mapping):
+            continue
+        count = item.get("count")
+        p50 = _wire_number(item.get("p50Duration"))
+        p95 = _wire_number(item.get("p95Duration"))
+        if type(count) is int and count >= 0 and p50 is not None and p95 is not None:
+            stages[name] = DurationStats(count, p50 / 1000, p95 / 1000)
+    return stages

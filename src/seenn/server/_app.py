@@ -40,6 +40,7 @@ from seenn._core.validation import (
     format_datetime,
 )
 from seenn.server._errors import HTTPError, Response
+from seenn.server._eta import eta_request, shown
 from seenn.server._jobs import Fields, end_stale, start_job, sweep, update_job
 from seenn.server._requests import (
     encode_cursor,
@@ -281,10 +282,16 @@ class SeennServerApp:
         if method == "POST" and caller.kind != "secret":
             what = "user tokens" if caller.kind == "token" else "public keys"
             raise HTTPError(403, "FORBIDDEN", f"{what} can only read", headers=rate_headers)
+        if route[0] == "eta" and caller.kind != "secret":
+            # Statistics describe the whole app's workload, not one job or one user's.
+            raise HTTPError(403, "FORBIDDEN", "ETA statistics need a secret key",
+                            headers=rate_headers)
         self.store.purge()
         try:
             if route == ("tokens",):
                 status, body, headers = self._mint_token(caller.app_id, environ)
+            elif route[0] == "eta":
+                status, body, headers = eta_request(self.store, caller.app_id, method, route)
             elif method == "GET":
                 status, body, headers = self._get(route, caller, environ)
             else:
@@ -425,8 +432,12 @@ class SeennServerApp:
             return (200, stored.data, {}), [stored]
 
         status, job, headers = self._read(caller.app_id, read)
+        now = self.store.clock()
         if children is not None:
+            job["parent"] = shown(job["parent"], now)
+            job["children"] = [shown(child, now) for child in job["children"]]
             return status, job, headers
+        job = shown(job, now)
         etag = '"' + hashlib.sha1(json.dumps(job, sort_keys=True).encode(),
                                   usedforsecurity=False).hexdigest()[:27] + '"'
         headers = {"ETag": etag, "Cache-Control": "no-cache"}
@@ -452,7 +463,8 @@ class SeennServerApp:
             return found, found[:limit]
 
         rows = self._read(caller.app_id, read)
-        body: dict[str, Any] = {"jobs": [row.data for row in rows[:limit]]}
+        now = self.store.clock()
+        body: dict[str, Any] = {"jobs": [shown(row.data, now) for row in rows[:limit]]}
         if len(rows) > limit:
             body["nextCursor"] = encode_cursor("s", rows[limit - 1].seq)
         return 200, body, {}
@@ -504,7 +516,7 @@ class SeennServerApp:
                 tx.remember(key, request_hash, status, json.dumps(answer))
         if failure is not None:
             raise failure
-        return status, answer, {}
+        return status, shown(answer, self.store.clock()), {}
 
 
 def _base64(data: bytes) -> str:

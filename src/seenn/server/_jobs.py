@@ -55,6 +55,7 @@ from seenn._core.validation import (
 )
 from seenn.errors import ValidationError
 from seenn.server._errors import HTTPError
+from seenn.server._eta import on_end, on_progress, start_state
 from seenn.server._stale import StalePolicy
 from seenn.server._store import FINISHED, Store, StoredJob, Transaction, canonical_hash
 
@@ -208,7 +209,8 @@ def start_job(tx: Transaction, app_id: str, body: dict[str, Any], *,
         job["parent"] = _parent_link(tx, values["parentJobId"], values.get("childIndex"),
                                      stale)
     expires_at = tx.now + values.get("ttlSeconds", DEFAULT_TTL)
-    tx.insert(job, start_hash=start_hash, expires_at=expires_at)
+    tx.insert(job, start_hash=start_hash, expires_at=expires_at,
+              eta=start_state(job, values, tx.now))
     if "parent" in job:
         _carry(tx, job["parent"]["parentJobId"], None, _share(job), expires_at, stale)
     return 201, job
@@ -339,7 +341,12 @@ def _apply(tx: Transaction, stored: StoredJob, action: str, values: dict[str, An
     if job["status"] != "queued":
         job.setdefault("startedAt", now_iso)
     job["updatedAt"] = now_iso
-    tx.update(job)
+    eta = None
+    if action == "progress":
+        eta = on_progress(tx, stored, job, values)
+    else:
+        on_end(tx, stored, job)
+    tx.update(job, eta=eta)
     if stored.parent_id is not None:
         _carry(tx, stored.parent_id, before, _share(job), None, stale)
     return job

@@ -7,7 +7,11 @@ A job is stored as its protocol JSON document plus the columns that queries
 and the TTL need; a parent also keeps the running sums of its children
 (``aggregate``) so that a child's change updates it without reading the siblings.
 A running job also keeps when it was last written (``idle_since``) and its own stale
-limit, indexed so that finding the jobs whose worker went silent reads only those.
+limit, indexed so that finding the jobs whose worker went silent reads only those,
+and what its ETA needs (``eta``, see ``_eta``). ``eta_stats`` holds, per app and eta
+key, the statistics of completed jobs: all-time sums, the figures of the recent
+window, the answer's ``history`` and ``stages`` (``detail``, which a progress write
+reads) and the window itself (read only when a job completes).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     aggregate TEXT,
     idle_since REAL,
     stale_after REAL,
+    eta TEXT,
     UNIQUE (app_id, id)
 );
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -57,6 +62,21 @@ CREATE TABLE IF NOT EXISTS idempotency (
     body TEXT NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (app_id, key)
+);
+CREATE TABLE IF NOT EXISTS eta_stats (
+    app_id TEXT NOT NULL,
+    eta_key TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    total REAL NOT NULL,
+    min REAL NOT NULL,
+    max REAL NOT NULL,
+    p50 REAL NOT NULL,
+    p95 REAL NOT NULL,
+    confidence REAL NOT NULL,
+    last_updated REAL NOT NULL,
+    detail TEXT NOT NULL,
+    window TEXT NOT NULL,
+    PRIMARY KEY (app_id, eta_key)
 );
 """
 # After the columns a database made by an older version gains in _migrate.
@@ -69,6 +89,7 @@ CREATE INDEX IF NOT EXISTS jobs_idle ON jobs (idle_since)
     WHERE idle_since IS NOT NULL AND stale_after IS NULL;
 CREATE INDEX IF NOT EXISTS jobs_idle_own_limit ON jobs (idle_since + stale_after)
     WHERE idle_since IS NOT NULL AND stale_after IS NOT NULL;
+CREATE INDEX IF NOT EXISTS eta_by_update ON eta_stats (app_id, last_updated);
 """
 # Running jobs silent since before a time (the first parameter), by the server's limit
 # or by their own; each is answered from its partial index above.
@@ -106,16 +127,35 @@ class StoredJob:
     aggregate: dict[str, Any] | None = None
     idle_since: float | None = None
     stale_after: float | None = None
+    eta: str | None = None  # the job's ETA state as stored (JSON), parsed by _eta
+
+
+@dataclass(frozen=True, slots=True)
+class EtaRow:
+    """The statistics of one eta key (durations in seconds, times as timestamps)."""
+
+    eta_key: str
+    count: int
+    total: float
+    min: float
+    max: float
+    p50: float
+    p95: float
+    confidence: float
+    last_updated: float
+    detail: str  # JSON: {"stages": ..., "history": ...}
+    window: str = ""  # JSON: the recent samples; read only where asked for
 
 
 # The columns a StoredJob is read from, in the order of its fields.
 _JOB_COLUMNS = ("seq, data, start_hash, expires_at, parent_id, aggregate, idle_since, "
-                "stale_after")
+                "stale_after, eta")
+_ETA_COLUMNS = "eta_key, count, total, min, max, p50, p95, confidence, last_updated, detail"
 
 
 def _stored(row: Any) -> StoredJob:
     return StoredJob(row[0], json.loads(row[1]), row[2], row[3], row[4],
-                     None if row[5] is None else json.loads(row[5]), row[6], row[7])
+                     None if row[5] is None else json.loads(row[5]), row[6], row[7], row[8])
 
 
 def _idle_since(job: dict[str, Any], now: float) -> float | None:
@@ -159,35 +199,78 @@ class Transaction:
             (self.app_id, job_id, self.now)).fetchone()
         return None if row is None else _stored(row)
 
-    def insert(self, job: dict[str, Any], *, start_hash: str, expires_at: float) -> None:
-        """Store a new job; any expired row with the same id is replaced."""
+    def insert(self, job: dict[str, Any], *, start_hash: str, expires_at: float,
+               eta: str | None = None) -> None:
+        """Store a new job (with its ETA state); any expired row with the same id is replaced."""
         self._conn.execute("DELETE FROM jobs WHERE app_id = ? AND id = ?",
                            (self.app_id, job["id"]))
         parent = job.get("parent") or {}
         self._conn.execute(
             "INSERT INTO jobs (app_id, id, user_id, parent_id, child_index, start_hash, "
-            "expires_at, data, finished, idle_since, stale_after) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "expires_at, data, finished, idle_since, stale_after, eta) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.app_id, job["id"], job["userId"], parent.get("parentJobId"),
              parent.get("childIndex"), start_hash, expires_at, _dump(job),
-             job.get("status") in FINISHED, _idle_since(job, self.now), _own_limit(job)))
+             job.get("status") in FINISHED, _idle_since(job, self.now), _own_limit(job), eta))
 
-    def update(self, job: dict[str, Any], *, aggregate: dict[str, Any] | None = None) -> None:
-        """Save a changed job document, and a parent's children aggregate when given.
+    def update(self, job: dict[str, Any], *, aggregate: dict[str, Any] | None = None,
+               eta: str | None = None) -> None:
+        """Save a changed job document, and a parent's aggregate or the ETA state when given.
 
         Every update is a write to the job: a running job's stale clock starts again.
         """
         columns = (_dump(job), job.get("status") in FINISHED, _idle_since(job, self.now),
                    _own_limit(job))
-        if aggregate is None:
-            self._conn.execute(
-                "UPDATE jobs SET data = ?, finished = ?, idle_since = ?, stale_after = ? "
-                "WHERE app_id = ? AND id = ?", (*columns, self.app_id, job["id"]))
-        else:
-            self._conn.execute(
-                "UPDATE jobs SET data = ?, finished = ?, idle_since = ?, stale_after = ?, "
-                "aggregate = ? WHERE app_id = ? AND id = ?",
-                (*columns, _dump(aggregate), self.app_id, job["id"]))
+        sql = "UPDATE jobs SET data = ?, finished = ?, idle_since = ?, stale_after = ?"
+        extra: tuple[str, ...] = ()
+        if aggregate is not None:
+            sql += ", aggregate = ?"
+            extra += (_dump(aggregate),)
+        if eta is not None:
+            sql += ", eta = ?"
+            extra += (eta,)
+        self._conn.execute(sql + " WHERE app_id = ? AND id = ?",
+                           (*columns, *extra, self.app_id, job["id"]))
+
+    # ETA statistics -------------------------------------------------------------------
+
+    def eta_detail(self, eta_key: str) -> str | None:
+        """The ``detail`` column of an eta key (its history and stages), if it has statistics."""
+        row = self._conn.execute(
+            "SELECT detail FROM eta_stats WHERE app_id = ? AND eta_key = ?",
+            (self.app_id, eta_key)).fetchone()
+        return None if row is None else str(row[0])
+
+    def eta_row(self, eta_key: str, *, window: bool = False) -> EtaRow | None:
+        """The statistics of an eta key; with ``window``, its recent samples too."""
+        columns = _ETA_COLUMNS + (", window" if window else "")
+        row = self._conn.execute(
+            f"SELECT {columns} FROM eta_stats WHERE app_id = ? AND eta_key = ?",
+            (self.app_id, eta_key)).fetchone()
+        return None if row is None else EtaRow(*row)
+
+    def eta_rows(self, limit: int) -> list[EtaRow]:
+        """Up to ``limit`` eta keys of the app, the most recently updated first."""
+        rows = self._conn.execute(
+            f"SELECT {_ETA_COLUMNS} FROM eta_stats WHERE app_id = ? "
+            "ORDER BY last_updated DESC, eta_key LIMIT ?", (self.app_id, limit)).fetchall()
+        return [EtaRow(*row) for row in rows]
+
+    def put_eta_row(self, row: EtaRow) -> None:
+        """Store the statistics of an eta key, replacing any before them."""
+        self._conn.execute(
+            "INSERT OR REPLACE INTO eta_stats (app_id, eta_key, count, total, min, max, p50, "
+            "p95, confidence, last_updated, detail, window) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.app_id, row.eta_key, row.count, row.total, row.min, row.max, row.p50,
+             row.p95, row.confidence, row.last_updated, row.detail, row.window))
+
+    def delete_eta_row(self, eta_key: str) -> bool:
+        """Remove the statistics of an eta key; whether there were any."""
+        deleted: int = self._conn.execute(
+            "DELETE FROM eta_stats WHERE app_id = ? AND eta_key = ?",
+            (self.app_id, eta_key)).rowcount
+        return deleted > 0
 
     def children(self, parent_id: str) -> list[tuple[dict[str, Any], float]]:
         """Every live child of a parent with its expiry, in child-index order.
@@ -311,6 +394,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 since = _idle_since(job, _last_write(job))
                 if since is not None:
                     conn.execute("UPDATE jobs SET idle_since = ? WHERE seq = ?", (since, seq))
+        if "eta" not in job_columns:
+            # Jobs of an older version have no ETA state: _eta reads them as such.
+            conn.execute("ALTER TABLE jobs ADD COLUMN eta TEXT")
         if "signing_key" not in {row[1] for row in conn.execute("PRAGMA table_info(apps)")}:
             conn.execute("ALTER TABLE apps ADD COLUMN signing_key TEXT")
         for (app_id,) in conn.execute(
