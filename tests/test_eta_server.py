@@ -28,7 +28,7 @@ from seenn._core.eta import (
 )
 from seenn._core.validation import format_datetime
 from seenn.server import RunningServer
-from seenn.server._eta import MAX_STAGES, WINDOW
+from seenn.server._eta import MAX_STAGES, RECOMPUTE_AFTER, RECOMPUTE_EVERY, WINDOW
 
 T0 = 1_800_000_000.0
 
@@ -241,6 +241,21 @@ def test_the_window_stays_bounded(http: httpx.Client, clock: Clock,
     assert len(stored["s"]) == WINDOW
     assert len(stored["g"]) == MAX_STAGES
     assert all(len(durations) <= WINDOW for durations in stored["g"].values())
+
+
+def test_a_full_windows_summary_is_recomputed_every_few_jobs(http: httpx.Client,
+                                                              clock: Clock) -> None:
+    """With the window full, percentiles move every RECOMPUTE_EVERY jobs (or after a minute)."""
+    for _ in range(WINDOW):
+        run(http, clock, 10.0)
+    for _ in range(RECOMPUTE_EVERY - 1):
+        run(http, clock, 100.0)
+    assert stats(http)["p95Duration"] == 10_000  # 7 long jobs in: not recomputed yet
+    run(http, clock, 100.0)
+    assert stats(http)["p95Duration"] == 100_000  # the 8th: 8 of 128 are long
+    clock.now += RECOMPUTE_AFTER  # and a stale summary is recomputed after a while
+    run(http, clock, 10.0)
+    assert stats(http)["count"] == WINDOW + RECOMPUTE_EVERY + 1
 
 
 def test_keys_are_per_app_and_per_workflow(tmp_path: Path, clock: Clock) -> None:

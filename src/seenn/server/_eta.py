@@ -52,6 +52,12 @@ from seenn.errors import ValidationError
 from seenn.server._errors import HTTPError, Response
 from seenn.server._store import EtaRow, Store, StoredJob, Transaction
 
+RECOMPUTE_EVERY = 8
+"""With a full window, the summary of a key is recomputed every this many completions..."""
+
+RECOMPUTE_AFTER = 60.0
+"""...or when it is older than this many seconds."""
+
 WINDOW = 128
 """Completed jobs (and durations per stage) a key's recent window keeps."""
 
@@ -252,15 +258,23 @@ def record(tx: Transaction, key: str, sample: Sample, stages: Mapping[str, float
         recent_stages[name] = recent
     while len(recent_stages) > MAX_STAGES:
         del recent_stages[next(iter(recent_stages))]
+    count, total, low, high = ((1, sample.duration, sample.duration, sample.duration)
+                               if row is None else
+                               (row.count + 1, row.total + sample.duration,
+                                min(row.min, sample.duration), max(row.max, sample.duration)))
+    if (row is not None and len(samples) >= WINDOW and count % RECOMPUTE_EVERY
+            and tx.now - window.get("t", 0.0) < RECOMPUTE_AFTER):
+        # A full window moves little with one more job: the summary (a few ms of
+        # work inside the write lock) is recomputed every RECOMPUTE_EVERY jobs.
+        tx.put_eta_row(EtaRow(key, count, total, low, high, row.p50, row.p95, row.confidence,
+                              tx.now, row.detail, _dump(window)))
+        return
+    window["t"] = tx.now
     history = history_of([Sample(d, tuple(c)) for d, c in samples],
                          {name: stats_of(d) for name, d in recent_stages.items() if d})
     wire = history.to_wire()
     detail = {"stages": {name: s.to_wire() for name, s in history.stages.items()},
               "history": wire}
-    count, total, low, high = ((1, sample.duration, sample.duration, sample.duration)
-                               if row is None else
-                               (row.count + 1, row.total + sample.duration,
-                                min(row.min, sample.duration), max(row.max, sample.duration)))
     tx.put_eta_row(EtaRow(key, count, total, low, high, wire["p50Duration"] / 1000,
                           wire["p95Duration"] / 1000, key_confidence(history), tx.now,
                           _dump(detail), _dump(window)))
