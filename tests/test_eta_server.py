@@ -247,15 +247,20 @@ def test_a_full_windows_summary_is_recomputed_every_few_jobs(http: httpx.Client,
                                                               clock: Clock) -> None:
     """With the window full, percentiles move every RECOMPUTE_EVERY jobs (or after a minute)."""
     for _ in range(WINDOW):
-        run(http, clock, 10.0)
-    for _ in range(RECOMPUTE_EVERY - 1):
-        run(http, clock, 100.0)
-    assert stats(http)["p95Duration"] == 10_000  # 7 long jobs in: not recomputed yet
-    run(http, clock, 100.0)
-    assert stats(http)["p95Duration"] == 100_000  # the 8th: 8 of 128 are long
-    clock.now += RECOMPUTE_AFTER  # and a stale summary is recomputed after a while
-    run(http, clock, 10.0)
-    assert stats(http)["count"] == WINDOW + RECOMPUTE_EVERY + 1
+        run(http, clock, 1.0)
+    for _ in range(RECOMPUTE_EVERY - 1):  # 35 s in all: under RECOMPUTE_AFTER
+        run(http, clock, 5.0)
+    assert stats(http)["p95Duration"] == 1_000  # 7 long jobs in: not recomputed yet
+    run(http, clock, 5.0)
+    assert stats(http)["p95Duration"] == 5_000  # the 8th: 8 of 128 are long
+    for _ in range(WINDOW // 2 - RECOMPUTE_EVERY):  # up to 64 long, 64 short: recomputed
+        run(http, clock, 5.0)
+    assert stats(http)["p50Duration"] == 3_000
+    run(http, clock, 5.0)  # 65 long: the median would be 5 s, but not recomputed...
+    assert stats(http)["p50Duration"] == 3_000
+    clock.now += RECOMPUTE_AFTER
+    run(http, clock, 5.0)  # ...until a minute has passed
+    assert stats(http)["p50Duration"] == 5_000
 
 
 def test_keys_are_per_app_and_per_workflow(tmp_path: Path, clock: Clock) -> None:
