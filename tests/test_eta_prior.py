@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -247,3 +249,33 @@ def test_a_bad_interval_is_a_validation_error(value: Any) -> None:
         HTTPExporter(api_key=SECRET, base_url="http://127.0.0.1:9", eta_history_interval=value)
     assert caught.value.details is not None
     assert caught.value.details["field"] == "eta_history_interval"
+
+
+def test_a_forked_child_fetches_for_itself_and_keeps_the_cache(server: RecordingServer,
+                                                               setup: Setup) -> None:
+    """After os.fork() the child asks again with its own thread; the prior it inherited stays."""
+    server.backend.eta["render"] = (200, answer_of("render", HISTORY))
+    setup.run("render")
+    wait_until(lambda: prior("render") is not None)
+    parent_priors = setup.exporter._priors
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking a threaded process; forking one is the point.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 1
+        try:
+            priors = setup.exporter._priors
+            fresh = (priors is not None and priors is not parent_priors and not priors._due
+                     and priors._thread is None and prior("render") is not None)
+            if fresh:
+                assert priors is not None
+                set_prior("render", None)  # to see the child's own answer arrive
+                priors.want("render")
+                wait_until(lambda: prior("render") is not None)
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [r.path for r in server.eta_requests] == ["/v1/eta/render"] * 2
