@@ -3,8 +3,9 @@
 * :class:`Run` is what whoever follows a running job keeps for
   :func:`~seenn._core.eta.estimate`: when it started running, where its progress
   started, when its progress first reached each curve point and when it last
-  changed. ``TrackedJob`` keeps one (its ``eta``), and so does the console
-  exporter for each job it shows, from the events' timestamps.
+  changed. The console exporter keeps one for each job it shows, from the events'
+  timestamps; ``TrackedJob`` keeps the same fields in slots of its own (cheaper on
+  its hot path) and estimates with :func:`estimate_run` (its ``eta``).
 * The *prior cache* holds, per key (a job type), what the backend says about
   completed jobs of that key (a :class:`~seenn._core.eta.History`). The HTTP
   exporter fills it; ``TrackedJob.eta`` and the console read it. It is
