@@ -6,6 +6,7 @@ so tests can also run whole flows. ``GET /v1/eta/{key}`` (the HTTP exporter
 fetches it on a thread of its own, at moments of its choosing) is kept apart: it
 never takes a scripted reply, is recorded in ``eta_requests`` rather than
 ``requests``, and is answered from ``backend.eta`` (404 for a key not there).
+A test of the client's own ``eta`` calls sets ``eta_apart = False`` to script them.
 Responses go out in one write with ``TCP_NODELAY`` set (small split writes
 cost ~40 ms per keep-alive request).
 """
@@ -161,6 +162,7 @@ class RecordingServer:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.eta_requests: list[Recorded] = []
+        self.eta_apart = True
         self.backend = FakeBackend()
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -223,7 +225,8 @@ class RecordingServer:
                 parts = urlsplit(self.path)
                 record = Recorded(self.command, parts.path, parse_qs(parts.query),
                                   dict(self.headers.items()), body)
-                eta = self.command == "GET" and parts.path.startswith("/v1/eta/")
+                eta = (server.eta_apart and self.command == "GET"
+                       and parts.path.startswith("/v1/eta/"))
                 with server._lock:
                     (server.eta_requests if eta else server.requests).append(record)
                     gates = [gate for match, gate in server._gates if match(record)]

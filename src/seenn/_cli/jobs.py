@@ -125,7 +125,7 @@ def time_left(job: Job, now: datetime) -> str:
     """
     if job.status != "running":
         return ""
-    if job.to_dict().get("etaOverdue") is True:
+    if job.eta_overdue:
         return describe(0.0, overdue=True)
     when = job.estimated_completion_at
     if when is None:

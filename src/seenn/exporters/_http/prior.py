@@ -29,10 +29,10 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from seenn._client.transport import quote_id
-from seenn._core.eta import CURVE_POINTS, DurationStats, History
+from seenn._core.eta import DurationStats, History
 from seenn._core.eta_live import history_from_stats, set_prior
 from seenn.errors import AuthenticationError, NotFoundError, RateLimitError, SeennError
 from seenn.exporters._http.state import remember
@@ -157,74 +157,27 @@ class Priors:
 def history_of_answer(answer: object) -> History | None:
     """The :class:`History` in a ``GET /v1/eta/{etaKey}`` answer, or ``None``.
 
-    ``seenn serve`` puts the estimator's own summary under ``history`` (durations
-    in milliseconds, shares, and ``null`` for an infinite spread), with ``stages``
-    beside it; a backend sending only the statistics (``count``, ``p50Duration``,
-    ``p95Duration``, in milliseconds) gets a prior that takes the pace as steady.
+    ``seenn serve`` puts the estimator's own summary under ``history``
+    (:meth:`History.to_wire`), with ``stages`` beside it: it is rebuilt exactly as
+    the backend rebuilds it to estimate. A backend sending only the statistics
+    (``count``, ``p50Duration``, ``p95Duration``, in milliseconds) gets a prior that
+    takes the pace as steady.
     """
     if not isinstance(answer, Mapping):
         return None
-    stages = _stages(answer.get("stages"))
-    found = _history(answer.get("history"), stages)
+    found = History.from_wire(answer.get("history"), answer.get("stages"))
     if found is not None:
         return found
-    total = _stats(answer)
-    if total is None:
+    count = answer.get("count")
+    p50, p95 = _milliseconds(answer.get("p50Duration")), _milliseconds(answer.get("p95Duration"))
+    if type(count) is not int or count < 0 or p50 is None or p95 is None:
         return None
-    history = history_from_stats(total)
-    return History(history.total, history.spread, history.curve, history.errors,
-                   history.recent_errors, stages)
+    return history_from_stats(DurationStats(count, p50, p95))
 
 
-def _number(value: object) -> float | None:
-    """A finite number >= 0 from JSON (never a bool), else ``None``."""
+def _milliseconds(value: object) -> float | None:
+    """Seconds from a finite number of milliseconds >= 0 (never a bool), else ``None``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     number = float(value)
-    return number if math.isfinite(number) and number >= 0 else None
-
-
-def _stats(data: Mapping[str, Any]) -> DurationStats | None:
-    count = data.get("count")
-    p50, p95 = _number(data.get("p50Duration")), _number(data.get("p95Duration"))
-    if type(count) is not int or count < 0 or p50 is None or p95 is None:
-        return None
-    return DurationStats(count, p50 / 1000, p95 / 1000)
-
-
-def _points(value: object, *, nulls: bool) -> tuple[float, ...] | None:
-    """``CURVE_POINTS`` numbers (``null`` read as infinite where ``nulls``), else ``None``."""
-    if not isinstance(value, list) or len(value) != CURVE_POINTS:
-        return None
-    points = []
-    for item in value:
-        number = math.inf if item is None and nulls else _number(item)
-        if number is None:
-            return None
-        points.append(number)
-    return tuple(points)
-
-
-def _history(data: object, stages: dict[str, DurationStats]) -> History | None:
-    if not isinstance(data, Mapping):
-        return None
-    total = _stats(data)
-    raw_spread = data.get("spread")
-    spread = math.inf if raw_spread is None else _number(raw_spread)
-    curve = _points(data.get("curve"), nulls=False)
-    errors = _points(data.get("errors"), nulls=True)
-    recent = _points(data.get("recentErrors"), nulls=True)
-    if total is None or spread is None or curve is None or errors is None or recent is None:
-        return None
-    return History(total, spread, curve, errors, recent, stages)
-
-
-def _stages(value: object) -> dict[str, DurationStats]:
-    stages: dict[str, DurationStats] = {}
-    if isinstance(value, Mapping):
-        for name, item in value.items():
-            if isinstance(name, str) and isinstance(item, Mapping):
-                found = _stats(item)
-                if found is not None:
-                    stages[name] = found
-    return stages
+    return number / 1000 if math.isfinite(number) and number >= 0 else None
