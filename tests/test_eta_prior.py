@@ -126,7 +126,9 @@ def test_export_never_waits_for_the_history(server: RecordingServer) -> None:
     assert server.backend.jobs[job.id]["status"] == "completed"
     wait_until(lambda: len(server.eta_requests) == 1)
     assert prior("render") is None  # still held
-    assert "seenn-eta-prior" in {thread.name for thread in threading.enumerate()}
+    fetcher = made.exporter._priors._thread if made.exporter._priors is not None else None
+    assert fetcher is not None and fetcher.is_alive()  # the GET waits on the exporter's thread
+    assert fetcher is not threading.current_thread() and fetcher.name == "seenn-eta-prior"
     held.set()
     wait_until(lambda: prior("render") is not None)
     made.tracker.shutdown(timeout=5)
