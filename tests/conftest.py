@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 import seenn
+from seenn._core.eta_live import clear_priors
 from tests.server import RecordingServer
 
 SECRET = "sk_test_s3cr3t-key-do-not-leak"
@@ -28,6 +29,14 @@ class FakeClock:
 
     async def async_sleep(self, seconds: float) -> None:
         self.sleep(seconds)
+
+
+@pytest.fixture(autouse=True)
+def no_eta_priors() -> Iterator[None]:
+    """Start and end every test with an empty ETA prior cache (it is process-wide)."""
+    clear_priors()
+    yield
+    clear_priors()
 
 
 @pytest.fixture

@@ -2,8 +2,13 @@
 
 Replies queued with :meth:`RecordingServer.reply` are played first, in order;
 when none is queued, a small in-memory backend (:class:`FakeBackend`) answers,
-so tests can also run whole flows. Responses go out in one write with
-``TCP_NODELAY`` set (small split writes cost ~40 ms per keep-alive request).
+so tests can also run whole flows. ``GET /v1/eta/{key}`` (the HTTP exporter
+fetches it on a thread of its own, at moments of its choosing) is kept apart: it
+never takes a scripted reply, is recorded in ``eta_requests`` rather than
+``requests``, and is answered from ``backend.eta`` (404 for a key not there).
+A test of the client's own ``eta`` calls sets ``eta_apart = False`` to script them.
+Responses go out in one write with ``TCP_NODELAY`` set (small split writes
+cost ~40 ms per keep-alive request).
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.jobs: dict[str, dict[str, Any]] = {}
+        # eta key -> (status, body) of GET /v1/eta/{key}
+        self.eta: dict[str, tuple[int, Any]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -84,6 +91,12 @@ class FakeBackend:
             if method == "POST" and len(parts) == 4:
                 return self._update(job, parts[3], body)
         return 405, {"error": {"code": "METHOD_NOT_ALLOWED", "message": "no"}}
+
+    def eta_answer(self, key: str) -> tuple[int, Any]:
+        """The answer to ``GET /v1/eta/{key}``."""
+        with self._lock:
+            return self.eta.get(key, (404, {"error": {"code": "NOT_FOUND",
+                                                      "message": "no ETA statistics"}}))
 
     def _start(self, body: dict[str, Any]) -> tuple[int, Any]:
         job_id = body.get("id") or f"job_{next(self._ids):04d}"
@@ -148,6 +161,8 @@ class RecordingServer:
 
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
+        self.eta_requests: list[Recorded] = []
+        self.eta_apart = True
         self.backend = FakeBackend()
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -210,12 +225,18 @@ class RecordingServer:
                 parts = urlsplit(self.path)
                 record = Recorded(self.command, parts.path, parse_qs(parts.query),
                                   dict(self.headers.items()), body)
+                eta = (server.eta_apart and self.command == "GET"
+                       and parts.path.startswith("/v1/eta/"))
                 with server._lock:
-                    server.requests.append(record)
+                    (server.eta_requests if eta else server.requests).append(record)
                     gates = [gate for match, gate in server._gates if match(record)]
                 for gate in gates:
                     gate.wait(30)
-                reply = server._next_reply()
+                reply = None if eta else server._next_reply()
+                if eta:
+                    status, payload = server.backend.eta_answer(
+                        unquote(parts.path[len("/v1/eta/"):]))
+                    reply = Reply(status, payload)
                 if reply is None:
                     status, payload = server.backend.handle(
                         self.command, parts.path, record.query,

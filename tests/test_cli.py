@@ -12,8 +12,10 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,8 @@ import seenn.server
 from seenn._cli import main
 from seenn._cli.jobs import watch
 from seenn.server import RunningServer
+from tests.conftest import SECRET
+from tests.server import RecordingServer
 
 
 @pytest.fixture
@@ -275,6 +279,107 @@ def test_jobs_watch_follows_a_live_job(client: seenn.SeennClient, tty: bool) -> 
     assert ("\r\x1b[2K" in text) is tty
     if not tty:
         assert text.splitlines()[-1] == "completed"
+
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def recorded(server: RecordingServer) -> Iterator[seenn.SeennClient]:
+    """A client of the recording server, whose jobs a test can change at will."""
+    with seenn.SeennClient(SECRET, base_url=server.url) as c:
+        yield c
+
+
+def _change(server: RecordingServer, job_id: str, **fields: Any) -> None:
+    with server.backend._lock:
+        server.backend.jobs[job_id].update(fields)
+
+
+def _watch(client: seenn.SeennClient, job_id: str, *, tty: bool,
+           now: Callable[[], datetime]) -> tuple[_Lines, threading.Thread, list[int]]:
+    out = _Lines()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(
+        watch(client, job_id, interval=0.01, out=out, tty=tty, now=now)))
+    thread.start()
+    return out, thread, result
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_jobs_watch_says_how_long_the_backend_expects(server: RecordingServer,
+                                                      recorded: seenn.SeennClient,
+                                                      tty: bool) -> None:
+    """A running job's line ends with the time left until its estimatedCompletionAt."""
+    job = recorded.jobs.start("video", user_id="u", title="t")
+    _change(server, job.id, status="running", progress=40,
+            estimatedCompletionAt="2026-01-01T12:01:20.000Z")
+    out, thread, result = _watch(recorded, job.id, tty=tty, now=lambda: NOW)
+    out.wait_for("left")
+    _change(server, job.id, status="completed", progress=100)
+    thread.join(timeout=30)
+    assert result == [0]
+    assert "[############..................]  40%  running  ~1 min 20 s left" in out.getvalue()
+    assert "completed  ~" not in out.getvalue()  # an ended job has no countdown
+
+
+@pytest.mark.parametrize("fields", [
+    {"estimatedCompletionAt": "2026-01-01T12:05:00.000Z", "etaOverdue": True},
+    {"estimatedCompletionAt": "2026-01-01T11:59:59.000Z"},
+])
+def test_jobs_watch_says_when_a_job_takes_longer_than_usual(
+        server: RecordingServer, recorded: seenn.SeennClient, fields: dict[str, Any]) -> None:
+    """etaOverdue, or an estimated completion already past while running, reads as such."""
+    job = recorded.jobs.start("video", user_id="u", title="t")
+    _change(server, job.id, status="running", progress=70, **fields)
+    out, thread, result = _watch(recorded, job.id, tty=False, now=lambda: NOW)
+    out.wait_for("usual")
+    _change(server, job.id, status="completed", progress=100)
+    thread.join(timeout=30)
+    assert result == [0]
+    assert " 70%  running  taking longer than usual\n" in out.getvalue()
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_jobs_watch_adds_no_line_for_the_countdown_alone(server: RecordingServer,
+                                                        recorded: seenn.SeennClient,
+                                                        tty: bool) -> None:
+    """Off a terminal a line is written when the job changes; on one the line is redrawn."""
+    job = recorded.jobs.start("video", user_id="u", title="t")
+    _change(server, job.id, status="running", progress=40,
+            estimatedCompletionAt="2026-01-01T12:10:00.000Z")
+    polls: list[datetime] = []
+    enough = threading.Event()
+
+    def now() -> datetime:
+        polls.append(NOW + timedelta(minutes=len(polls)))
+        if len(polls) >= 4:
+            enough.set()
+        return polls[-1]
+
+    out, thread, result = _watch(recorded, job.id, tty=tty, now=now)
+    assert enough.wait(30)
+    _change(server, job.id, progress=50)
+    out.wait_for(" 50%")
+    _change(server, job.id, status="completed", progress=100)
+    thread.join(timeout=30)
+    assert result == [0]
+    text = out.getvalue()
+    assert "~10 min left" in text
+    forties = len(re.findall(r" 40%  running  ~\d+ min left", text))
+    assert forties == 1 if not tty else forties >= 4, text
+
+
+def test_jobs_get_shows_the_time_left_of_a_running_job(
+        server: RecordingServer, recorded: seenn.SeennClient,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`seenn jobs get` has an eta row while the backend has an estimate."""
+    job = recorded.jobs.start("video", user_id="u", title="t")
+    soon = datetime.now(timezone.utc) + timedelta(hours=2)
+    _change(server, job.id, status="running", progress=10,
+            estimatedCompletionAt=soon.strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+    assert main(["jobs", "get", job.id, "--base-url", server.url, "--api-key", SECRET]) == 0
+    assert "eta        ~2 h left\n" in capsys.readouterr().out
 
 
 def test_errors_are_one_line_without_traceback(backend: RunningServer,

@@ -44,3 +44,14 @@ def test_demo_help_explains_the_options() -> None:
     assert out.returncode == 0
     assert "--pace" in out.stdout
     assert "--fail" in out.stdout
+
+
+def test_demo_shows_the_time_left_the_backend_estimates() -> None:
+    """Once a few percent are done, the phone's lines end with the backend's time left."""
+    out = demo("--pace", "0.5")
+    assert out.returncode == 0, out.stderr
+    running = re.findall(r"^\[[#.]{30}\]\s+(\d+)%  running  .*$", out.stdout, re.M)
+    assert running, out.stdout
+    assert re.search(r"%  running  .*  (~\d+ s left|taking longer than usual)$", out.stdout,
+                     re.M), out.stdout
+    assert not re.search(r"completed  .*left", out.stdout)

@@ -162,6 +162,7 @@ def test_unusable_answers_are_invalid_responses(server: RecordingServer) -> None
     good = {"etaKey": "k", "count": 1, "avgDuration": 5, "p50Duration": 5, "p95Duration": 5,
             "minDuration": 5, "maxDuration": 5, "confidence": 0.2,
             "lastUpdated": "2030-01-01T00:00:00Z", "future": {"x": 1}, "stages": {"s": 1}}
+    server.eta_apart = False  # the replies below are for the client's own calls
     server.reply(200, good)
     for bad in ({**good, "p50Duration": "5"}, {**good, "maxDuration": 1e300},
                 {**good, "count": True}, {**good, "etaKey": ""}, {**good, "confidence": None},

@@ -7,11 +7,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from seenn._cli.errors import CLIError
 from seenn._client.client import SeennClient
 from seenn._client.resources import Job
+from seenn._core.eta_live import describe
 from seenn.errors import NotFoundError, SeennError
 
 
@@ -58,6 +61,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
         return 0
     rows = [("id", job.id), ("type", job.job_type), ("user", job.user_id),
             ("title", job.title), ("status", job.status), ("progress", f"{job.progress}%"),
+            ("eta", time_left(job, _utc_now())),
             ("stage", _stage(job)), ("message", job.message),
             ("queue", f"{job.queue.position}/{job.queue.total}" if job.queue else ""),
             ("created", _when(job, "created_at")), ("updated", _when(job, "updated_at")),
@@ -113,10 +117,36 @@ def _bar(job: Job, width: int = 30) -> str:
     return "  ".join(parts)
 
 
+def time_left(job: Job, now: datetime) -> str:
+    """How long a running job has left by the backend's estimate, in words, or ``""``.
+
+    From ``estimatedCompletionAt``; "taking longer than usual" when the backend says
+    ``etaOverdue`` or that time has passed while the job still runs.
+    """
+    if job.status != "running":
+        return ""
+    if job.eta_overdue:
+        return describe(0.0, overdue=True)
+    when = job.estimated_completion_at
+    if when is None:
+        return ""
+    left = (when - now).total_seconds()
+    return describe(left, overdue=left <= 0)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def watch(client: SeennClient, job_id: str, *, interval: float, out: TextIO,
-          tty: bool) -> int:
-    """Poll a job until it ends, drawing its progress; 0 if it completed, 1 otherwise."""
-    last = ""
+          tty: bool, now: Callable[[], datetime] = _utc_now) -> int:
+    """Poll a job until it ends, drawing its progress; 0 if it completed, 1 otherwise.
+
+    A running job's line ends with the time left by the backend's estimate. On a
+    terminal the line is redrawn whenever it changes; otherwise a line is written
+    when the job changes (the countdown alone does not add lines).
+    """
+    last = last_bar = ""
     while True:
         try:
             job = client.jobs.get(job_id)
@@ -124,14 +154,16 @@ def watch(client: SeennClient, job_id: str, *, interval: float, out: TextIO,
             if tty and last:
                 out.write("\n")
             raise _fail(f"job {job_id} not found (or expired)") from None
-        line = _bar(job)
-        if line != last:
+        bar = _bar(job)
+        left = time_left(job, now())
+        line = f"{bar}  {left}" if left else bar
+        if line != last and (tty or bar != last_bar):
             if tty:
                 out.write("\r\x1b[2K" + line)
             else:
                 out.write(line + "\n")
             out.flush()
-            last = line
+            last, last_bar = line, bar
         if job.is_terminal:
             if tty:
                 out.write("\n")

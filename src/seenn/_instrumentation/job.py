@@ -46,6 +46,8 @@ from seenn._instrumentation.wrapping import wrap_stage
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from seenn._core.eta import Estimate
+
 __all__ = ["StageScope", "TrackedJob", "current_job", "plain_job", "set_hand_off_codec", "stage"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,7 +96,7 @@ class TrackedJob(JobCore):
     Attributes are read-only: ``id``, ``job_type``, ``user_id``, ``title``,
     ``status``, ``progress``, ``message``, ``current_stage``, ``queue``,
     ``metadata``, ``result``, ``error``, ``retryable``, ``parent_id``,
-    ``child_index``, ``is_done``.
+    ``child_index``, ``is_done``, ``eta``.
     """
     __slots__ = ()
 
@@ -241,6 +243,23 @@ class TrackedJob(JobCore):
     def is_done(self) -> bool:
         """Whether the job has completed or failed."""
         return self._state >= COMPLETED
+
+    @property
+    def eta(self) -> Estimate | None:
+        """How long the job has left, estimated now: a :class:`seenn.Eta`, or ``None``.
+
+        It weighs the job's own pace (its progress, the time since it started
+        running in this process, when its progress reached each 2 % step and when
+        it last changed) against what completed jobs of its type took, when the
+        backend has told (the HTTP exporter fetches that history; see
+        ``docs/tracking.md``). ``stage()`` and ``iterate()`` feed it through the
+        progress they set.
+
+        ``None`` when there is nothing to go on yet (no history, and less than 5 %
+        done), while the job is not running (pending, queued, ended), and always
+        for a job with nothing configured: such a job records nothing, to stay free.
+        """
+        return self._estimate()
 
     def __repr__(self) -> str:
         return (f"<TrackedJob {self.id} {self._job_type!r} status={self.status} "

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
+from seenn._core.eta_live import estimate_run, prior
 from seenn._core.events import SPAN_KEY, EventBuilder, EventKind, JobEvent, Span, current_context
 from seenn._core.models import JobError, JobResult, JobStatus, Queue, Stage
 from seenn._core.pipeline import internal_error, is_strict, logger
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+    from seenn._core.eta import Estimate
     from seenn._core.pipeline import Processor
 
 __all__ = ["CURRENT_JOB", "STATUS", "JobCore", "ProcessorSource"]
@@ -109,7 +111,8 @@ class JobCore:
     # attributes acting as defaults until a job sets its own (in __dict__), so
     # making a job stores only what the caller gave: the unconfigured path is
     # mostly the cost of making the job.
-    __slots__ = ("__dict__", "__weakref__", "_id", "_job_type", "_lock", "_procs", "_progress",
+    __slots__ = ("__dict__", "__weakref__", "_eta_at", "_eta_base", "_eta_began", "_eta_marks",
+                 "_eta_next", "_eta_p", "_id", "_job_type", "_lock", "_procs", "_progress",
                  "_queue", "_seq", "_state", "_token", "_tracker", "_user_id")
 
     _tracker: ProcessorSource
@@ -124,6 +127,17 @@ class JobCore:
     # Set when the job gets processors, and only read after that.
     _procs: tuple[Processor, ...]
     _seq: int
+    # What eta needs, recorded by _emit() (so only for a job with processors), as
+    # the fields of a seenn._core.eta_live.Run: the progress of the last event (-1
+    # until the job runs here) and when it changed; the percent at which the next
+    # curve point is passed (0 until the job runs here: every change looks); when the
+    # job started running here and at what progress; the crossings of curve points.
+    _eta_p: int
+    _eta_at: float
+    _eta_next: int
+    _eta_began: float
+    _eta_base: int
+    _eta_marks: list[float]
     _title: str | None = None
     _metadata: Mapping[str, Any] | None = None
     _plan: Plan = None
@@ -164,6 +178,8 @@ class JobCore:
         if self._tracker._processors:
             self._procs = self._tracker._processors
             self._seq = 0
+            self._eta_p = -1
+            self._eta_next = 0
             # No other thread can reach the job before it is entered: no locking yet.
             self._lock = _Lock()
             self._emit("started")
@@ -212,6 +228,8 @@ class JobCore:
         if self._tracker._processors:
             self._procs = self._tracker._processors
             self._seq = 0
+            self._eta_p = -1
+            self._eta_next = 0
             # No other thread can reach the job before it starts: no locking yet.
             self._lock = _Lock()
             self._emit("started")
@@ -289,6 +307,8 @@ class JobCore:
         if procs:
             self._procs = procs
             self._seq = sequence
+            self._eta_p = -1
+            self._eta_next = 0
             lock = self._lock = _Lock()
             if announce:
                 with lock:
@@ -445,6 +465,16 @@ class JobCore:
         finally:
             lock.release()
 
+    # -- how long? ---------------------------------------------------------------------
+
+    def _estimate(self) -> Estimate | None:
+        """The estimate now (see ``TrackedJob.eta``)."""
+        if self._lock is None or not self._eta_next or STATUS[self._state] != "running":
+            return None
+        return estimate_run(_time(), self._eta_began, self._eta_p, self._eta_at,
+                            base=self._eta_base, crossings=self._eta_marks,
+                            history=prior(self._job_type))
+
     # -- events ------------------------------------------------------------------------
 
     def _emit(self, kind: EventKind) -> None:
@@ -478,7 +508,7 @@ class JobCore:
             event.user_id = self._user_id
             event.title = self._title
             event.status = STATUS[self._state]
-            event.progress = self._progress
+            progress = event.progress = self._progress
             event.message = self._message
             event.stage = self._stage
             event.queue = self._queue
@@ -489,10 +519,30 @@ class JobCore:
             event.parent_id = parent.id if parent is not None else None
             event.child_index = self._child_index
             event.sequence = seq
-            event.timestamp = _time()
+            now = event.timestamp = _time()
             event.trace_id = trace_id
             event.span_id = span_id
             event.__class__ = JobEvent
+            if progress != self._eta_p:
+                # For eta: a comparison per event, two stores per change, two appends
+                # per new curve point (every 2 %). Until the job runs here, _eta_next
+                # is 0 and every change looks whether it does now.
+                self._eta_p = progress
+                self._eta_at = now
+                next_mark = self._eta_next
+                if progress >= next_mark:
+                    if next_mark:
+                        marks = self._eta_marks
+                        marks.append(progress)
+                        marks.append(now)
+                        self._eta_next = progress - progress % 2 + 2
+                    elif self._state == 1 or self._state == 3:  # RUNNING, HANDED
+                        self._eta_began = now
+                        self._eta_base = progress
+                        self._eta_marks = []
+                        self._eta_next = progress - progress % 2 + 2
+                    else:
+                        self._eta_p = -1  # not running yet: look again at the next event
         except Exception as exc:
             # A bug here must not break the tracked code any more than a failing
             # exporter would.

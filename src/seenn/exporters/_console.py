@@ -11,6 +11,8 @@ import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal, TextIO
 
+from seenn._core.eta import smooth_completion
+from seenn._core.eta_live import Run, describe, prior
 from seenn._core.pipeline import ExportResult
 
 if TYPE_CHECKING:
@@ -20,6 +22,10 @@ __all__ = ["ConsoleExporter"]
 
 _BAR_WIDTH = 24
 _CLEAR_LINE = "\r\x1b[2K"
+_MIN_SHOWN = 5.0
+"""Seconds a job must be expected to take for its progress lines to say how long is left."""
+_MAX_FOLLOWED = 10_000
+"""Jobs whose pace the console follows at once (a job that never ends here is forgotten)."""
 
 
 class ConsoleExporter:
@@ -27,12 +33,19 @@ class ConsoleExporter:
 
     In text format each event is a line such as::
 
-        [seenn] video-generation job_01J9... 40% render (2/4) Rendering frames
+        [seenn] video-generation job_01J9... 40% render (2/4) Rendering frames, ~1 min 20 s left
 
     with child jobs indented under their parent. On a terminal (``live``),
     progress redraws one line with a bar instead of printing a line per
     update. ``format="json"`` writes one JSON object per event
     (:meth:`JobEvent.to_dict`), for log collectors.
+
+    The time left is estimated here, from the events' timestamps and progress,
+    with the estimator of ``TrackedJob.eta`` and the history the HTTP exporter
+    fetched for the job type, if any. It shows once there is something to go on
+    and the job is expected to take at least a few seconds; past what history
+    (or the job's own pace) expected, the line says "taking longer than usual".
+    A countdown that would go back up moves up gently.
 
     Only ASCII is written in text format, so any stream encoding works.
 
@@ -55,6 +68,8 @@ class ConsoleExporter:
         _consoles.add(self)
         self._depth: dict[str, int] = {}
         self._started_at: dict[str, float] = {}
+        self._runs: dict[str, Run] = {}  # running jobs' pace
+        self._shown: dict[str, float] = {}  # the completion time each job's line showed
         self._bar_shown = False
 
     def _target(self) -> TextIO:
@@ -88,8 +103,11 @@ class ConsoleExporter:
             self._started_at[job_id] = event.timestamp
         depth = self._depth.get(job_id, 0)
         head = f"[seenn] {'  ' * depth}{event.job_type} {job_id}"
+        left = self._time_left(event)
         if event.kind == "progress":
             detail = self._describe_progress(event)
+            if left:
+                detail = f"{detail}, {left}"
             if live:
                 self._bar_shown = True
                 filled = _BAR_WIDTH * event.progress // 100
@@ -122,6 +140,37 @@ class ConsoleExporter:
         reason = f": {error.code}: {error.message}" if error is not None else ""
         retry = " (retryable)" if event.retryable else ""
         return f"{prefix}{head} failed{took}{reason}{retry}\n"
+
+    def _time_left(self, event: JobEvent) -> str:
+        """Follow the job's pace through ``event``; how long is left, in words, or ``""``."""
+        job_id = event.job_id
+        if event.is_terminal:
+            self._runs.pop(job_id, None)
+            self._shown.pop(job_id, None)
+            return ""
+        if event.status != "running":
+            return ""  # waiting in a queue (or not started): no countdown
+        now = event.timestamp
+        run = self._runs.get(job_id)
+        if run is None:
+            if len(self._runs) >= _MAX_FOLLOWED:
+                forgotten = next(iter(self._runs))
+                del self._runs[forgotten]
+                self._shown.pop(forgotten, None)
+            run = self._runs[job_id] = Run(now, event.progress)
+        elif event.progress != run.progress:
+            run.advance(event.progress, now)
+        if event.kind != "progress":
+            return ""  # only progress lines show it
+        found = run.estimate(now, prior(event.job_type))
+        if found is None or now - run.began + found.remaining < _MIN_SHOWN:
+            return ""
+        if found.overdue:
+            self._shown.pop(job_id, None)
+            return describe(found.remaining, overdue=True)
+        shown = smooth_completion(self._shown.get(job_id), now + found.remaining, now)
+        self._shown[job_id] = shown
+        return describe(shown - now)
 
     @staticmethod
     def _describe_progress(event: JobEvent) -> str:

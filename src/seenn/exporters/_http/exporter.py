@@ -38,6 +38,9 @@ How it works:
   ``heartbeat_interval`` gets a heartbeat: a progress call repeating what the
   backend shows, so a backend's stale limit does not end it (``heartbeat``).
   ``stale_after`` sends the job's stale limit with its start.
+* When a job type starts, its ETA history is fetched (``GET /v1/eta/{jobType}``,
+  at most once per ``eta_history_interval``) on a thread of its own, for
+  ``TrackedJob.eta`` and the console (``prior``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ from typing import TYPE_CHECKING
 from seenn._core.pipeline import ExportResult
 from seenn.exporters._http.delivery import DeliveryCore
 from seenn.exporters._http.family import ADOPT_INTERVAL, Family, adopt_dead, family_of, open_own
+from seenn.exporters._http.heartbeat import resumes_here
+from seenn.exporters._http.prior import DEFAULT_INTERVAL, Priors
 from seenn.exporters._http.state import DeliveryStats
 
 if TYPE_CHECKING:
@@ -140,6 +145,10 @@ class HTTPExporter(DeliveryCore):
         stale_after: The stale limit to ask of the backend, in seconds (10 to
             2,592,000): sent as ``staleAfterSeconds`` with every start and with the
             first progress call of a job resumed here. ``None`` never sends the field.
+        eta_history_interval: Seconds between two fetches of a job type's ETA history
+            (``GET /v1/eta/{jobType}``, made on a thread of the exporter when a job of
+            the type starts), which ``TrackedJob.eta`` and the console weigh a job's
+            own pace against; ``None`` or ``0`` fetches none.
 
     Raises:
         ValidationError: An option is out of range (the error names it).
@@ -164,6 +173,7 @@ class HTTPExporter(DeliveryCore):
         max_pending_jobs: int = 50_000,
         heartbeat_interval: float | None = 60.0,
         stale_after: float | None = None,
+        eta_history_interval: float | None = DEFAULT_INTERVAL,
     ) -> None:
         from seenn._client.client import SeennClient
         from seenn._core.validation import MAX_STALE_AFTER, MIN_STALE_AFTER, fail
@@ -181,6 +191,11 @@ class HTTPExporter(DeliveryCore):
                 and heartbeat_interval >= 0):
             fail("heartbeat_interval", "must be a finite number of seconds, or None (or 0) "
                  "to send no heartbeats")
+        if eta_history_interval is not None and not (
+                _is_number(eta_history_interval) and math.isfinite(eta_history_interval)
+                and eta_history_interval >= 0):
+            fail("eta_history_interval", "must be a finite number of seconds, or None (or 0) "
+                 "to fetch no ETA history")
         if stale_after is not None and not (
                 _is_number(stale_after) and MIN_STALE_AFTER <= stale_after <= MAX_STALE_AFTER):
             fail("stale_after", f"must be a number of seconds from {MIN_STALE_AFTER} to "
@@ -196,6 +211,8 @@ class HTTPExporter(DeliveryCore):
         self.max_pending_jobs = max_pending_jobs
         self.heartbeat_interval = float(heartbeat_interval) if heartbeat_interval else None
         self.stale_after = int(stale_after) if stale_after is not None else None
+        self.eta_history_interval = (float(eta_history_interval) if eta_history_interval
+                                     else None)
         if self.stale_after is not None and self.heartbeat_interval is not None \
                 and self.stale_after < 2 * self.heartbeat_interval:
             logger.warning("seenn: HTTP exporter: stale_after=%s is less than twice "
@@ -212,6 +229,7 @@ class HTTPExporter(DeliveryCore):
         self._clock = time.monotonic
         self._random = random.random
         self._reset()
+        self._priors = self._new_priors()
         if outbox is not None:
             try:
                 self._family = family_of(outbox)
@@ -223,6 +241,13 @@ class HTTPExporter(DeliveryCore):
             self._outbox_path = self._outbox.path
             self._recover()
         _live.add(self)
+
+    def _new_priors(self) -> Priors | None:
+        interval = self.eta_history_interval
+        if interval is None:
+            return None
+        return Priors(lambda: self._client, lambda: self.stats, interval,
+                      lambda: self._clock())
 
     # The outbox: replay, adoption, fork -----------------------------------------------
 
@@ -278,6 +303,7 @@ class HTTPExporter(DeliveryCore):
         self._reset()
         self.stats = DeliveryStats()
         self._adopt_lock = threading.Lock()
+        self._priors = None if closed else self._new_priors()
         if closed:
             self._closed = self._stopping = True
             return
@@ -375,6 +401,11 @@ class HTTPExporter(DeliveryCore):
                 self._accept(event, durable=False)
             self._start_workers()
             self._cond.notify_all()
+        priors = self._priors
+        if priors is not None:
+            for event in events:
+                if event.kind == "started" or resumes_here(event):
+                    priors.want(event.job_type)
         if self._family is not None and self._clock() >= self._adopt_at:
             # On the processor's worker thread, once a minute: a process that ended
             # after this one started leaves its file to whoever looks first.
@@ -451,7 +482,11 @@ class HTTPExporter(DeliveryCore):
         grace = self._clock() + 0.5
         for worker in workers:
             worker.join(max(0.0, min(deadline, grace) - self._clock()))
+        priors = self._priors
+        if priors is not None:
+            priors.close(max(0.0, min(deadline, grace) - self._clock()))
         if self._outbox is not None:
             self._outbox.close()
-        if self._owns_client and not any(worker.is_alive() for worker in workers):
+        if self._owns_client and not any(worker.is_alive() for worker in workers) \
+                and not (priors is not None and priors.alive()):
             self._client.close()

@@ -43,6 +43,8 @@ class DeliveryStats:
             however many attempts it took). Heartbeats are not events: they are
             not in ``accepted`` or ``delivered``, but their attempts are in
             ``requests`` and ``retries``.
+        eta_fetches: ``GET /v1/eta/{jobType}`` calls made for the ETA prior (see
+            ``eta_history_interval``); not in ``requests``.
     """
 
     accepted: int = 0
@@ -56,6 +58,7 @@ class DeliveryStats:
     replayed: int = 0
     spilled: int = 0
     heartbeats: int = 0
+    eta_fetches: int = 0
 
 
 _MAX_REMEMBERED = 100_000
