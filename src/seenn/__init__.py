@@ -12,7 +12,7 @@ from seenn import propagation as _propagation  # noqa: F401 (registers hand_off)
 from seenn._client.client import AsyncJobs, AsyncSeennClient, Jobs, SeennClient
 from seenn._client.eta import EtaStageStats, EtaStats
 from seenn._client.resources import AsyncJob, BatchResult, Job, JobFamily, JobPage
-from seenn._core.eta import Estimate as Eta
+from seenn._core.eta import Eta
 from seenn._core.events import JobEvent
 from seenn._core.models import (
     ChildrenStats,

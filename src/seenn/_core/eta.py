@@ -47,7 +47,7 @@ __all__ = [
     "MIN_PROGRESS",
     "MIN_SAMPLES",
     "DurationStats",
-    "Estimate",
+    "Eta",
     "History",
     "Sample",
     "curve_of",
@@ -192,7 +192,7 @@ class History:
 
 
 @dataclass(frozen=True, slots=True)
-class Estimate:
+class Eta:
     """How long a job has left, at one moment.
 
     Attributes:
@@ -291,7 +291,7 @@ def _recent_share(own: Sequence[float], curve: Sequence[float], index: int) -> f
 
 def estimate(elapsed: float, progress: float, *, reached_at: float | None = None,
              history: History | None = None,
-             reached_times: Mapping[int, float] | None = None) -> Estimate | None:
+             reached_times: Mapping[int, float] | None = None) -> Eta | None:
     """Estimate the time left of a running job.
 
     Args:
@@ -317,7 +317,7 @@ def estimate(elapsed: float, progress: float, *, reached_at: float | None = None
     at = elapsed if reached_at is None or not math.isfinite(reached_at) else \
         min(max(reached_at, 0.0), elapsed)
     if progress >= 1.0:
-        return Estimate(0.0, 1.0, history.total.count if history is not None else 0)
+        return Eta(0.0, 1.0, history.total.count if history is not None else 0)
     if history is None or not history.usable:
         if progress < MIN_PROGRESS or at <= 0:
             return None
@@ -363,13 +363,13 @@ def smooth_completion(previous: float | None, new: float, now: float) -> float:
 
 
 def _finish(duration: float, spread: float, elapsed: float, progress: float, count: int,
-            p95: float | None) -> Estimate:
+            p95: float | None) -> Eta:
     remaining = duration - elapsed
     floor = OVERRUN_FLOOR * duration * (1 - progress)
     overdue = remaining < floor or (p95 is not None and elapsed > p95)
     # Confidence: the chance the true duration is within 20 % of the guess.
     confidence = math.erf(math.log(1.2) / (max(spread, 1e-6) * math.sqrt(2)))
-    return Estimate(max(remaining, floor), round(min(confidence, 0.99), 2), count, overdue)
+    return Eta(max(remaining, floor), round(min(confidence, 0.99), 2), count, overdue)
 
 
 def _robust_spread(values: Sequence[float]) -> float:

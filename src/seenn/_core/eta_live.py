@@ -26,7 +26,7 @@ from seenn._core.eta import (
     CURVE_POINTS,
     MIN_SPREAD,
     DurationStats,
-    Estimate,
+    Eta,
     History,
     estimate,
 )
@@ -88,7 +88,7 @@ class Run:
             self.crossings += (progress, at)
             self.next_mark = next_mark(progress)
 
-    def estimate(self, now: float, history: History | None = None) -> Estimate | None:
+    def estimate(self, now: float, history: History | None = None) -> Eta | None:
         """The estimate at time ``now``, with ``history`` as the prior if known."""
         return estimate_run(now, self.began, self.progress, self.moved, base=self.base,
                             crossings=self.crossings, history=history)
@@ -118,7 +118,7 @@ def reached_times(began: float, base: int, crossings: Sequence[float]) -> dict[i
 
 def estimate_run(now: float, began: float, progress: int, moved: float, *, base: int = 0,
                  crossings: Sequence[float] = (),
-                 history: History | None = None) -> Estimate | None:
+                 history: History | None = None) -> Eta | None:
     """The estimate at ``now`` of a job recorded as a :class:`Run` (see its attributes).
 
     A job that started running at a progress above 0 (resumed here from another

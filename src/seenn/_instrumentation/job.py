@@ -46,7 +46,7 @@ from seenn._instrumentation.wrapping import wrap_stage
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from seenn._core.eta import Estimate
+    from seenn._core.eta import Eta
 
 __all__ = ["StageScope", "TrackedJob", "current_job", "plain_job", "set_hand_off_codec", "stage"]
 
@@ -245,7 +245,7 @@ class TrackedJob(JobCore):
         return self._state >= COMPLETED
 
     @property
-    def eta(self) -> Estimate | None:
+    def eta(self) -> Eta | None:
         """How long the job has left, estimated now: a :class:`seenn.Eta`, or ``None``.
 
         It weighs the job's own pace (its progress, the time since it started

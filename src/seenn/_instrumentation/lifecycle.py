@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
-    from seenn._core.eta import Estimate
+    from seenn._core.eta import Eta
     from seenn._core.pipeline import Processor
 
 __all__ = ["CURRENT_JOB", "STATUS", "JobCore", "ProcessorSource"]
@@ -467,7 +467,7 @@ class JobCore:
 
     # -- how long? ---------------------------------------------------------------------
 
-    def _estimate(self) -> Estimate | None:
+    def _estimate(self) -> Eta | None:
         """The estimate now (see ``TrackedJob.eta``)."""
         if self._lock is None or not self._eta_next or STATUS[self._state] != "running":
             return None
