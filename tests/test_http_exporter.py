@@ -593,3 +593,18 @@ def test_a_childs_start_waits_for_a_parent_started_by_another_process(
     job = stored(backend, "job_child_late")
     assert job.status == "completed"
     assert job.parent is not None and job.parent.parent_job_id == "job_parent_late"
+
+
+def test_a_backend_answering_for_a_start_on_its_way_is_not_failing(
+        backend: RunningServer) -> None:
+    """A 404 waited out for a parent whose start is on its way is an answer, not "failing"."""
+    exporter = exporter_for(backend.url, backend.api_key)
+    child = [ev("started", "job_child_waits", 0, parent_id="job_parent_on_its_way",
+                child_index=0)]
+    assert exporter.export(child) is ExportResult.SUCCESS
+    deadline = time.monotonic() + 30
+    while exporter.stats.retries == 0:  # the child's start was answered 404 at least once
+        assert time.monotonic() < deadline, "the child's start was never refused"
+        time.sleep(0.01)
+    assert not exporter.failing  # an exit flush (seenn.integrations) waits for it
+    exporter.shutdown(0)

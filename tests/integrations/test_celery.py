@@ -253,7 +253,9 @@ def test_importing_the_integration_does_not_import_celery() -> None:
 def test_a_retried_task_carries_its_job_as_it_is_now(
         client: seenn.SeennClient, worker: WorkerProcess) -> None:
     """Each attempt's children are linked to the one job under distinct indices."""
-    result = celery_app.spawner.delay("user-spawner")
+    # countdown: the publisher's start lands before the first attempt runs (a child's
+    # start that finds its parent unknown, then finished, is started unlinked).
+    result = celery_app.spawner.apply_async(("user-spawner",), countdown=1)
     job = settled(client, result.id)
     assert job.status == "completed" and job.metadata == {"attempt": 2}
     family = client.jobs.children(result.id)

@@ -387,7 +387,11 @@ class DeliveryCore(Heartbeats):
             with self._cond:
                 self._busy -= 1
                 job.busy = False
-                self._answering = outcome not in ("retry", "unreadable")
+                # A 404 retried while a job's start is on its way from another
+                # process is an answer: only a backend that does not answer is failing.
+                self._answering = outcome != "unreadable" and not (
+                    outcome == "retry"
+                    and isinstance(value, (APIConnectionError, RateLimitError, ServerError)))
                 try:
                     self._settle(job, pending, outcome, value)
                 except Exception as exc:
