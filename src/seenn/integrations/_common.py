@@ -18,8 +18,9 @@ from seenn._instrumentation.tracker import default_tracker
 from seenn.propagation._carrier import CARRIER_KEY, extract
 
 __all__ = ["FLUSH_TIMEOUT", "RUNS_KEEP_MS", "RUNS_KEY_PREFIX", "Patches", "Running",
-           "carrier_in", "flush", "guarded", "guarded_async", "is_run_of", "run_job_id",
-           "runs_key", "spec_of", "spec_to_end", "waiting_in", "worker_error"]
+           "carrier_in", "flush", "guarded", "guarded_async", "is_run_of", "next_run_id",
+           "next_run_id_async", "run_job_id", "runs_key", "spec_of", "spec_to_end",
+           "waiting_in", "worker_error"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 A = TypeVar("A", bound=Callable[..., Coroutine[Any, Any, Any]])
@@ -162,6 +163,34 @@ def run_job_id(queue_job_id: str, run: int) -> str:
     gets ``<id>~<run>``.
     """
     return queue_job_id if run <= 1 else f"{queue_job_id}~{run}"
+
+
+def next_run_id(redis: Any, queue_job_id: str) -> str:
+    """Count a run enqueued under a caller-given queue job id; its seenn job id.
+
+    ``redis`` is a redis-py client; Redis keeps the count under
+    ``seenn-runs:<id>`` for ``RUNS_KEEP_MS`` after the last run.
+    """
+    key = runs_key(queue_job_id)
+    if redis.set(key, 1, nx=True, px=RUNS_KEEP_MS):
+        return queue_job_id
+    with redis.pipeline() as pipe:
+        pipe.incr(key)
+        pipe.pexpire(key, RUNS_KEEP_MS)
+        run, _ = pipe.execute()
+    return run_job_id(queue_job_id, int(run))
+
+
+async def next_run_id_async(redis: Any, queue_job_id: str) -> str:
+    """:func:`next_run_id` with a redis-py asyncio client."""
+    key = runs_key(queue_job_id)
+    if await redis.set(key, 1, nx=True, px=RUNS_KEEP_MS):
+        return queue_job_id
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.pexpire(key, RUNS_KEEP_MS)
+        run, _ = await pipe.execute()
+    return run_job_id(queue_job_id, int(run))
 
 
 def is_run_of(job_id: str, queue_job_id: str) -> bool:

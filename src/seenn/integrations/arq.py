@@ -74,13 +74,11 @@ from seenn._instrumentation.decorator import JobSpec
 from seenn._instrumentation.job import TrackedJob
 from seenn._instrumentation.outcomes import error_from_exception
 from seenn.integrations._common import (
-    RUNS_KEEP_MS,
     RUNS_KEY_PREFIX,
     Patches,
     guarded,
     guarded_async,
-    run_job_id,
-    runs_key,
+    next_run_id_async,
     spec_of,
     spec_to_end,
     waiting_in,
@@ -277,8 +275,8 @@ async def _prepare(redis: Any, function: object, args: tuple[Any, ...],
             return None  # arq will refuse it (enqueue_job returns None): not a new job
         # An id given again once arq forgot the earlier job (keep_result passed, a
         # cron job_id=): the run is a new job, which a backend would refuse under
-        # the id of the finished one.
-        tracked_id = await _run_id(redis, job_id)
+        # the id of the finished one: "<id>~2" (Redis counts the runs of the id).
+        tracked_id = await next_run_id_async(redis, job_id)
     call_kwargs = {name: value for name, value in kwargs.items() if name not in _ARQ_OPTIONS}
     queue = waiting_in(kwargs.get("_queue_name") or getattr(redis, "default_queue_name", None))
     # The callables of @seenn.job get the function's arguments: ctx is None here.
@@ -292,22 +290,6 @@ async def _prepare(redis: Any, function: object, args: tuple[Any, ...],
         _not_enqueued(spec, carrier, job_id, exc)
         raise
     return job_id, spec, carrier
-
-
-async def _run_id(redis: Any, job_id: str) -> str:
-    """The seenn job id of this run of a caller-given arq job id: the id, then ``<id>~2``...
-
-    Redis counts the runs enqueued under the id (``seenn-runs:<id>``, kept
-    ``RUNS_KEEP_MS`` after the last one).
-    """
-    key = runs_key(job_id)
-    if await redis.set(key, 1, nx=True, px=RUNS_KEEP_MS):
-        return job_id
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.pexpire(key, RUNS_KEEP_MS)
-        run, _ = await pipe.execute()
-    return run_job_id(job_id, int(run))
 
 
 @guarded("ending the job of an arq job that was not enqueued")

@@ -68,7 +68,6 @@ from seenn._instrumentation.job import TrackedJob
 from seenn.errors import ValidationError
 from seenn.integrations._common import (
     FLUSH_TIMEOUT,
-    RUNS_KEEP_MS,
     RUNS_KEY_PREFIX,
     Patches,
     Running,
@@ -76,8 +75,7 @@ from seenn.integrations._common import (
     flush,
     guarded,
     is_run_of,
-    run_job_id,
-    runs_key,
+    next_run_id,
     spec_of,
     spec_to_end,
     waiting_in,
@@ -265,31 +263,15 @@ def _loaded_function(name: object, instance: Any = None) -> Any:
     return None
 
 
-def _run_id(connection: Any, job_id: str) -> str:
-    """The seenn job id of this run of a caller-given RQ job id: the id, then ``<id>~2``...
-
-    A job id given again once the earlier job has ended (its RQ job deleted
-    or replaced) is a new job, which a backend would refuse under the id of
-    the finished one. Redis counts the runs enqueued under the id
-    (``seenn-runs:<id>``, kept ``RUNS_KEEP_MS`` after the last one).
-    """
-    key = runs_key(job_id)
-    if connection.set(key, 1, nx=True, px=RUNS_KEEP_MS):
-        return job_id
-    with connection.pipeline() as pipe:
-        pipe.incr(key)
-        pipe.pexpire(key, RUNS_KEEP_MS)
-        run, _ = pipe.execute()
-    return run_job_id(job_id, int(run))
-
-
 # What an enqueue hook started: the spec, the carrier, the RQ job id, the seenn job id.
 _Started = tuple[JobSpec, dict[str, str], str, str]
 
 
 def _start_queued(spec: JobSpec, args: Any, kwargs: Any, job_id: str, queue: Any,
                   named: bool) -> tuple[dict[str, str], str]:
-    tracked_id = _run_id(queue.connection, job_id) if named else job_id
+    # A job id the caller gives again once its earlier job ended is a new job, which a
+    # backend would refuse under the id of the finished one: "<id>~2" (Redis counts).
+    tracked_id = next_run_id(queue.connection, job_id) if named else job_id
     _job, carrier = start_handed_off(
         spec, tuple(args or ()), dict(kwargs or {}), job_id=tracked_id,
         queue=waiting_in(getattr(queue, "name", None)))
