@@ -68,6 +68,18 @@ async def too_slow(ctx: dict[str, Any], tag: str) -> None:
     await _hold(ctx)
 
 
+@seenn.job("arq-parent", user_id=lambda ctx, tag, **options: tag)
+async def spawner(ctx: dict[str, Any], tag: str, *, hold: bool = False) -> str:
+    """Enqueue a child job on each try; the first try retries (or, with hold, waits)."""
+    await ctx["redis"].enqueue_job("step", f"{tag}-child-{ctx['job_try']}",
+                                   _queue_name="arq:parked")
+    if ctx["job_try"] == 1:
+        if hold:
+            await _hold(ctx)
+        raise arq.Retry(defer=0.1)
+    return tag
+
+
 def _user_from_ctx(ctx: dict[str, Any] | None, tag: str) -> str:
     """A user id only a worker can compute: it raises where the job is enqueued (no ctx)."""
     assert ctx is not None, "no ctx where the job is enqueued"
@@ -86,7 +98,7 @@ async def untracked(ctx: dict[str, Any], tag: str) -> str:
 
 
 FUNCTIONS = [step, arq.func(flaky, max_tries=3), arq.func(too_slow, timeout=1),
-             user_in_worker, untracked]
+             user_in_worker, untracked, spawner]
 
 seenn_arq.instrument(functions=FUNCTIONS)
 

@@ -113,3 +113,11 @@ def ignored(self: Any, tag: str) -> None:
     from celery.exceptions import Ignore
 
     raise Ignore()
+
+
+@app.task(bind=True, max_retries=1)
+@seenn.job("celery-stretched", user_id=lambda tag: tag)
+def stretched(self: Any, tag: str) -> None:
+    """Retry twice, past the task's max_retries=1, by a per-call max_retries=3."""
+    if self.request.retries < 2:
+        raise self.retry(countdown=0, max_retries=3)

@@ -128,6 +128,19 @@ def flaky(tag: str, failures: int) -> str:
     return tag
 
 
+@dramatiq.actor(queue_name=QUEUE, max_retries=1, min_backoff=10, max_backoff=50)
+@seenn.job("dramatiq-parent", user_id=lambda tag: tag)
+def spawner(tag: str) -> str:
+    """Send a child message on each attempt; the first attempt fails (Retries sends it again)."""
+    message = CurrentMessage.get_current_message()
+    assert message is not None
+    attempt = message.options.get("retries", 0) + 1
+    parked.send(f"{tag}-child-{attempt}")
+    if attempt == 1:
+        raise ConnectionError("the service is busy")
+    return tag
+
+
 @dramatiq.actor(queue_name=QUEUE, time_limit=1000, max_retries=0)
 @seenn.job("dramatiq-slow", user_id=lambda tag: tag)
 def too_slow(tag: str) -> None:

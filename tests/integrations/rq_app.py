@@ -84,6 +84,18 @@ def again(tag: str, times: int, max_retries: int) -> Retry | str:
     return tag
 
 
+@seenn.job("rq-parent", user_id=lambda tag: tag)
+def spawner(tag: str) -> str:
+    """Enqueue a child job on each run; the first run fails (RQ retries it)."""
+    rq_job = get_current_job()
+    assert rq_job is not None
+    run = _attempt(rq_job.id)
+    rq.Queue("rq-parked", connection=connection()).enqueue(step, f"{tag}-child-{run}")
+    if run == 1:
+        raise ConnectionError("the service is busy")
+    return tag
+
+
 @seenn.job("rq-async", user_id=lambda tag: tag, result=True)
 async def step_async(tag: str) -> dict[str, Any]:
     """An async job: RQ runs it with asyncio.run in the work horse."""

@@ -370,3 +370,62 @@ def test_a_stopping_workers_job_waits_for_its_next_try(
                      30, "the job to wait for its next try")
     assert job.status == "queued"  # back in line: the stale limit does not count the wait
     assert job.queue is not None and job.queue.queue_name == queue
+
+
+def children_of(client: seenn.SeennClient, job_id: str) -> list[tuple[int, str | None]]:
+    """The (child index, user id) of a job's children linked to it, by index."""
+    family = client.jobs.children(job_id)
+    return sorted((child.parent.child_index, child.user_id) for child in family.children
+                  if child.parent is not None and child.parent.child_index is not None)
+
+
+def test_a_retried_jobs_children_stay_linked_under_distinct_indices(
+        client: seenn.SeennClient, redis_url: str, worker: WorkerProcess) -> None:
+    """arq.Retry stores the job as it is: the second try's child is child 1, not refused."""
+    job_id = enqueue(redis_url, "spawner", "user-spawner")
+    job = settled(client, job_id)
+    assert job.status == "completed" and job.metadata == {"attempt": 2}
+    assert children_of(client, job_id) == [(0, "user-spawner-child-1"),
+                                           (1, "user-spawner-child-2")]
+
+
+def test_a_try_stopped_with_its_worker_hands_its_children_count_to_the_next(
+        client: seenn.SeennClient, backend: RunningServer, broker: redis.Redis,
+        redis_url: str) -> None:
+    """A try cancelled by a stopping worker stores the job as it is for the next worker's try."""
+    queue = "arq:seenn-stopped-parent"
+    env = worker_env(backend, redis_url, SEENN_TEST_ARQ_QUEUE=queue)
+    first = WorkerProcess(WORKER, env, ready=READY)
+    try:
+        job_id = enqueue(redis_url, "spawner", "user-stopped-parent", hold=True,
+                         _queue_name=queue)
+        running_pid(broker, job_id)
+        wait_until(lambda: client.jobs.list("user-stopped-parent-child-1").jobs, 60,
+                   "the first try's child")
+    finally:
+        assert first.stop(signal.SIGTERM) == 0
+    second = WorkerProcess(WORKER, env, ready=READY)
+    try:
+        job = settled(client, job_id)
+    finally:
+        second.stop(signal.SIGTERM)
+    assert job.status == "completed" and job.metadata == {"attempt": 2}
+    assert children_of(client, job_id) == [(0, "user-stopped-parent-child-1"),
+                                           (1, "user-stopped-parent-child-2")]
+
+
+def test_a_job_id_given_again_after_arq_forgot_its_job_is_tracked_as_a_new_run(
+        client: seenn.SeennClient, broker: redis.Redis, redis_url: str,
+        worker: WorkerProcess) -> None:
+    """_job_id= reused once the first run ended and arq dropped it: the run is "<id>~2"."""
+    first = enqueue(redis_url, "step", "user-nightly", _job_id="nightly-7")
+    assert settled(client, first).status == "completed"
+    # What the expiry of keep_result (an hour by default) does.
+    wait_until(lambda: broker.delete(f"arq:result:{first}"), 60, "arq to store the result")
+    assert enqueue(redis_url, "step", "user-nightly", _job_id="nightly-7") == first
+    job = settled(client, "nightly-7~2")
+    assert job.status == "completed" and job.result is not None
+    assert client.jobs.get("nightly-7").status == "completed"
+    assert sorted(j.id for j in client.jobs.list("user-nightly").jobs) == ["nightly-7",
+                                                                           "nightly-7~2"]
+    assert broker.get(seenn_arq.RUNS_KEY_PREFIX + "nightly-7") == b"2"

@@ -301,3 +301,12 @@ def test_a_publish_that_fails_makes_no_job(
         celery_app.step.apply_async(("user-unsent",), retry=False, connection=dead)
     assert seenn.force_flush(timeout=10)
     assert client.jobs.list("user-unsent").jobs == []
+
+
+def test_an_attempt_past_the_tasks_max_retries_does_not_claim_a_smaller_total(
+        client: seenn.SeennClient, worker: WorkerProcess) -> None:
+    """self.retry(max_retries=3) on a task of max_retries=1: "Attempt 3", never "3 of 2"."""
+    result = celery_app.stretched.delay("user-stretched")
+    job = settled(client, result.id)
+    assert job.status == "completed" and job.metadata == {"attempt": 3}
+    assert job.message == "Attempt 3"

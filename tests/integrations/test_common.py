@@ -1,15 +1,26 @@
-"""What the queue integrations share: the exit flush and the bounded tables."""
+"""What the queue integrations share: the exit flush, tables, patches, hooks and run ids."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import seenn
 from seenn.exporters import HTTPExporter
-from seenn.integrations._common import Running, flush
+from seenn.integrations._common import (
+    Patches,
+    Running,
+    flush,
+    guarded_async,
+    is_run_of,
+    run_job_id,
+)
+from seenn.testing import strict_mode
 from tests.faults import free_port
 
 
@@ -51,3 +62,60 @@ def test_running_tables_are_bounded() -> None:
         table.add(f"task-{index}", job)
     assert table.get("task-0") is None and table.get("task-1") is None
     assert table.pop("task-4") is jobs[4] and table.get("task-2") is jobs[2]
+
+
+def _prefixed(label: str) -> Callable[[Any], Any]:
+    def make(original: Any) -> Any:
+        def method(self: Any) -> str:
+            return f"{label} {original(self)}"
+
+        return method
+
+    return make
+
+
+def test_patches_put_back_only_what_is_still_on_top() -> None:
+    """remove() restores an untouched method and leaves one wrapped since; nothing twice."""
+    class Owner:
+        def first(self) -> str:
+            return "first"
+
+        def second(self) -> str:
+            return "second"
+
+    original_first = Owner.__dict__["first"]
+    patches = Patches()
+    patches.install(Owner, "first", _prefixed("seenn"))
+    patches.install(Owner, "second", _prefixed("seenn"))
+    patches.install(Owner, "first", _prefixed("again"))  # in place already: not again
+    assert Owner().first() == "seenn first"
+    Owner.second = _prefixed("theirs")(Owner.__dict__["second"])  # type: ignore[method-assign]
+    patches.remove()
+    assert Owner.__dict__["first"] is original_first
+    assert Owner().second() == "theirs seenn second"  # theirs keeps working
+    patches.install(Owner, "second", _prefixed("again"))  # seenn's is still there: reused
+    assert Owner().second() == "theirs seenn second"
+
+
+def test_guarded_async_hooks_log_instead_of_raising(caplog: pytest.LogCaptureFixture) -> None:
+    """An async hook's error is logged and None returned; in strict mode it raises."""
+    @guarded_async("a test hook")
+    async def hook() -> int:
+        raise RuntimeError("broken hook")
+
+    with caplog.at_level(logging.ERROR, logger="seenn"):
+        assert asyncio.run(hook()) is None
+    assert "a test hook" in caplog.text and "broken hook" in caplog.text
+    with strict_mode(), pytest.raises(RuntimeError, match="broken hook"):
+        asyncio.run(hook())
+
+
+def test_run_ids_name_later_runs_of_a_queue_job_id() -> None:
+    """The first run has the queue's id; later ones "<id>~<n>", recognised as runs of it."""
+    assert run_job_id("nightly", 1) == "nightly"
+    assert run_job_id("nightly", 3) == "nightly~3"
+    assert is_run_of("nightly", "nightly") and is_run_of("nightly~3", "nightly")
+    assert not is_run_of("nightly~", "nightly")
+    assert not is_run_of("nightly~x", "nightly")
+    assert not is_run_of("other~2", "nightly")
+    assert not is_run_of("nightly~2~3", "nightly")

@@ -15,6 +15,7 @@ import dramatiq
 import dramatiq.broker
 import pytest
 import redis
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
 
@@ -22,6 +23,7 @@ import seenn
 import seenn.server
 from seenn.server import RunningServer
 from seenn.testing import capture_jobs
+from tests.faults import free_port
 from tests.integrations import dramatiq_app
 from tests.integrations.conftest import PYTHON, ROOT, WorkerProcess, wait_until, worker_env
 
@@ -207,7 +209,97 @@ def test_a_message_rejected_before_it_runs_ends_cancelled() -> None:
     assert attempts == []
 
 
+def test_a_retry_sends_the_job_back_to_its_queue_before_the_message_goes_out() -> None:
+    """The job reads "Waiting for attempt 2" before the broker has the retried message."""
+    broker = StubBroker()
+    seen: list[list[str | None]] = []
+    attempts: list[int] = []
+    actor = dramatiq.actor(_stub_fails(attempts), broker=broker, min_backoff=1, max_backoff=5)
+    with capture_jobs() as captured:
+
+        class Snoop(Middleware):
+            """Notes what the job's events say when the retried message is about to go out."""
+
+            def before_enqueue(self, broker: Any, message: Any, delay: Any) -> None:
+                if message.options.get("retries"):
+                    seen.append([e.message for e in captured.events_for(message.message_id)])
+
+        broker.add_middleware(Snoop())  # after seenn's, which is first
+        worker = dramatiq.Worker(broker, worker_timeout=50)
+        worker.start()
+        try:
+            message = actor.send()
+            broker.join(actor.queue_name, fail_fast=False, timeout=30_000)
+            worker.join()
+        finally:
+            worker.stop()
+    assert len(attempts) == 2
+    assert seen and seen[0][-1] == "Waiting for attempt 2: ConnectionError"
+    assert captured.events_for(message.message_id)[-1].kind == "completed"
+
+
+class _ResendFails(StubBroker):
+    """A broker that takes a message once, and fails to take it again (a retry)."""
+
+    def enqueue(self, message: Any, *, delay: int | None = None) -> Any:
+        if message.options.get("retries"):
+            self.emit_before("enqueue", message, delay)
+            raise ConnectionError("the broker is down")
+        return super().enqueue(message, delay=delay)
+
+
+def test_a_retry_the_broker_does_not_take_ends_the_job_with_the_attempts_error() -> None:
+    """Requeued for a retry that never went out: the job fails (not queued for ever)."""
+    broker = _ResendFails()
+    attempts: list[int] = []
+    actor = dramatiq.actor(_stub_fails(attempts), broker=broker, min_backoff=1, max_backoff=5)
+    assert run_on_stub(broker, actor) == "failed The retry could not be sent ConnectionError"
+    assert attempts == [1]
+
+
+def test_what_dramatiq_sends_once_the_actor_returned_is_not_a_child() -> None:
+    """A pipeline's next message, sent after the actor returned, is a job of its own."""
+    broker = StubBroker()
+
+    @seenn.job("stub-first")
+    def first() -> None:
+        return None
+
+    @seenn.job("stub-second")
+    def second(_previous: object = None) -> None:
+        return None
+
+    actors = [dramatiq.actor(func, broker=broker) for func in (first, second)]
+    with capture_jobs() as captured:
+        worker = dramatiq.Worker(broker, worker_timeout=50)
+        worker.start()
+        try:
+            dramatiq.pipeline([actor.message() for actor in actors], broker=broker).run()
+            broker.join(actors[0].queue_name, fail_fast=False, timeout=30_000)
+            worker.join()
+        finally:
+            worker.stop()
+    starts = {e.job_type: e for e in captured.events if e.kind == "started"}
+    assert set(starts) == {"stub-first", "stub-second"}
+    assert starts["stub-second"].parent_id is None
+
+
 # -- sending ------------------------------------------------------------------------------
+
+
+def test_a_send_the_broker_refuses_makes_no_job(
+        client: seenn.SeennClient, signals: redis.Redis) -> None:
+    """The broker down at send(): send() raises as before, and no job was started."""
+    dead = RedisBroker(url=f"redis://127.0.0.1:{free_port()}/0")  # made instrumented
+    try:
+        actor = dramatiq.actor(dramatiq_app.step_job, broker=dead, actor_name="unsent",
+                               queue_name="seenn-unsent")
+        with pytest.raises(redis.ConnectionError):
+            actor.send("user-unsent")
+    finally:
+        dead.close()
+    assert seenn.force_flush(timeout=10)
+    assert client.jobs.list("user-unsent").jobs == []
 
 
 def test_the_job_exists_queued_with_the_message_id_before_any_worker_runs(
@@ -421,3 +513,20 @@ def test_a_worker_killed_mid_job_ends_its_job_failed_worker_lost(
     assert job.error.code == "WORKER_LOST"
     assert job.progress == 50
     print(f"\nSIGKILL to failed on the backend: {seen_after:.2f} s")
+
+
+def children_of(client: seenn.SeennClient, job_id: str) -> list[tuple[int, str | None]]:
+    """The (child index, user id) of a job's children linked to it, by index."""
+    family = client.jobs.children(job_id)
+    return sorted((child.parent.child_index, child.user_id) for child in family.children
+                  if child.parent is not None and child.parent.child_index is not None)
+
+
+def test_a_retried_messages_children_stay_linked_under_distinct_indices(
+        client: seenn.SeennClient, worker: WorkerProcess) -> None:
+    """The retried message carries the job as it is: the second attempt's child is child 1."""
+    message = dramatiq_app.spawner.send("user-spawner")
+    job = settled(client, message.message_id)
+    assert job.status == "completed" and job.metadata == {"attempt": 2}
+    assert children_of(client, message.message_id) == [(0, "user-spawner-child-1"),
+                                                       (1, "user-spawner-child-2")]

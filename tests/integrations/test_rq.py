@@ -410,3 +410,49 @@ def test_importing_the_integration_does_not_import_rq() -> None:
             "assert 'rq' not in sys.modules, sorted(n for n in sys.modules if 'rq' in n)")
     subprocess.run([PYTHON, "-c", code], cwd=ROOT, check=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+def children_of(client: seenn.SeennClient, job_id: str) -> list[tuple[int, str | None]]:
+    """The (child index, user id) of a job's children linked to it, by index."""
+    family = client.jobs.children(job_id)
+    return sorted((child.parent.child_index, child.user_id) for child in family.children
+                  if child.parent is not None and child.parent.child_index is not None)
+
+
+def test_a_retried_jobs_children_stay_linked_under_distinct_indices(
+        client: seenn.SeennClient, broker: redis.Redis, worker: WorkerProcess) -> None:
+    """A retry stores the job as it is in job.meta: the second run's child is child 1."""
+    rq_job = queue(broker).enqueue(rq_app.spawner, "user-spawner", retry=Retry(max=1))
+    job = settled(client, rq_job.id)
+    assert job.status == "completed" and job.metadata == {"attempt": 2}
+    assert children_of(client, rq_job.id) == [(0, "user-spawner-child-1"),
+                                              (1, "user-spawner-child-2")]
+
+
+def test_a_job_id_given_again_after_its_job_ended_is_tracked_as_a_new_run(
+        client: seenn.SeennClient, broker: redis.Redis, worker: WorkerProcess) -> None:
+    """job_id= reused once the first job ended: the second run is its own job, "<id>~2"."""
+    first = queue(broker).enqueue(rq_app.step, "user-rq-nightly", job_id="rq-nightly-7")
+    assert settled(client, first.id).status == "completed"
+    wait_until(lambda: first.get_status(refresh=True) == "finished", 60, "RQ to finish it")
+    second = queue(broker).enqueue(rq_app.step, "user-rq-nightly", job_id="rq-nightly-7")
+    assert second.id == "rq-nightly-7"
+    job = settled(client, "rq-nightly-7~2")
+    assert job.status == "completed" and job.result is not None
+    assert client.jobs.get("rq-nightly-7").status == "completed"
+    assert sorted(j.id for j in client.jobs.list("user-rq-nightly").jobs) == [
+        "rq-nightly-7", "rq-nightly-7~2"]
+    assert broker.get(seenn_rq.RUNS_KEY_PREFIX + "rq-nightly-7") == b"2"
+
+
+def test_unique_enqueue_of_a_taken_id_makes_no_job(
+        client: seenn.SeennClient, broker: redis.Redis) -> None:
+    """unique=True and an id RQ still holds: DuplicateJobError, and no second job."""
+    from rq.exceptions import DuplicateJobError
+
+    parked = queue(broker, "rq-parked")
+    parked.enqueue(rq_app.step, "user-rq-unique", job_id="rq-unique-1")
+    with pytest.raises(DuplicateJobError):
+        parked.enqueue(rq_app.step, "user-rq-unique", job_id="rq-unique-1", unique=True)
+    assert seenn.force_flush(timeout=10)
+    assert [j.id for j in client.jobs.list("user-rq-unique").jobs] == ["rq-unique-1"]

@@ -27,7 +27,10 @@ What happens:
   written to Redis under ``seenn-job:<job id>`` *before* the job is enqueued,
   so a worker never sees the job without it. arq jobs have no header slot:
   this side key is how the carrier travels. It expires a day after the arq job
-  would, and is deleted when the job ends.
+  would, and is deleted when the job ends. A ``_job_id`` given again once arq
+  has forgotten the earlier job is a new run, tracked as ``<id>~2`` (then
+  ``~3``...): Redis counts the runs of the ids callers give
+  (``seenn-runs:<id>``, for 30 days).
 * **Run**: each tracked function of a :class:`arq.worker.Worker` made while
   instrumented is wrapped. The wrapper runs in the job's own asyncio task
   (arq runs ``on_job_start`` in another task, and its hooks never see how the
@@ -41,6 +44,8 @@ What happens:
   ``Retry`` was raised from, if any. A job past arq's ``job_timeout`` fails with
   code ``JOB_TIMEOUT``; an aborted job (``Job.abort()``) with ``CANCELLED``; a
   job cancelled by a stopping worker goes back to ``queued`` (arq runs it again).
+  A job sent back to its queue is stored again in its side key as it is then
+  (its children counted), before arq lets the next try run.
 * **Ended before it ran**: when arq ends a job without running it (tries
   used up after a worker died, expired, aborted before it started, function
   unknown), the worker that picks it up fails its job.
@@ -59,17 +64,26 @@ import json
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from seenn._core.models import JobError
-from seenn._core.pipeline import internal_error, is_strict, logger
+from seenn._core.pipeline import logger
 from seenn._core.validation import fail
 from seenn._instrumentation.decorator import JobSpec
 from seenn._instrumentation.job import TrackedJob
 from seenn._instrumentation.outcomes import error_from_exception
-from seenn._instrumentation.tracker import default_tracker
-from seenn.integrations._common import guarded, spec_of, waiting_in, worker_error
+from seenn.integrations._common import (
+    RUNS_KEY_PREFIX,
+    Patches,
+    guarded,
+    guarded_async,
+    next_run_id_async,
+    spec_of,
+    spec_to_end,
+    waiting_in,
+    worker_error,
+)
 from seenn.propagation._carrier import CARRIER_KEY, encode_job
 from seenn.propagation._handover import (
     end_elsewhere,
@@ -79,7 +93,8 @@ from seenn.propagation._handover import (
     start_handed_off,
 )
 
-__all__ = ["SIDE_KEY_PREFIX", "instrument", "is_instrumented", "uninstrument"]
+__all__ = ["RUNS_KEY_PREFIX", "SIDE_KEY_PREFIX", "instrument", "is_instrumented",
+           "uninstrument"]
 
 SIDE_KEY_PREFIX = "seenn-job:"
 """The Redis key of a job's carrier is this prefix and arq's job id."""
@@ -89,12 +104,9 @@ _KEEP_EXTRA_MS = 86_400_000  # the side key outlives the arq job by a day: see _
 _ARQ_OPTIONS = frozenset({"_job_id", "_queue_name", "_defer_until", "_defer_by", "_expires",
                           "_job_try"})
 
-A = TypeVar("A", bound=Callable[..., Coroutine[Any, Any, Any]])
-
 _lock = threading.Lock()
 _active = False
-# (class, attribute) -> (original, ours), for the patches in place.
-_patches: dict[tuple[type, str], tuple[Any, Any]] = {}
+_patches = Patches()
 # Function name -> decoration, for enqueue_job: instrument(functions=) and workers made here.
 _specs: dict[str, JobSpec] = {}
 # Each instrumented worker's tracked functions, by name.
@@ -133,11 +145,7 @@ def instrument(*, functions: Iterable[Any] = ()) -> None:
                                 (Worker, "__init__", _init_patch),
                                 (Worker, "finish_job", _finish_patch),
                                 (Worker, "finish_failed_job", _finish_failed_patch)):
-            if (cls, name) not in _patches:
-                original = cls.__dict__[name]
-                ours = make(original)
-                setattr(cls, name, ours)
-                _patches[cls, name] = (original, ours)
+            _patches.install(cls, name, make)
         _active = True
 
 
@@ -150,10 +158,7 @@ def uninstrument() -> None:
     global _active
     with _lock:
         _active = False
-        for (cls, name), (original, ours) in list(_patches.items()):
-            if cls.__dict__.get(name) is ours:
-                setattr(cls, name, original)
-                del _patches[cls, name]
+        _patches.remove()
 
 
 def is_instrumented() -> bool:
@@ -182,24 +187,6 @@ def _named(functions: Iterable[Any]) -> dict[str, JobSpec]:
         if spec is not None and isinstance(name, str):
             named[name] = spec
     return named
-
-
-def _guarded_async(what: str) -> Callable[[A], A]:
-    """``guarded`` for coroutine functions: never raise into arq (cancellation goes through)."""
-    def decorate(func: A) -> A:
-        @functools.wraps(func)
-        async def hook(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await func(*args, **kwargs)
-            except Exception as exc:
-                internal_error(what, exc, ())
-                if is_strict():
-                    raise
-                return None
-
-        return hook  # type: ignore[return-value]
-
-    return decorate
 
 
 # -- the side key -------------------------------------------------------------------------
@@ -269,7 +256,7 @@ def _enqueue_patch(original: Any) -> Any:
     return enqueue_job
 
 
-@_guarded_async("the arq enqueue_job hook")
+@guarded_async("the arq enqueue_job hook")
 async def _prepare(redis: Any, function: object, args: tuple[Any, ...],
                    kwargs: dict[str, Any]) -> tuple[str, JobSpec, dict[str, str]] | None:
     """Start the job of a tracked function and store its carrier, before arq enqueues it."""
@@ -278,7 +265,7 @@ async def _prepare(redis: Any, function: object, args: tuple[Any, ...],
         return None
     job_id = kwargs.get("_job_id")
     if job_id is None:
-        job_id = uuid.uuid4().hex  # what arq would pick
+        job_id = tracked_id = uuid.uuid4().hex  # what arq would pick
     elif not isinstance(job_id, str):
         return None
     else:
@@ -286,10 +273,15 @@ async def _prepare(redis: Any, function: object, args: tuple[Any, ...],
 
         if await redis.exists(job_key_prefix + job_id, result_key_prefix + job_id):
             return None  # arq will refuse it (enqueue_job returns None): not a new job
+        # An id given again once arq forgot the earlier job (keep_result passed, a
+        # cron job_id=): the run is a new job, which a backend would refuse under
+        # the id of the finished one: "<id>~2" (Redis counts the runs of the id).
+        tracked_id = await next_run_id_async(redis, job_id)
     call_kwargs = {name: value for name, value in kwargs.items() if name not in _ARQ_OPTIONS}
     queue = waiting_in(kwargs.get("_queue_name") or getattr(redis, "default_queue_name", None))
     # The callables of @seenn.job get the function's arguments: ctx is None here.
-    _job, carrier = start_handed_off(spec, (None, *args), call_kwargs, job_id=job_id, queue=queue)
+    _job, carrier = start_handed_off(spec, (None, *args), call_kwargs, job_id=tracked_id,
+                                     queue=queue)
     try:
         await redis.set(_side_key(job_id), _side_value(function, carrier),
                         px=_keep_ms(redis, kwargs))
@@ -315,13 +307,14 @@ def _not_enqueued(spec: JobSpec, carrier: Mapping[str, str], job_id: str,
 class _Attempt:
     """One try of a tracked job in this worker."""
 
-    __slots__ = ("aborting", "cancelled", "job", "job_id", "job_try", "max_tries", "outcome",
-                 "timeout_s")
+    __slots__ = ("aborting", "cancelled", "function", "job", "job_id", "job_try", "max_tries",
+                 "outcome", "timeout_s")
 
-    def __init__(self, job: TrackedJob, job_id: str, job_try: int, max_tries: int,
-                 timeout_s: float | None) -> None:
+    def __init__(self, job: TrackedJob, job_id: str, function: str, job_try: int,
+                 max_tries: int, timeout_s: float | None) -> None:
         self.job = job
         self.job_id = job_id
+        self.function = function  # the name arq runs it under
         self.job_try = job_try
         self.max_tries = max_tries
         self.timeout_s = timeout_s
@@ -383,7 +376,7 @@ def _runner(worker: Any, function: Any, spec: JobSpec) -> Any:
     return run
 
 
-@_guarded_async("the arq job start hook")
+@guarded_async("the arq job start hook")
 async def _begin(worker: Any, function: Any, spec: JobSpec, ctx: Any, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> _Attempt | None:
     """Resume (or start) the job of a try, ambient in this task, for the function's call."""
@@ -393,23 +386,34 @@ async def _begin(worker: Any, function: Any, spec: JobSpec, ctx: Any, args: tupl
     job_try = ctx.get("job_try")
     job_try = job_try if isinstance(job_try, int) and job_try > 0 else 1
     stored = _read_side(await worker.pool.get(_side_key(job_id)))
-    max_tries = getattr(function, "max_tries", None) or worker.max_tries
-    timeout_s = getattr(function, "timeout_s", None) or worker.job_timeout_s
+    # As arq reads them: None means the worker's setting (0 is a value).
+    max_tries = getattr(function, "max_tries", None)
+    max_tries = worker.max_tries if max_tries is None else max_tries
+    timeout_s = getattr(function, "timeout_s", None)
+    timeout_s = worker.job_timeout_s if timeout_s is None else timeout_s
     job = own(spec, stored[1] if stored else None, (ctx, *args), kwargs, job_id=job_id,
               attempt=job_try, max_attempts=max_tries)
-    attempt = _Attempt(job, job_id, job_try, max_tries, timeout_s)
+    attempt = _Attempt(job, job_id, function.name, job_try, max_tries, timeout_s)
     _attempts[job_id] = attempt
     if stored is None:
-        await _remember(worker, function, job)
+        await _remember(worker, job_id, function.name, job)
     return attempt
 
 
-@_guarded_async("storing the carrier of an arq job")
-async def _remember(worker: Any, function: Any, job: TrackedJob) -> None:
-    """Keep the carrier of a job started here: the next try resumes it, never starts another."""
+@guarded_async("storing the carrier of an arq job")
+async def _remember(worker: Any, job_id: str, function: str, job: TrackedJob) -> None:
+    """Store the carrier of a job as it is now: the next try resumes it, never starts another.
+
+    Written when the worker starts a job enqueued without one, and again when
+    a try sends the job back to its queue: the next try then carries on from
+    there (its children numbered after this try's).
+    """
+    key = _side_key(job_id)
     keep = int(getattr(worker, "expires_extra_ms", _KEEP_EXTRA_MS)) + _KEEP_EXTRA_MS
-    await worker.pool.set(_side_key(job.id),
-                          _side_value(function.name, {CARRIER_KEY: encode_job(job)}), px=keep)
+    # No shorter than it was: a job enqueued with a long _expires keeps its carrier as long.
+    left = await worker.pool.pttl(key)
+    await worker.pool.set(key, _side_value(function, {CARRIER_KEY: encode_job(job)}),
+                          px=max(keep, left if isinstance(left, int) else 0))
 
 
 @guarded("the arq job end hook")
@@ -448,9 +452,14 @@ def _finish_patch(original: Any) -> Any:
         attempt = _attempts.pop(job_id, None) if isinstance(job_id, str) else None
         if attempt is not None and attempt.outcome is None:
             _settle(self, attempt, finish)
-        await original(self, job_id, finish, *args, **kwargs)
-        if attempt is not None and attempt.outcome == "ended":
+        if attempt is not None and attempt.outcome == "requeued":
+            # Before arq lets the next try run: it resumes the job as it is now.
+            await _remember(self, job_id, attempt.function, attempt.job)
+        elif attempt is not None and attempt.outcome == "ended":
+            # Before arq forgets the job: once it has, the id may be enqueued again,
+            # with a side key of its own.
             await _forget(self, job_id)
+        await original(self, job_id, finish, *args, **kwargs)
 
     return finish_job
 
@@ -488,7 +497,7 @@ def _stopping(worker: Any) -> bool:
     return bool(main.done() or (cancelling is not None and cancelling()))
 
 
-@_guarded_async("removing the carrier of an ended arq job")
+@guarded_async("removing the carrier of an ended arq job")
 async def _forget(worker: Any, job_id: str) -> None:
     await worker.pool.delete(_side_key(job_id))
 
@@ -504,7 +513,7 @@ def _finish_failed_patch(original: Any) -> Any:
     return finish_failed_job
 
 
-@_guarded_async("the arq hook for jobs ended before they ran")
+@guarded_async("the arq hook for jobs ended before they ran")
 async def _ended_unrun(worker: Any, job_id: str, result_data: Any) -> None:
     """arq failed a job without running it: fail its seenn job, if it has one."""
     stored = _read_side(await worker.pool.get(_side_key(job_id)))
@@ -514,8 +523,9 @@ async def _ended_unrun(worker: Any, job_id: str, result_data: Any) -> None:
     specs = _worker_specs.get(worker, {})
     spec = (specs.get(function) or _specs.get(function)) if function is not None else None
     if spec is None:  # a function this worker does not know: the job still ends
-        spec = JobSpec(default_tracker(), "arq", None, None, None, None, None, None)
-    end_elsewhere(spec, carrier, job_id=job_id, error=_unrun_error(worker, result_data))
+        spec = spec_to_end(carrier)
+    if spec is not None:
+        end_elsewhere(spec, carrier, job_id=job_id, error=_unrun_error(worker, result_data))
     await worker.pool.delete(_side_key(job_id))
 
 

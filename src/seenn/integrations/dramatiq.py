@@ -21,15 +21,18 @@ that creates the broker is the usual place)::
 seenn adds one middleware to each broker, first in its list, so that it runs
 its ``after_*`` hooks last, once Dramatiq's ``Retries`` has decided:
 
-* **Send** (``before_enqueue``, in the sending process): the job is started
-  ``queued`` with the message id as its id, and the ``seenn-job`` carrier goes
-  in ``message.options``.
+* **Send** (``before_enqueue``, in the sending process): the job is made, with
+  the message id as its id, and the ``seenn-job`` carrier goes in
+  ``message.options``; it is started ``queued`` once the message is out
+  (``after_enqueue``): a message the broker did not take makes no job.
 * **Run** (``before_process_message``, on the worker thread that calls the
   actor): the job is resumed from the options (or started, for a message sent
   without seenn) and made ambient; the actor's ``@seenn.job`` call runs in it.
-* **Retry** (``after_enqueue`` of the message being retried): the job goes
-  back to ``queued``, "Waiting for attempt 2"; the next attempt resumes it and
-  says ``"Attempt 2 of 4"``. It fails only when Dramatiq gives up.
+* **Retry** (``before_enqueue`` of the message ``Retries`` sends again): the
+  job goes back to ``queued``, "Waiting for attempt 2", before the message goes
+  out, and the message carries the job as it is then (its children counted);
+  the next attempt resumes it and says ``"Attempt 2 of 4"``. It fails only when
+  Dramatiq gives up (or the broker does not take the message again).
 * **End** (``after_process_message``, same thread): completed, or failed by
   the exception the actor raised (``TimeLimitExceeded`` included); a skipped
   message (``after_skip_message``: ``AgeLimit``, a ``SkipMessage``) ends ``CANCELLED``.
@@ -55,6 +58,7 @@ from seenn._core.models import Queue
 from seenn._instrumentation.decorator import JobSpec
 from seenn.integrations._common import (
     FLUSH_TIMEOUT,
+    Patches,
     Running,
     carrier_in,
     flush,
@@ -64,20 +68,27 @@ from seenn.integrations._common import (
     worker_error,
 )
 from seenn.propagation._carrier import CARRIER_KEY, encode_job
-from seenn.propagation._handover import is_live_here, own, requeue, start_handed_off
+from seenn.propagation._handover import (
+    carrier_of,
+    is_live_here,
+    own,
+    prepare,
+    requeue,
+    start_prepared,
+)
 
 __all__ = ["instrument", "is_instrumented", "uninstrument"]
 
 _lock = threading.Lock()
 _active = False
 _flush_timeout = FLUSH_TIMEOUT
-_running = Running()
+_running = Running()  # messages running in this process
+_sending = Running()  # made at before_enqueue, started at after_enqueue
+_resending = Running()  # running here and sent again (a retry): requeued, not yet out
 # The brokers seenn's middleware was added to, to take it out again.
 _brokers: weakref.WeakSet[Any] = weakref.WeakSet()
 _middleware_class: type | None = None
-# seenn's wrapper of Broker.__init__, while it is in place, and what it wraps.
-_installed_init: Any = None
-_original_init: Any = None
+_patches = Patches()  # Broker.__init__
 _MAX_REASON = 1000
 
 
@@ -94,17 +105,13 @@ def instrument(*, flush_timeout: float = FLUSH_TIMEOUT) -> None:
         flush_timeout: Seconds a worker process waits, as it exits, for its
             jobs' events to be delivered.
     """
-    global _active, _flush_timeout, _installed_init, _original_init
+    global _active, _flush_timeout
     import dramatiq.broker
 
     with _lock:
         _flush_timeout = flush_timeout
         _active = True
-        broker_type = dramatiq.broker.Broker
-        if _installed_init is None:
-            _original_init = broker_type.__init__
-            _installed_init = _patched_init(_original_init)
-            broker_type.__init__ = _installed_init  # type: ignore[method-assign]
+        _patches.install(dramatiq.broker.Broker, "__init__", _patched_init)
         current = dramatiq.broker.global_broker  # not get_broker(): that would make one
         if current is not None:
             _attach(current)
@@ -115,16 +122,13 @@ def uninstrument() -> None:
 
     Brokers made afterwards get none.
     """
-    global _active, _installed_init
-    import dramatiq.broker
+    global _active
 
     with _lock:
         _active = False
-        broker_type = dramatiq.broker.Broker
-        if _installed_init is not None and broker_type.__dict__.get("__init__") is _installed_init:
-            broker_type.__init__ = _original_init  # type: ignore[method-assign]
-            _installed_init = None
-        # Else another library wrapped it since: seenn's part stays, idle until instrument().
+        # Where another library wrapped Broker.__init__ since, seenn's part stays,
+        # idle until instrument().
+        _patches.remove()
         cls = _middleware_class
         for broker in list(_brokers):
             broker.middleware[:] = [m for m in broker.middleware
@@ -240,38 +244,44 @@ def _call_of(message: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 @guarded("the Dramatiq before_enqueue hook")
 def _on_enqueue(broker: Any, message: Any) -> None:
     options = message.options
+    message_id = message.message_id
     if not isinstance(options, dict):
         return
-    running = _running.get(message.message_id)
+    running = _running.get(message_id)
     if running is not None and is_live_here(running):
-        # Retries (or the actor itself) sending a running message again: the
-        # next attempt resumes this job, whatever the message carried.
+        # The message running here is sent again (Retries, from the worker
+        # thread, inside the handling of the actor's exception): the job goes
+        # back to its queue now, before any worker can run the next attempt,
+        # and the message carries the job as it is now (its children so far).
+        exc = sys.exc_info()[1]
+        retries = options.get("retries", 0)
+        requeue(running, reason=type(exc).__name__ if exc is not None else None,
+                queue=_queue_of(message),
+                next_attempt=retries + 1 if _is_count(retries) else None)
         options[CARRIER_KEY] = encode_job(running)
+        _resending.add(message_id, running)
         return
     if options.get(CARRIER_KEY):
-        return  # carrying its job already: a delayed message coming due, a retry
+        return  # carrying its job already: a delayed message coming due
     spec = _spec_of_actor(_actor_of(broker, message))
-    if spec is None or not isinstance(message.message_id, str):
+    if spec is None or not isinstance(message_id, str):
         return
     args, kwargs = _call_of(message)
-    _job, carrier = start_handed_off(spec, args, kwargs, job_id=message.message_id,
-                                     queue=_queue_of(message))
-    options[CARRIER_KEY] = carrier[CARRIER_KEY]
+    job = prepare(spec, args, kwargs, job_id=message_id, queue=_queue_of(message))
+    options[CARRIER_KEY] = carrier_of(job)[CARRIER_KEY]
+    # Started once the broker has the message (after_enqueue): a send that
+    # fails (the broker is down) makes no job.
+    _sending.add(message_id, job)
 
 
 @guarded("the Dramatiq after_enqueue hook")
 def _on_enqueued(broker: Any, message: Any) -> None:
-    job = _running.get(message.message_id)
-    if job is None or not is_live_here(job):
-        return
-    # The message running here is in the queue again (Retries, from the worker
-    # thread, inside the handling of the actor's exception): this attempt's
-    # end is a retry, not a failure.
-    exc = sys.exc_info()[1]
-    retries = message.options.get("retries", 0)
-    requeue(job, reason=type(exc).__name__ if exc is not None else None,
-            queue=_queue_of(message),
-            next_attempt=retries + 1 if _is_count(retries) else None)
+    message_id = message.message_id
+    if _resending.pop(message_id) is not None:
+        return  # the retry is out: the next attempt resumes the job
+    job = _sending.pop(message_id)
+    if job is not None:
+        start_prepared(job)
 
 
 # -- running ------------------------------------------------------------------------------
@@ -314,6 +324,12 @@ def _on_process(broker: Any, message: Any) -> None:
 def _on_processed(message: Any, exception: BaseException | None) -> None:
     job = _running.pop(message.message_id)
     if job is None:
+        return
+    if _resending.pop(message.message_id) is not None and exception is not None:
+        # Sent back to its queue, but the broker did not take the message: no
+        # attempt follows, this one's exception ends the job (not "Waiting for ...").
+        job._message = "The retry could not be sent"
+        job.__exit__(type(exception), exception, exception.__traceback__)
         return
     if is_live_here(job):
         if exception is not None:

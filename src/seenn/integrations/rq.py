@@ -27,7 +27,10 @@ installs the wrappers, ``uninstrument()`` removes them):
 
 * **Enqueue** (``Queue.enqueue_job``, ``schedule_job``, ``enqueue_many``): the
   job is started ``queued`` with the RQ job id as its id, and the
-  ``seenn-job`` carrier goes in ``job.meta``, saved with the job.
+  ``seenn-job`` carrier goes in ``job.meta``, saved with the job. A
+  ``job_id`` the caller gives again is a new run, tracked as ``<id>~2`` (then
+  ``~3``...): Redis counts the runs of the ids callers give
+  (``seenn-runs:<id>``, for 30 days).
 * **Run** (``BaseWorker.perform_job`` in the work horse or a ``SimpleWorker``;
   ``Queue.run_job`` for a queue with ``is_async=False``): the job is resumed
   and made ambient; the function's ``@seenn.job`` call (plain or ``async``)
@@ -47,6 +50,7 @@ installs the wrappers, ``uninstrument()`` removes them):
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -61,15 +65,19 @@ from seenn._core.models import JobError
 from seenn._core.pipeline import logger
 from seenn._instrumentation.decorator import JobSpec
 from seenn._instrumentation.job import TrackedJob
-from seenn._instrumentation.tracker import default_tracker
 from seenn.errors import ValidationError
 from seenn.integrations._common import (
     FLUSH_TIMEOUT,
+    RUNS_KEY_PREFIX,
+    Patches,
     Running,
     carrier_in,
     flush,
     guarded,
+    is_run_of,
+    next_run_id,
     spec_of,
+    spec_to_end,
     waiting_in,
     worker_error,
 )
@@ -82,15 +90,14 @@ from seenn.propagation._handover import (
     start_handed_off,
 )
 
-__all__ = ["RETRIES_KEY", "instrument", "is_instrumented", "uninstrument"]
+__all__ = ["RETRIES_KEY", "RUNS_KEY_PREFIX", "instrument", "is_instrumented", "uninstrument"]
 
 RETRIES_KEY = "seenn-retries"
 """The ``job.meta`` key holding the retries the job was enqueued with (``Retry(max=...)``)."""
 
 _lock = threading.Lock()
 _active = False
-# (class, method name) -> (the original attribute, seenn's wrapper of it).
-_installed: dict[tuple[type, str], tuple[Any, Any]] = {}
+_patches = Patches()
 _running = Running()
 # The worker's main process: the wait status of a killed work horse, by RQ job id,
 # from handle_work_horse_killed() to the handle_job_failure() that follows it.
@@ -137,12 +144,7 @@ def instrument(*, flush_timeout: float = FLUSH_TIMEOUT) -> None:
         _flush_timeout = flush_timeout
         activating = not _active
         for owner, name, hook in hooks:
-            if (owner, name) in _installed:
-                continue  # still in place (perhaps wrapped by another library since)
-            original = owner.__dict__[name]
-            wrapper = wrapt.FunctionWrapper(original, hook)
-            setattr(owner, name, wrapper)
-            _installed[(owner, name)] = (original, wrapper)
+            _patches.install(owner, name, functools.partial(wrapt.FunctionWrapper, wrapper=hook))
         _active = True
     if activating:
         _warn_if_inside_a_job()
@@ -157,10 +159,7 @@ def uninstrument() -> None:
     global _active
     with _lock:
         _active = False
-        for (owner, name), (original, wrapper) in list(_installed.items()):
-            if owner.__dict__.get(name) is wrapper:
-                setattr(owner, name, original)
-                del _installed[(owner, name)]
+        _patches.remove()
 
 
 def is_instrumented() -> bool:
@@ -206,15 +205,7 @@ def _carrier_of_job(job: Any) -> dict[str, str] | None:
     except ValidationError as exc:
         logger.warning("seenn: RQ job %s carries a malformed seenn-job value: %s", job.id, exc)
         return None
-    return carrier if context is not None and context.job_id == job.id else None
-
-
-def _spec_of_carrier(carrier: Mapping[str, str]) -> JobSpec | None:
-    """A spec to end a job with where its function is not at hand (default tracker)."""
-    context = extract(carrier)
-    if context is None:
-        return None
-    return JobSpec(default_tracker(), context.job_type, None, None, None, None, None, None)
+    return carrier if context is not None and is_run_of(context.job_id, job.id) else None
 
 
 def _attempts(job: Any) -> tuple[int, int | None, int | None]:
@@ -272,16 +263,23 @@ def _loaded_function(name: object, instance: Any = None) -> Any:
     return None
 
 
-def _start_queued(spec: JobSpec, args: Any, kwargs: Any, job_id: str,
-                  queue_name: object) -> dict[str, str]:
+# What an enqueue hook started: the spec, the carrier, the RQ job id, the seenn job id.
+_Started = tuple[JobSpec, dict[str, str], str, str]
+
+
+def _start_queued(spec: JobSpec, args: Any, kwargs: Any, job_id: str, queue: Any,
+                  named: bool) -> tuple[dict[str, str], str]:
+    # A job id the caller gives again once its earlier job ended is a new job, which a
+    # backend would refuse under the id of the finished one: "<id>~2" (Redis counts).
+    tracked_id = next_run_id(queue.connection, job_id) if named else job_id
     _job, carrier = start_handed_off(
-        spec, tuple(args or ()), dict(kwargs or {}), job_id=job_id,
-        queue=waiting_in(queue_name))
-    return carrier
+        spec, tuple(args or ()), dict(kwargs or {}), job_id=tracked_id,
+        queue=waiting_in(getattr(queue, "name", None)))
+    return carrier, tracked_id
 
 
 @guarded("the RQ enqueue hook")
-def _track_enqueue(job: Any, queue: Any) -> tuple[JobSpec, dict[str, str], str] | None:
+def _track_enqueue(job: Any, queue: Any, named: bool, unique: bool) -> _Started | None:
     if job is None or getattr(job, "repeats_left", None) is not None:
         return None  # a repeating job runs again under the same id: not one queue job
     if _carrier_of_job(job) is not None:
@@ -290,32 +288,36 @@ def _track_enqueue(job: Any, queue: Any) -> tuple[JobSpec, dict[str, str], str] 
     spec = spec_of(_loaded_function(job.func_name, job.instance))
     if spec is None or meta is None:
         return None
-    carrier = _start_queued(spec, job.args, job.kwargs, job.id, getattr(queue, "name", None))
+    if unique and queue.connection.exists(job.key):
+        return None  # RQ will refuse it (DuplicateJobError): not a new job
+    carrier, tracked_id = _start_queued(spec, job.args, job.kwargs, job.id, queue, named)
     # A new dict: the caller's meta= may be shared with other jobs.
     job.meta = {**meta, CARRIER_KEY: carrier[CARRIER_KEY]}
     if isinstance(job.retries_left, int):
         job.meta[RETRIES_KEY] = job.retries_left
-    return spec, carrier, job.id
+    return spec, carrier, job.id, tracked_id
 
 
 @guarded("the RQ enqueue hook")
-def _enqueue_failed(started: list[tuple[JobSpec, dict[str, str], str]],
-                    exc: BaseException) -> None:
+def _enqueue_failed(started: list[_Started], exc: BaseException) -> None:
     from rq.exceptions import DuplicateJobError
 
-    if isinstance(exc, DuplicateJobError):
-        return  # the id belongs to a job enqueued before: it is not ours to end
-    for spec, carrier, job_id in started:
-        end_elsewhere(spec, carrier, job_id=job_id, error=worker_error(
+    for spec, carrier, job_id, tracked_id in started:
+        if isinstance(exc, DuplicateJobError) and tracked_id == job_id:
+            continue  # the id belongs to a job enqueued before: it is not ours to end
+        end_elsewhere(spec, carrier, job_id=tracked_id, error=worker_error(
             "ENQUEUE_FAILED", f"RQ could not enqueue the job ({type(exc).__name__})"))
 
 
 def _enqueueing(wrapped: Any, queue: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     # enqueue_job(job, pipeline, at_front, unique), schedule_job(job, datetime, pipeline, unique)
     job = _arg(args, kwargs, 0, "job")
-    # unique=True needs an id given by the caller; reading job.id would make one up.
-    unnamed = _arg(args, kwargs, 3, "unique") and getattr(job, "_id", None) is None
-    started = _track_enqueue(job, queue) if _active and not unnamed else None
+    # Read before job.id is: that makes one up when the caller gave none.
+    named = getattr(job, "_id", None) is not None
+    unique = bool(_arg(args, kwargs, 3, "unique"))
+    # unique=True needs an id given by the caller: RQ says so.
+    started = _track_enqueue(job, queue, named, unique) if _active and (named or not unique) \
+        else None
     try:
         return wrapped(*args, **kwargs)
     except Exception as exc:
@@ -335,11 +337,12 @@ def _track_enqueue_data(data: Any, queue: Any) -> tuple[Any, Any]:
     if spec is None or data.repeat is not None:
         return data, None
     job_id = data.job_id or str(uuid.uuid4())
-    carrier = _start_queued(spec, data.args, data.kwargs, job_id, queue.name)
+    carrier, tracked_id = _start_queued(spec, data.args, data.kwargs, job_id, queue,
+                                        data.job_id is not None)
     meta = {**(data.meta or {}), CARRIER_KEY: carrier[CARRIER_KEY]}
     if data.retry is not None:
         meta[RETRIES_KEY] = data.retry.max
-    return data._replace(job_id=job_id, meta=meta), (spec, carrier, job_id)
+    return data._replace(job_id=job_id, meta=meta), (spec, carrier, job_id, tracked_id)
 
 
 def _on_enqueue_many(wrapped: Any, queue: Any, args: tuple[Any, ...],
@@ -384,7 +387,7 @@ def _begin(job: Any) -> TrackedJob | None:
     if spec is None and carrier is not None:
         # No @seenn.job function to run it any more (or none importable), but the
         # job was promised at enqueue: it still ends as RQ ends it.
-        spec = _spec_of_carrier(carrier)
+        spec = spec_to_end(carrier)
     if spec is None:
         return None
     attempt, most, _total = _attempts(job)
@@ -501,7 +504,7 @@ def _failed_elsewhere(job: Any, queue: Any, error: JobError) -> None:
     from rq.job import JobStatus
 
     carrier = _carrier_of_job(job)
-    spec = _spec_of_carrier(carrier) if carrier is not None else None
+    spec = spec_to_end(carrier) if carrier is not None else None
     if spec is None or carrier is None:
         return  # enqueued without seenn: its job, if any, ends by the stale limit
     status = job.get_status(refresh=False)
@@ -570,7 +573,7 @@ def _cancelled(job: Any, status: object) -> None:
     if status == JobStatus.STARTED:
         return  # RQ lets a running job run on; its worker ends its seenn job
     carrier = _carrier_of_job(job)
-    spec = _spec_of_carrier(carrier) if carrier is not None else None
+    spec = spec_to_end(carrier) if carrier is not None else None
     if spec is not None and carrier is not None:
         end_elsewhere(spec, carrier, job_id=job.id, error=worker_error(
             "CANCELLED", "the job was cancelled before it ran"))

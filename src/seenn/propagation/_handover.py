@@ -149,7 +149,9 @@ def _resumed(spec: JobSpec, context: JobContext) -> TrackedJob:
 
 def _note_attempt(job: TrackedJob, attempt: int, max_attempts: int | None) -> None:
     if attempt > 1:
-        of = f" of {max_attempts}" if max_attempts else ""
+        # A total this attempt is past (a per-call override, as Celery's
+        # self.retry(max_retries=...)) is not the total: leave it out.
+        of = f" of {max_attempts}" if max_attempts and attempt <= max_attempts else ""
         job._message = f"Attempt {attempt}{of}"
         job._metadata = {"attempt": attempt}
 
