@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
@@ -16,9 +17,9 @@ import tempfile
 import textwrap
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -83,6 +84,33 @@ def keys_sent(server: RecordingServer) -> list[str]:
 def expected_keys(jobs: list[str]) -> list[str]:
     """The keys of one lifecycle per job."""
     return sorted(f"{job}.{seq}" for job in jobs for seq in range(3))
+
+
+FRESH = "SEENN_TEST_FRESH_PROCESS"
+_T = TypeVar("_T", bound=Callable[..., None])
+
+
+def in_a_fresh_process(test: _T) -> _T:
+    """Run a forking test in a new interpreter (a pytest of its own).
+
+    ``fork()`` copies a process with only the forking thread: a mutex another
+    thread held at that moment (SQLite's own, held by a thread some earlier
+    test left running) stays held in the child forever. The test suite's
+    process collects such threads; a fresh one holds only the test's own.
+    """
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        if os.environ.get(FRESH) == test.__name__:
+            test(*args, **kwargs)
+            return
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             f"{Path(__file__).resolve()}::{test.__name__}"],
+            env={**os.environ, FRESH: test.__name__}, capture_output=True, text=True,
+            timeout=300, cwd=Path(__file__).resolve().parents[1])
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+    return run  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -217,6 +245,7 @@ def test_a_killed_process_is_replayed_by_a_later_one_exactly_once(
     assert list(directory.iterdir()) == []
 
 
+@in_a_fresh_process
 def test_two_processes_starting_at_once_adopt_a_dead_file_once(
         tmp_path: Path, server: RecordingServer, forking: Any) -> None:
     """Two processes racing for one dead file: one adopts it, the backend sees each event once."""
@@ -359,6 +388,7 @@ def fork_and_report(exporter: HTTPExporter) -> dict[str, Any]:
     return report
 
 
+@in_a_fresh_process
 def test_a_forked_child_writes_its_own_file_and_leaves_the_parents(tmp_path: Path) -> None:
     """After fork() the child keeps its events in a file of its own; the parent's is untouched."""
     directory = tmp_path / "spool"
@@ -386,6 +416,7 @@ def test_a_forked_child_writes_its_own_file_and_leaves_the_parents(tmp_path: Pat
     parent.shutdown(timeout=0.1)
 
 
+@in_a_fresh_process
 def test_a_forked_child_does_not_keep_its_parents_file_locked(tmp_path: Path) -> None:
     """Once the parent lets its file go, it is adopted though a child forked earlier still runs."""
     directory = tmp_path / "spool"
@@ -421,6 +452,7 @@ def test_a_forked_child_does_not_keep_its_parents_file_locked(tmp_path: Path) ->
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+@in_a_fresh_process
 def test_a_forked_child_of_a_file_path_setting_keeps_a_file_beside_it(tmp_path: Path) -> None:
     """With a file path, a forked child opens a file beside the one its parent holds."""
     path = tmp_path / "outbox.db"
