@@ -18,7 +18,7 @@ import heapq
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,10 +31,10 @@ from seenn.errors import (
     RateLimitError,
     SeennError,
     ServerError,
-    ValidationError,
 )
 from seenn.exporters._http import wire
 from seenn.exporters._http.heartbeat import Heartbeats, Remembered, resumes_here
+from seenn.exporters._http.links import Links, refuses_parent
 from seenn.exporters._http.state import Job, Pending, remember
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ UNREADABLE = frozenset({"INVALID_RESPONSE", "RESPONSE_TOO_LARGE"})
 """Error codes of a 2xx answer the client could not use: the call may not have been applied."""
 
 
-class DeliveryCore(Heartbeats):
+class DeliveryCore(Heartbeats, Links):
     """The machinery of :class:`HTTPExporter`, which sets what is declared here."""
 
     include_traceback: bool
@@ -89,11 +89,9 @@ class DeliveryCore(Heartbeats):
         # for it, when its last progress call went, whether its start was acknowledged,
         # and, for a job live here, what its heartbeat needs.
         self._memory: dict[str, Remembered] = {}
-        # Parent id -> its children whose start is filed but not settled: the parent's
-        # end waits for them (a backend refuses a child of a finished parent).
-        self._opening: dict[str, set[str]] = {}
         self._answering = True  # the backend's last answer was not a failure to retry
         self._reset_beats()
+        self._reset_links()
         self._workers: list[threading.Thread] = []
         self._busy = 0
         self._paused_until = 0.0
@@ -197,8 +195,7 @@ class DeliveryCore(Heartbeats):
             if parent_id in self._refused:
                 parent_id = None  # its parent will never exist: start it on its own
             job = Job(job_id, parent_id=parent_id)
-            if parent_id is not None:
-                self._opening.setdefault(parent_id, set()).add(job_id)
+            self._note_child(job)
             remembered = self._memory.pop(job_id, None)
             if remembered is not None:
                 (job.server_id, job.last_progress, job.started_acked, job.beat,
@@ -287,16 +284,9 @@ class DeliveryCore(Heartbeats):
         A child's start waits for its parent's start, and a parent's end for the
         starts of its children that were filed before it.
         """
+        if self._waits_for_family(job):
+            return None
         head = job.queue[0].event
-        if head.is_terminal and job.id in self._opening:
-            return None  # rescheduled by _child_settled
-        if head.kind == "started" and job.parent_id is not None:
-            parent = self._jobs.get(job.parent_id)
-            if (parent is not None and parent.queue and not parent.started_acked
-                    and parent.queue[0].event.kind == "started"):
-                if job.id not in parent.dependents:
-                    parent.dependents.append(job.id)
-                return None
         due = max(job.due, self._paused_until)
         if head.kind == "progress" and not self._flushing:
             due = max(due, job.last_progress + self.progress_interval)
@@ -419,7 +409,7 @@ class DeliveryCore(Heartbeats):
             key = wire.idempotency_key(event, suffix)
             answer = self._client._http.send_once("POST", path, json=body, idempotency_key=key)
         except SeennError as error:
-            if _refuses_parent(error, event, job):
+            if refuses_parent(error, event, job):
                 # The parent is unknown (its start may still be on its way from another
                 # process: wait a while, as below), finished, or too deep, or the child's
                 # index is taken (a retried task starting its children again): start the
@@ -561,34 +551,8 @@ class DeliveryCore(Heartbeats):
         if not pending.key_suffix:
             self._forget_durable(event)
 
-    def _unlink(self, job: Job, pending: Pending, error: SeennError) -> None:
-        """Start a child on its own: the backend refused the link to its parent."""
-        self.stats.requests += 1
-        self.stats.retries += 1
-        self._log.warning("unlinked", "seenn: HTTP exporter: job %s starts without its parent "
-                          "%s, which the backend refused: %s", job.id, job.parent_id, error)
-        self._child_settled(job)  # its parent need not wait for it any more
-        job.parent_id = None
-        pending.renewals += 1  # another body: another key
-        job.due = 0.0
-
-    def _child_settled(self, job: Job) -> None:
-        """A child's start is settled (acknowledged or given up): its parent may end."""
-        parent_id = job.parent_id
-        if parent_id is None or parent_id not in self._opening:
-            return
-        waiting = self._opening[parent_id]
-        waiting.discard(job.id)
-        if not waiting:
-            del self._opening[parent_id]
-            parent = self._jobs.get(parent_id)
-            if parent is not None and parent.queue and not parent.busy \
-                    and not parent.scheduled:
-                self._schedule(parent)
-
     def _drop_job(self, job: Job, why: str) -> None:
-        self._child_settled(job)
-        self._opening.pop(job.id, None)  # it will not end here: nothing waits for children
+        self._forget_children(job)
         job.beat = None
         del job.queue[0]
         dropped = len(job.queue)
@@ -606,12 +570,3 @@ class DeliveryCore(Heartbeats):
                 child.parent_id = None  # its parent will never exist: start it on its own
                 self._schedule(child)
         job.dependents.clear()
-
-
-def _refuses_parent(error: SeennError, event: JobEvent, job: Job) -> bool:
-    """Whether the backend refused a child's start for its link to its parent."""
-    details = error.details
-    return (event.kind == "started" and job.parent_id is not None
-            and isinstance(error, (NotFoundError, ConflictError, ValidationError))
-            and isinstance(details, Mapping)
-            and details.get("field") in ("parentJobId", "childIndex"))
