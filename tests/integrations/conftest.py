@@ -36,6 +36,31 @@ def wait_until(condition: Callable[[], Any], timeout: float = 60.0, what: str = 
         time.sleep(0.02)
 
 
+def fetch(client: seenn.SeennClient, job_id: str) -> seenn.Job | None:
+    """The job as the backend shows it, or ``None`` while its start is on its way."""
+    try:
+        return client.jobs.get(job_id)
+    except seenn.NotFoundError:
+        return None
+
+
+def settled(client: seenn.SeennClient, job_id: str, timeout: float = 60.0) -> seenn.Job:
+    """Wait until the backend shows the job finished; return it."""
+    return wait_until(lambda: (job := fetch(client, job_id)) is not None and job.is_terminal
+                      and job, timeout, f"job {job_id} to end")
+
+
+def showing(client: seenn.SeennClient, job_id: str, progress: int) -> seenn.Job:
+    """Wait until the backend shows the job at ``progress``."""
+    return wait_until(lambda: (job := fetch(client, job_id)) is not None
+                      and job.progress == progress and job, 60, f"job {job_id} at {progress}%")
+
+
+def running_pid(signals: Any, task_id: str) -> int:
+    """The pid of the process running a holding task, once it runs (the task sets it)."""
+    return int(wait_until(lambda: signals.get(f"pid:{task_id}"), 60, "the task to run"))
+
+
 def _redis_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:

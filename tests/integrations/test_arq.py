@@ -26,7 +26,17 @@ from seenn.integrations import arq as seenn_arq
 from seenn.server import RunningServer
 from tests.faults import free_port
 from tests.integrations import arq_app
-from tests.integrations.conftest import PYTHON, ROOT, WorkerProcess, wait_until, worker_env
+from tests.integrations.conftest import (
+    PYTHON,
+    ROOT,
+    WorkerProcess,
+    fetch,
+    running_pid,
+    settled,
+    showing,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.usefixtures("publisher")
 
@@ -65,31 +75,6 @@ def enqueue(redis_url: str, function: str, *args: Any, **kwargs: Any) -> str:
         return str(job.job_id)
 
     return asyncio.run(go())
-
-
-def fetch(client: seenn.SeennClient, job_id: str) -> seenn.Job | None:
-    """The job as the backend shows it, or ``None`` while its start is on its way."""
-    try:
-        return client.jobs.get(job_id)
-    except seenn.NotFoundError:
-        return None
-
-
-def settled(client: seenn.SeennClient, job_id: str, timeout: float = 60.0) -> seenn.Job:
-    """Wait until the backend shows the job finished; return it."""
-    return wait_until(lambda: (job := fetch(client, job_id)) is not None and job.is_terminal
-                      and job, timeout, f"job {job_id} to end")
-
-
-def showing(client: seenn.SeennClient, job_id: str, progress: int) -> seenn.Job:
-    """Wait until the backend shows the job at ``progress``."""
-    return wait_until(lambda: (job := fetch(client, job_id)) is not None
-                      and job.progress == progress and job, 60, f"job {job_id} at {progress}%")
-
-
-def running_pid(broker: redis.Redis, job_id: str) -> int:
-    """The pid of the worker running a holding job, once it runs."""
-    return int(wait_until(lambda: broker.get(f"pid:{job_id}"), 60, "the job to run"))
 
 
 def test_importing_the_integration_does_not_import_arq() -> None:

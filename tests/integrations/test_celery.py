@@ -14,7 +14,16 @@ import seenn
 from seenn.server import RunningServer
 from tests.faults import free_port
 from tests.integrations import celery_app
-from tests.integrations.conftest import PYTHON, WorkerProcess, wait_until, worker_env
+from tests.integrations.conftest import (
+    PYTHON,
+    WorkerProcess,
+    fetch,
+    running_pid,
+    settled,
+    showing,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.usefixtures("publisher")
 
@@ -38,31 +47,6 @@ def worker(backend: RunningServer, redis_url: str, broker: redis.Redis) -> Itera
         worker_env(backend, redis_url), ready=" ready.")
     yield process
     process.stop(signal.SIGTERM)
-
-
-def fetch(client: seenn.SeennClient, job_id: str) -> seenn.Job | None:
-    """The job as the backend shows it, or ``None`` while its start is on its way."""
-    try:
-        return client.jobs.get(job_id)
-    except seenn.NotFoundError:
-        return None
-
-
-def settled(client: seenn.SeennClient, job_id: str, timeout: float = 60.0) -> seenn.Job:
-    """Wait until the backend shows the job finished; return it."""
-    return wait_until(lambda: (job := fetch(client, job_id)) is not None and job.is_terminal
-                      and job, timeout, f"job {job_id} to end")
-
-
-def showing(client: seenn.SeennClient, job_id: str, progress: int) -> seenn.Job:
-    """Wait until the backend shows the job at ``progress``."""
-    return wait_until(lambda: (job := fetch(client, job_id)) is not None
-                      and job.progress == progress and job, 60, f"job {job_id} at {progress}%")
-
-
-def running_pid(broker: redis.Redis, task_id: str) -> int:
-    """The pid of the pool process running a holding task, once it runs."""
-    return int(wait_until(lambda: broker.get(f"pid:{task_id}"), 60, "the task to run"))
 
 
 def test_the_job_exists_queued_with_the_task_id_before_any_worker_runs(

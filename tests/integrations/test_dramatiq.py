@@ -25,7 +25,17 @@ from seenn.server import RunningServer
 from seenn.testing import capture_jobs
 from tests.faults import free_port
 from tests.integrations import dramatiq_app
-from tests.integrations.conftest import PYTHON, ROOT, WorkerProcess, wait_until, worker_env
+from tests.integrations.conftest import (
+    PYTHON,
+    ROOT,
+    WorkerProcess,
+    fetch,
+    running_pid,
+    settled,
+    showing,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.usefixtures("publisher")
 
@@ -72,31 +82,6 @@ def worker(backend: RunningServer, redis_url: str,
     process = start_worker(backend, redis_url, [dramatiq_app.QUEUE])
     yield process
     stop_worker(process)
-
-
-def fetch(client: seenn.SeennClient, job_id: str) -> seenn.Job | None:
-    """The job as the backend shows it, or ``None`` while its start is on its way."""
-    try:
-        return client.jobs.get(job_id)
-    except seenn.NotFoundError:
-        return None
-
-
-def settled(client: seenn.SeennClient, job_id: str, timeout: float = 60.0) -> seenn.Job:
-    """Wait until the backend shows the job finished; return it."""
-    return wait_until(lambda: (job := fetch(client, job_id)) is not None and job.is_terminal
-                      and job, timeout, f"job {job_id} to end")
-
-
-def showing(client: seenn.SeennClient, job_id: str, progress: int) -> seenn.Job:
-    """Wait until the backend shows the job at ``progress``."""
-    return wait_until(lambda: (job := fetch(client, job_id)) is not None
-                      and job.progress == progress and job, 60, f"job {job_id} at {progress}%")
-
-
-def running_pid(signals: redis.Redis, message_id: str) -> int:
-    """The pid of the worker process running a holding message, once it runs."""
-    return int(wait_until(lambda: signals.get(f"pid:{message_id}"), 60, "the message to run"))
 
 
 def jobs_of(client: seenn.SeennClient, user_id: str) -> list[str]:

@@ -20,7 +20,16 @@ import seenn.propagation
 from seenn.integrations import rq as seenn_rq
 from seenn.server import RunningServer
 from tests.integrations import rq_app
-from tests.integrations.conftest import PYTHON, ROOT, WorkerProcess, wait_until, worker_env
+from tests.integrations.conftest import (
+    PYTHON,
+    ROOT,
+    WorkerProcess,
+    running_pid,
+    settled,
+    showing,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = pytest.mark.usefixtures("publisher")
 
@@ -74,31 +83,6 @@ def spawn_worker(backend: RunningServer, redis_url: str,
 def queue(broker: redis.Redis, name: str = "rq-tests", **options: bool) -> Queue:
     """An RQ queue on the tests' Redis database."""
     return Queue(name, connection=broker, **options)
-
-
-def fetch(client: seenn.SeennClient, job_id: str) -> seenn.Job | None:
-    """The job as the backend shows it, or ``None`` while its start is on its way."""
-    try:
-        return client.jobs.get(job_id)
-    except seenn.NotFoundError:
-        return None
-
-
-def settled(client: seenn.SeennClient, job_id: str, timeout: float = 60.0) -> seenn.Job:
-    """Wait until the backend shows the job finished; return it."""
-    return wait_until(lambda: (job := fetch(client, job_id)) is not None and job.is_terminal
-                      and job, timeout, f"job {job_id} to end")
-
-
-def showing(client: seenn.SeennClient, job_id: str, progress: int) -> seenn.Job:
-    """Wait until the backend shows the job at ``progress``."""
-    return wait_until(lambda: (job := fetch(client, job_id)) is not None
-                      and job.progress == progress and job, 60, f"job {job_id} at {progress}%")
-
-
-def running_pid(broker: redis.Redis, job_id: str) -> int:
-    """The pid of the process running a holding job, once it runs."""
-    return int(wait_until(lambda: broker.get(f"pid:{job_id}"), 60, "the job to run"))
 
 
 def test_the_job_exists_queued_with_the_rq_job_id_before_any_worker_runs(
