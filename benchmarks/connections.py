@@ -22,38 +22,15 @@ import argparse
 import contextlib
 import http.client
 import os
-import queue
-import re
 import resource
 import select
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-
-def start_server(db: Path, max_connections: int) -> tuple[subprocess.Popen[str], str, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "seenn", "serve", "--port", "0", "--db",
-                             str(db), "--max-connections", str(max_connections)],
-                            stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    out = proc.stdout
-
-    def pump() -> None:
-        for line in out:
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    while True:
-        match = re.search(r"http://([\d.]+):(\d+)", lines.get(timeout=60))
-        if match:
-            return proc, match.group(1), int(match.group(2))
+from _serve import start_server
 
 
 def server_sockets(pid: int) -> int:
@@ -153,7 +130,9 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, host, port = start_server(Path(tmp) / "bench.db", args.max_connections)
+        served = start_server(Path(tmp) / "bench.db", "--max-connections",
+                              str(args.max_connections))
+        proc, host, port = served.proc, served.host, served.port
         try:
             quiet = requests_per_second(host, port, args.threads, args.seconds)
             idle = open_idle(host, port, args.idle, timeout=5.0)
@@ -181,8 +160,7 @@ def main() -> None:
             for sock in idle:
                 sock.close()
         finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=30)
+            served.stop()
 
 
 if __name__ == "__main__":

@@ -19,31 +19,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from _serve import start_server
+
 import seenn
 from seenn.exporters import HTTPExporter
 
 KEY = "sk_test_bench"
-
-
-def start_server(db: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "seenn", "serve", "--port", "0", "--db",
-                             str(db), "--api-key", KEY], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        match = re.search(r"(http://[\d.]+:\d+)/v1", line)
-        if match:
-            return proc, match.group(1)
-    raise SystemExit("seenn serve did not start")
 
 
 def work(seconds: float) -> None:
@@ -110,7 +96,8 @@ def main() -> None:
     work_s = args.work_ms / 1000
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, url = start_server(Path(tmp) / "bench.db")
+        served = start_server(Path(tmp) / "bench.db", "--api-key", KEY)
+        url = served.url
         try:
             baseline_tracker = seenn.Tracker(exporters=[])
             run_tracked(baseline_tracker, 4, 20, work_s, 1, "warmup")
@@ -132,8 +119,7 @@ def main() -> None:
             direct_time, direct_calls = run_direct(url, args.jobs, args.updates, work_s,
                                                    args.threads)
         finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=30)
+            served.stop()
 
     per_job = base_time / math.ceil(args.jobs / args.threads)
     bound = 2 + math.ceil(per_job / exporter.progress_interval)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import socket
@@ -31,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _serve import start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = '''
@@ -62,18 +63,6 @@ def step(i):
 
 
 KEY = "sk_test_bench"
-
-
-def start_server(db: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "seenn", "serve", "--port", "0", "--db",
-                             str(db), "--api-key", KEY], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        match = re.search(r"(http://[\d.]+:\d+)/v1", line)
-        if match:
-            return proc, match.group(1)
-    raise SystemExit("seenn serve did not start")
 
 
 def free_port() -> int:
@@ -148,7 +137,8 @@ def main() -> int:
 
     import seenn
 
-    server, base_url = start_server(workdir / "serve.db")
+    served = start_server(workdir / "serve.db", "--api-key", KEY)
+    base_url = served.url
     try:
         env = {**os.environ, "BENCH_BROKER": redis_url, "BENCH_DIR": str(workdir),
                "SEENN_API_KEY": KEY, "SEENN_BASE_URL": base_url,
@@ -194,8 +184,7 @@ def main() -> int:
             with_s = min(with_s, worker_run({**env, "BENCH_SEENN": "1"}, args.tasks,
                                             redis_url))
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
+        served.stop()
         redis_proc.terminate()
         redis_proc.wait(timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)

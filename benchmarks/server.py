@@ -19,36 +19,15 @@ import argparse
 import http.client
 import json
 import os
-import queue
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _serve import start_server
+
 Request = Callable[[http.client.HTTPConnection, int], None]
-
-
-def start_server(db: Path) -> tuple[subprocess.Popen[str], str, int, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "seenn", "serve", "--port", "0", "--db",
-                             str(db)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    out = proc.stdout
-    threading.Thread(target=lambda: [lines.put(line) for line in out], daemon=True).start()
-    secret = ""
-    while True:
-        line = lines.get(timeout=60)
-        if "secret key" in line:
-            secret = line.split()[-1]
-        match = re.search(r"http://([\d.]+):(\d+)/v1", line)
-        if match:
-            return proc, match.group(1), int(match.group(2)), secret
 
 
 def measure(host: str, port: int, threads: int, seconds: float, request: Request) -> float:
@@ -87,7 +66,8 @@ def main() -> None:
     thread_counts = [int(n) for n in args.threads.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, host, port, secret = start_server(Path(tmp) / "bench.db")
+        served = start_server(Path(tmp) / "bench.db")
+        host, port, secret = served.host, served.port, served.secret
         auth = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
         try:
             setup = http.client.HTTPConnection(host, port)
@@ -145,8 +125,7 @@ def main() -> None:
                     cells.append(f"{rate:>9.0f} ({rate / baseline[n]:.2f}x)")
                 print(f"{name:<40}" + "".join(f"{cell:>18}" for cell in cells))
         finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=30)
+            served.stop()
 
 
 if __name__ == "__main__":
