@@ -4,9 +4,11 @@ Starts a Redis server (Debian's ``redis-server``) and ``seenn serve`` (in
 subprocesses, so their CPU is not the publisher's) on free loopback ports, then
 measures, in alternating runs so that a noisy neighbour slows both sides alike:
 
-1. ``task.delay()`` in the publishing process, with ``instrument()`` and an
-   HTTP exporter against the time without (the job's start is built and
-   queued; the HTTP call happens on a delivery thread);
+1. ``task.delay()`` in the publishing process without seenn, with
+   ``instrument()`` and an exporter that drops events (the hook alone: the job
+   made, started and handed off), and with an HTTP exporter (the start's
+   ``POST /jobs`` is made on a delivery thread, but its CPU is the
+   publisher's: it shares the GIL);
 2. a prefork worker (one child) running ``--tasks`` small tasks, each
    reporting progress five times: the time from the first enqueue to the last
    task done, with the integration and an HTTP exporter in the worker, against
@@ -63,6 +65,23 @@ def step(i):
 
 
 KEY = "sk_test_bench"
+
+
+class Discard:
+    """An exporter that drops what it gets (inline: no batch processor)."""
+
+    inline = True
+
+    def export(self, events: object) -> object:
+        from seenn.exporters import ExportResult
+
+        return ExportResult.SUCCESS
+
+    def force_flush(self, timeout: float = 30.0) -> bool:
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        return None
 
 
 def free_port() -> int:
@@ -163,14 +182,17 @@ def main() -> int:
                 bench_celery_app.step.apply_async((i,), queue="parked")
             return (time.perf_counter() - started) / n * 1e6
 
-        plain_us = with_us = float("inf")
+        plain_us = hook_us = with_us = float("inf")
         publish(200)  # warm up the connection
         for _ in range(args.repeat):
             seenn.configure(exporters=[])
             seenn_celery.uninstrument()
             plain_us = min(plain_us, publish(args.publish))
-            seenn.configure(api_key=KEY, base_url=base_url)
+            # The hook alone: the job made, started and handed off, its events dropped.
+            seenn.configure(exporters=[Discard()])
             seenn_celery.instrument()
+            hook_us = min(hook_us, publish(args.publish))
+            seenn.configure(api_key=KEY, base_url=base_url)
             with_us = min(with_us, publish(args.publish))
             seenn.force_flush(timeout=120)
         seenn.configure(exporters=[])
@@ -192,7 +214,9 @@ def main() -> int:
     per_plain = plain_s / args.tasks * 1e3
     per_with = with_s / args.tasks * 1e3
     print(f"{'measurement':44} {'without':>12} {'with seenn':>12} {'extra':>12}")
-    print(f"{'delay() in the publisher (us per call)':44} {plain_us:12.1f} {with_us:12.1f} "
+    print(f"{'delay(): the hook alone (us per call)':44} {plain_us:12.1f} {hook_us:12.1f} "
+          f"{hook_us - plain_us:12.1f}")
+    print(f"{'delay(): with HTTP delivery (us per call)':44} {plain_us:12.1f} {with_us:12.1f} "
           f"{with_us - plain_us:12.1f}")
     print(f"{'task through a prefork worker (ms per task)':44} {per_plain:12.2f} "
           f"{per_with:12.2f} {per_with - per_plain:12.2f}")
