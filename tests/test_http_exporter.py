@@ -18,6 +18,7 @@ from seenn._core.pipeline import ExportResult
 from seenn.exporters._http import HTTPExporter
 from seenn.server import RunningServer
 from tests.faults import free_port
+from tests.polling import wait_until
 from tests.server import RecordingServer
 
 STATUS = {"started": "running", "progress": "running", "completed": "completed",
@@ -514,10 +515,8 @@ def test_a_parent_ends_only_after_its_childs_start_is_answered(server: Recording
                     ev("completed", "job_child", 1)]
     assert exporter.export(parent_events + child_events
                            + [ev("completed", "job_parent", 1)]) is ExportResult.SUCCESS
-    deadline = time.monotonic() + 30
-    while not any(b"parentJobId" in r.body for r in server.requests):
-        assert time.monotonic() < deadline, "the child's start was never sent"
-        time.sleep(0.01)
+    wait_until(lambda: any(b"parentJobId" in r.body for r in server.requests), 30,
+               "the child's start")
     with exporter._cond:  # the parent's end waits on the child's start, not on a timer
         parent = exporter._jobs["job_parent"]
         assert parent.queue[0].event.kind == "completed"
@@ -582,10 +581,8 @@ def test_a_childs_start_waits_for_a_parent_started_by_another_process(
     child = [ev("started", "job_child_late", 0, parent_id="job_parent_late", child_index=0),
              ev("completed", "job_child_late", 1)]
     assert exporter.export(child) is ExportResult.SUCCESS
-    deadline = time.monotonic() + 30
-    while exporter.stats.retries == 0:  # the child's start was answered 404 at least once
-        assert time.monotonic() < deadline, "the child's start was never refused"
-        time.sleep(0.01)
+    # The child's start was answered 404 at least once.
+    wait_until(lambda: exporter.stats.retries, 30, "the child's start to be refused")
     with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
         client.jobs.start("video", user_id="u1", title="parent", job_id="job_parent_late")
     assert exporter.force_flush(60)
@@ -602,9 +599,7 @@ def test_a_backend_answering_for_a_start_on_its_way_is_not_failing(
     child = [ev("started", "job_child_waits", 0, parent_id="job_parent_on_its_way",
                 child_index=0)]
     assert exporter.export(child) is ExportResult.SUCCESS
-    deadline = time.monotonic() + 30
-    while exporter.stats.retries == 0:  # the child's start was answered 404 at least once
-        assert time.monotonic() < deadline, "the child's start was never refused"
-        time.sleep(0.01)
+    # The child's start was answered 404 at least once.
+    wait_until(lambda: exporter.stats.retries, 30, "the child's start to be refused")
     assert not exporter.failing  # an exit flush (seenn.integrations) waits for it
     exporter.shutdown(0)

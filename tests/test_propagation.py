@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from seenn.exporters import (
 from seenn.propagation import CARRIER_KEY, JobContext, SeennPropagator
 from seenn.testing import InMemoryExporter, strict_mode
 from tests.conftest import SECRET
+from tests.polling import wait_until
 from tests.propagation_worker import finish_jobs
 from tests.server import RecordingServer
 from tests.tracking_helpers import memory_tracker, no_job_left_behind
@@ -700,10 +700,7 @@ def test_a_resumed_job_whose_start_arrives_late_reaches_seenn_serve(tmp_path: Pa
             with propagation.resume(context, tracker=worker) as job:
                 assert job is not None
                 job.set_progress(40)
-            deadline = time.monotonic() + 30  # wait for the first 404 to be answered
-            while exporter.stats.retries == 0:
-                assert time.monotonic() < deadline, "no 404 was retried"
-                time.sleep(0.01)
+            wait_until(lambda: exporter.stats.retries, 30, "a 404 to be retried")
             client.jobs.start(job_type="video", user_id="u1", title="video",
                               job_id="job_late_start")
             assert worker.force_flush(timeout=60)
