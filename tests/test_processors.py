@@ -469,7 +469,10 @@ def test_batch_export_is_an_ordered_subsequence_per_job(
 
     # Blocks left out of order leave some job ambient: keep that in a context of its own.
     contextvars.copy_context().run(play)
-    assert processor.force_flush(timeout=10)
+    # False only to say jobs were dropped since the last flush (a full queue of 1 may
+    # drop some, depending on how fast the worker drains it); either way all is out.
+    assert processor.force_flush(timeout=10) or processor.dropped > 0
+    assert processor.queued == 0
     tracker.shutdown(timeout=10)
     emitted = _by_job(inline.events)
     exported = _by_job(exporter.events)

@@ -102,6 +102,10 @@ def picky(tag: str | None) -> None:
 def spawner(self: Any, tag: str) -> None:
     """Enqueue a child on each attempt, and retry once: the children stay distinct."""
     step.apply_async((f"{tag}-child-{self.request.retries}",), queue="parked")
+    # The child's start reaches the backend before this attempt ends: the next attempt
+    # may run (and end the job) in another pool process, whose events do not wait for
+    # this one's (a child of an ended job would start unlinked).
+    seenn.force_flush(timeout=30)
     if self.request.retries < 1:
         raise self.retry(countdown=0)
 
