@@ -52,7 +52,7 @@ from seenn.server._requests import (
 )
 from seenn.server._requests import route as match_route
 from seenn.server._stale import DEFAULT_STALE_AFTER, StalePolicy, Sweeper, check_stale_after
-from seenn.server._store import Store, StoredJob, Transaction, canonical_hash, key_hash
+from seenn.server._store import StoredJob, Transaction, canonical_hash, key_hash, open_store
 
 logger = logging.getLogger("seenn.server")
 
@@ -145,7 +145,7 @@ class SeennServerApp:
                  stale_after: float = DEFAULT_STALE_AFTER,
                  clock: Callable[[], float] | None = None) -> None:
         self.stale_after = check_stale_after("stale_after", stale_after)
-        self.store = Store(os.fspath(db_path))
+        self.store = open_store(os.fspath(db_path))
         if clock is not None:
             self.store.clock = clock
         self.max_body_bytes = max_body_bytes
