@@ -39,6 +39,7 @@ from seenn._core.validation import (
     fail,
     format_datetime,
 )
+from seenn.server._engines import open_store
 from seenn.server._errors import HTTPError, Response
 from seenn.server._eta import eta_request, shown
 from seenn.server._jobs import Fields, end_stale, start_job, sweep, update_job
@@ -52,7 +53,7 @@ from seenn.server._requests import (
 )
 from seenn.server._requests import route as match_route
 from seenn.server._stale import DEFAULT_STALE_AFTER, StalePolicy, Sweeper, check_stale_after
-from seenn.server._store import StoredJob, Transaction, canonical_hash, key_hash, open_store
+from seenn.server._store import StoredJob, Transaction, canonical_hash, key_hash
 
 logger = logging.getLogger("seenn.server")
 

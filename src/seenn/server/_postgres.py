@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from seenn._core.validation import fail
@@ -259,7 +259,7 @@ class PostgresStore(Store):
                         for job_id in ids.split(" "):
                             for callback in list(self._listeners):
                                 callback(app_id, job_id)
-            except Exception:  # noqa: BLE001 - the database went away: listen again
+            except Exception:  # the database went away: listen again
                 if self._closed:
                     return
                 threading.Event().wait(0.5)
@@ -270,8 +270,6 @@ class PostgresStore(Store):
         listener = self._listen_conn
         if listener is not None:
             # Ends the notifies() generator on the listening thread.
-            try:
+            with suppress(Exception):  # closing anyway
                 listener.cancel_safe()
-            except Exception:  # noqa: BLE001,S110 - closing anyway
-                pass
         self._pool.close()

@@ -673,17 +673,3 @@ class SQLiteStore(Store):
         for conn in idle:
             conn.close()
 
-
-def open_store(db: str, **options: Any) -> Store:
-    """The store of ``db``: a ``postgresql://`` (or ``postgres://``) URL, else a SQLite file.
-
-    Raises:
-        seenn.ValidationError: ``db`` names PostgreSQL and the ``postgres`` extra
-            (psycopg) is not installed.
-    """
-    if db.startswith(("postgresql://", "postgres://")):
-        from seenn.server._postgres import PostgresStore
-
-        store: Store = PostgresStore(db, **options)
-        return store
-    return SQLiteStore(db, **options)
