@@ -81,6 +81,10 @@ def new_key(kind: str) -> str:
     return f"{kind}_test_{base64.b32encode(os.urandom(20)).decode().lower().rstrip('=')}"
 
 
+# The routes whose second part is a job id.
+_JOB_ROUTES = frozenset({"job", "children", "progress", "complete", "fail"})
+
+
 class _RateLimiter:
     """Fixed one-second windows per key: simple, and the headers are exact."""
 
@@ -228,11 +232,13 @@ class SeennServerApp:
             stale = [job.data["id"] for job in shown if self._stale.is_stale(job, tx.now)]
         if not stale:
             return answer
-        with self.store.write(app_id) as tx:
+
+        def end_and_read(tx: Transaction) -> T:
             for job_id in stale:
                 end_stale(tx, job_id, self._stale)
-            answer, _ = read(tx)
-        return answer
+            return read(tx)[0]
+
+        return self.store.transact(app_id, end_and_read)
 
     # WSGI ---------------------------------------------------------------------------
 
@@ -287,6 +293,10 @@ class SeennServerApp:
             # Statistics describe the whole app's workload, not one job or one user's.
             raise HTTPError(403, "FORBIDDEN", "ETA statistics need a secret key",
                             headers=rate_headers)
+        if route[0] in _JOB_ROUTES and "\x00" in route[1]:
+            # No job id holds NUL (ids are checked at start), and PostgreSQL could not
+            # even look one up.
+            raise HTTPError(404, "NOT_FOUND", "job not found", headers=rate_headers)
         self.store.purge()
         try:
             if route == ("tokens",):
@@ -488,8 +498,9 @@ class SeennServerApp:
     def _post(self, route: tuple[str, ...], app_id: str, environ: Mapping[str, Any]) -> Response:
         body = read_json(environ, self.max_body_bytes)
         key = str(environ.get("HTTP_IDEMPOTENCY_KEY", "")).strip()
-        if len(key) > 255:
-            raise HTTPError(400, "VALIDATION_ERROR", "Idempotency-Key: at most 255 characters",
+        if len(key) > 255 or "\x00" in key:
+            raise HTTPError(400, "VALIDATION_ERROR",
+                            "Idempotency-Key: at most 255 characters, no NUL",
                             {"field": "Idempotency-Key"})
         request_hash = canonical_hash([list(route), body])
         failure: HTTPError | None = None
