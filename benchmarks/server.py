@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from _serve import Served, start_gunicorn, start_server
 
@@ -123,6 +124,15 @@ def measure_writes(served: Served, threads: int, processes: int, seconds: float)
     return sum(done) / seconds
 
 
+def _shown(db: str) -> str:
+    """A database setting fit to print: a URL's password is masked."""
+    parts = urlsplit(db)
+    if parts.password is None:
+        return db
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def compare_processes(args: argparse.Namespace) -> None:
     """Writes per second against N server processes, for each N of ``--workers``."""
     counts = [int(n) for n in args.workers.split(",")]
@@ -132,7 +142,7 @@ def compare_processes(args: argparse.Namespace) -> None:
     print(f"single-event writes/s (POST /jobs/{{id}}/progress with Idempotency-Key), "
           f"{threads} connections from {args.client_processes} client processes, "
           f"{args.seconds:.1f} s per cell, {os.cpu_count()} cores; database: "
-          f"{args.db or 'a new temporary SQLite file per run'}")
+          f"{_shown(args.db) if args.db else 'a new temporary SQLite file per run'}")
     header = f"{'server':<28}" + "".join(f"{f'N={n}':>18}" for n in counts)
     print(header)
     print("-" * len(header))

@@ -166,7 +166,9 @@ def gunicorn_command(db: Path | str, workers: int = 3, *args: str,
     settings = {"SEENN_SERVER_DB": str(db), "SEENN_SERVER_API_KEY": SECRET,
                 "SEENN_SERVER_PUBLIC_KEY": PUBLIC, **(env or {})}
     command = [sys.executable, "-m", "gunicorn", *control, "-k", "gthread", "--threads", "4",
-               "-w", str(workers), "-b", "127.0.0.1:0", "--graceful-timeout", "10", *args,
+               "-w", str(workers), "-b", "127.0.0.1:0", "--graceful-timeout", "10",
+               # Connections held by a test wait for their next request longer than 2 s.
+               "--keep-alive", "120", *args,
                "seenn.server.wsgi:app"]
     return command, {**os.environ, "PYTHONUNBUFFERED": "1", **settings}
 

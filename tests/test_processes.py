@@ -392,3 +392,33 @@ def test_serve_refuses_a_worker_count_out_of_range(tmp_path: Path, count: str) -
     assert out.returncode == 2
     assert "--workers" in out.stderr
     assert not (tmp_path / "w.db").exists()
+
+
+def test_two_gateways_serve_one_listening_socket(tmp_path: Path) -> None:
+    """WSGIServer(sock=...) serves a socket bound elsewhere; each of two serves its share."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    app = seenn.server.create_app(tmp_path / "s.db", api_key=SECRET, public_key=PUBLIC)
+    # A descriptor each, as each forked worker has.
+    servers = [WSGIServer(("", 0), app, sock=socket.socket(fileno=os.dup(listener.fileno())))
+               for _ in range(2)]
+    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05})
+               for s in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        port = listener.getsockname()[1]
+        assert servers[0].url == servers[1].url == f"http://127.0.0.1:{port}"
+        with seenn.SeennClient(SECRET, base_url=servers[0].url) as client:
+            job = client.jobs.start("s", user_id="u", title="Shared socket")
+        servers[0].shutdown()
+        servers[0].server_close()  # closes its descriptor only; the other keeps serving
+        with seenn.SeennClient(SECRET, base_url=servers[1].url) as client:
+            assert client.jobs.get(job.id).title == "Shared socket"
+    finally:
+        for server in servers[1:]:
+            server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join()
+        listener.close()
+        app.close()

@@ -444,6 +444,7 @@ class WSGIServer(ThreadingHTTPServer):
         self._backoff = 0.0
         self._resume_at = 0.0
         self._warned_at = -math.inf
+        self._shared = sock is not None
         if sock is None:
             super().__init__(address, _Handler)
             return
@@ -552,6 +553,10 @@ class WSGIServer(ThreadingHTTPServer):
                                    "--max-connections", error.strerror, self.connections)
             raise
         self._backoff = 0.0
+        if self._shared:
+            # Some systems (the BSDs, macOS) give an accepted socket the listener's
+            # non-blocking flag; the handler expects a blocking one.
+            request.setblocking(True)
         return request, address
 
     def _accept(self) -> None:
