@@ -422,3 +422,16 @@ def test_two_gateways_serve_one_listening_socket(tmp_path: Path) -> None:
             thread.join()
         listener.close()
         app.close()
+
+
+def test_serve_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to the parent (no chance to stop anyone): the workers still end."""
+    served = start_serve(tmp_path / "orphans.db", 3)
+    workers = served.workers()
+    try:
+        assert served.stop(signal.SIGKILL) == -signal.SIGKILL
+        wait_until(lambda: not any(alive(pid) for pid in workers), what="the workers to end")
+    finally:
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

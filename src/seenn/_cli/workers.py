@@ -13,6 +13,8 @@ to one of them. The parent only supervises:
 * A worker that dies after it was ready (killed, out of memory) is reported on stderr
   and replaced. A worker that dies before it was ready would die again: the parent
   stops the others and exits 1.
+* A parent that dies without stopping them (SIGKILL) closes the write end of a pipe
+  the workers watch: they stop as if told to, rather than serve on as orphans.
 
 Signals reach the parent's loop through ``signal.set_wakeup_fd``, so nothing runs in
 a signal handler but the write of its number, and no fork happens inside one.
@@ -25,6 +27,7 @@ import os
 import selectors
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,7 +76,16 @@ def _stop_worker(signum: int, frame: FrameType | None) -> None:
     raise _Stop
 
 
-def _run_worker(serve: Serve, ready_fd: int, inherited: list[int]) -> NoReturn:
+def _watch_parent(lifeline: int) -> None:
+    """Stop this worker when the parent is gone, however it went (even SIGKILL)."""
+    with contextlib.suppress(OSError):
+        while os.read(lifeline, 64):
+            pass
+    # The parent held the only write end: end of file means it has exited.
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_worker(serve: Serve, ready_fd: int, inherited: list[int], lifeline: int) -> NoReturn:
     """The body of a forked worker; it never returns into the parent's code."""
     code = 1
     try:
@@ -85,6 +97,8 @@ def _run_worker(serve: Serve, ready_fd: int, inherited: list[int]) -> NoReturn:
         for fd in inherited:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        threading.Thread(target=_watch_parent, args=(lifeline,), daemon=True,
+                         name="seenn-serve-parent").start()
 
         def ready() -> None:
             os.write(ready_fd, b"r")
@@ -128,6 +142,8 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ)
+        # Nothing is ever written: a worker reads end of file once the parent is gone.
+        self._lifeline_r, self._lifeline_w = os.pipe()
 
     def run(self) -> int:
         """Start the workers and supervise them until a stop signal; the exit status.
@@ -156,12 +172,12 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._selector.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            for fd in (self._wake_r, self._wake_w, self._lifeline_r, self._lifeline_w):
+                os.close(fd)
 
     def _fork(self) -> None:
         ready_r, ready_w = os.pipe()
-        inherited = [self._wake_r, self._wake_w, ready_r,
+        inherited = [self._wake_r, self._wake_w, self._lifeline_w, ready_r,
                      *(w.ready_fd for w in self._workers.values())]
         # Buffered output would be written again by the child.
         sys.stdout.flush()
@@ -177,7 +193,7 @@ class Supervisor:
             os.close(ready_w)
             raise CLIError(f"serve: cannot start a worker process: {error}") from None
         if pid == 0:
-            _run_worker(self._serve, ready_w, inherited)
+            _run_worker(self._serve, ready_w, inherited, self._lifeline_r)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         os.close(ready_w)
         os.set_blocking(ready_r, False)
