@@ -11,9 +11,9 @@ ratio to it.
 
 With ``--workers 1,2,4`` it measures instead how single-event writes (one
 ``POST /jobs/{id}/progress`` per request, each with its own ``Idempotency-Key`` as
-the HTTP exporter sends them) scale with server processes: ``seenn serve --workers
-N`` for each N, and with ``--gunicorn`` also gunicorn (gthread, ``-w N``) serving
-``seenn.server.wsgi:app``. All processes of a run share one database: a fresh
+the HTTP exporter sends them), and reads (``GET /jobs/{id}``) for comparison, scale
+with server processes: ``seenn serve --workers N`` for each N, and with
+``--gunicorn`` also gunicorn (gthread, ``-w N``) serving ``seenn.server.wsgi:app``. All processes of a run share one database: a fresh
 temporary SQLite file per run, or ``--db`` (a path or a URL, passed through as it
 is, e.g. a PostgreSQL URL). The load comes from ``--client-processes`` processes
 (default 2) so that the client's GIL is not the limit.
@@ -74,22 +74,26 @@ def measure(host: str, port: int, threads: int, seconds: float, request: Request
     return sum(counts) / (time.perf_counter() - began)
 
 
-def _progress_writes(args: tuple[str, int, list[str], float, float]) -> int:
-    """One client process: a thread per job, progress writes until ``until`` (wall clock)."""
-    host, port, job_ids, start_at, seconds = args
+def _client_process(args: tuple[str, str, int, list[str], float, float]) -> int:
+    """One client process: a thread per job, each making requests of ``kind`` (``write``:
+    progress, ``read``: GET the job) from ``start_at`` (wall clock) for ``seconds``."""
+    kind, host, port, job_ids, start_at, seconds = args
     auth = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
     counts = [0] * len(job_ids)
 
     def client(index: int) -> None:
         conn = http.client.HTTPConnection(host, port, timeout=60)
-        path = f"/v1/jobs/{job_ids[index]}/progress"
+        path = f"/v1/jobs/{job_ids[index]}"
         while time.time() < start_at:
             time.sleep(0.001)
         end, n, progress = start_at + seconds, 0, 0
         while time.time() < end:
             progress = progress % 99 + 1
-            conn.request("POST", path, body=json.dumps({"progress": progress}),
-                         headers={**auth, "Idempotency-Key": uuid.uuid4().hex})
+            if kind == "write":
+                conn.request("POST", path + "/progress", body=json.dumps({"progress": progress}),
+                             headers={**auth, "Idempotency-Key": uuid.uuid4().hex})
+            else:
+                conn.request("GET", path, headers=auth)
             response = conn.getresponse()
             response.read()
             assert response.status == 200, response.status
@@ -105,8 +109,9 @@ def _progress_writes(args: tuple[str, int, list[str], float, float]) -> int:
     return sum(counts)
 
 
-def measure_writes(served: Served, threads: int, processes: int, seconds: float) -> float:
-    """Single-event writes per second: ``threads`` connections, one job each, over processes."""
+def measure_processes(served: Served, kind: str, threads: int, processes: int,
+                      seconds: float) -> float:
+    """Requests of ``kind`` per second: ``threads`` connections, one job each, over processes."""
     auth = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
     setup = http.client.HTTPConnection(served.host, served.port, timeout=60)
     job_ids = []
@@ -119,8 +124,8 @@ def measure_writes(served: Served, threads: int, processes: int, seconds: float)
     shares = [job_ids[i::processes] for i in range(processes)]
     start_at = time.time() + 1.0  # every client connected and waiting by then
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        done = pool.map(_progress_writes, [(served.host, served.port, share, start_at, seconds)
-                                           for share in shares if share])
+        done = pool.map(_client_process, [(kind, served.host, served.port, share, start_at,
+                                           seconds) for share in shares if share])
     return sum(done) / seconds
 
 
@@ -134,21 +139,23 @@ def _shown(db: str) -> str:
 
 
 def compare_processes(args: argparse.Namespace) -> None:
-    """Writes per second against N server processes, for each N of ``--workers``."""
+    """Writes (and reads) per second against N server processes, for each N of ``--workers``."""
     counts = [int(n) for n in args.workers.split(",")]
     threads = max(int(n) for n in args.threads.split(","))
     servers = ["seenn serve --workers N"] + (["gunicorn -k gthread -w N"] if args.gunicorn
                                              else [])
-    print(f"single-event writes/s (POST /jobs/{{id}}/progress with Idempotency-Key), "
+    print(f"requests/s: single-event writes (POST /jobs/{{id}}/progress with "
+          f"Idempotency-Key) and reads (GET /jobs/{{id}} -> 200), "
           f"{threads} connections from {args.client_processes} client processes, "
           f"{args.seconds:.1f} s per cell, {os.cpu_count()} cores; database: "
           f"{_shown(args.db) if args.db else 'a new temporary SQLite file per run'}")
-    header = f"{'server':<28}" + "".join(f"{f'N={n}':>18}" for n in counts)
+    header = f"{'server':<36}" + "".join(f"{f'N={n}':>18}" for n in counts)
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
         for server in servers:
-            cells, first = [], 0.0
+            cells: dict[str, list[str]] = {"writes": [], "reads": []}
+            first: dict[str, float] = {}
             for n in counts:
                 db = args.db or str(Path(tmp) / f"{server.split()[0]}-{n}.db")
                 if server.startswith("gunicorn"):
@@ -157,13 +164,15 @@ def compare_processes(args: argparse.Namespace) -> None:
                     served = start_server(db, "--workers", str(n), "--api-key", SECRET,
                                           "--public-key", PUBLIC)
                 try:
-                    rate = measure_writes(served, threads, args.client_processes,
-                                          args.seconds)
+                    for kind in ("write", "read"):
+                        rate = measure_processes(served, kind, threads, args.client_processes,
+                                                 args.seconds)
+                        first.setdefault(kind, rate)
+                        cells[kind + "s"].append(f"{rate:>9.0f} ({rate / first[kind]:.2f}x)")
                 finally:
                     served.stop()
-                first = first or rate
-                cells.append(f"{rate:>9.0f} ({rate / first:.2f}x)")
-            print(f"{server:<28}" + "".join(f"{cell:>18}" for cell in cells))
+            for kind, row in cells.items():
+                print(f"{server + ': ' + kind:<36}" + "".join(f"{cell:>18}" for cell in row))
 
 
 def main() -> None:

@@ -435,3 +435,34 @@ def test_serve_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
         for pid in workers:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# A `seenn serve` whose workers cannot open the database the parent opened.
+_FAILING_WORKERS = """
+import os, sys
+import seenn.server
+from seenn._cli.main import main
+
+parent, real = os.getpid(), seenn.server.create_app
+
+def create_app(*args, **kwargs):
+    if os.getpid() != parent:
+        raise OSError("the disk went away")
+    return real(*args, **kwargs)
+
+seenn.server.create_app = create_app
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_serve_stops_when_a_worker_dies_before_it_is_ready(tmp_path: Path) -> None:
+    """Workers that fail to start would fail again: exit 1 in one line, no worker left."""
+    out = subprocess.run(
+        [sys.executable, "-c", _FAILING_WORKERS, "serve", "--port", "0", "--db",
+         str(tmp_path / "f.db"), "--workers", "3", "--api-key", SECRET, "--public-key", PUBLIC],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "listening" not in out.stdout
+    assert "cannot open database" in out.stderr
+    assert "before it was ready; stopping" in out.stderr.splitlines()[-1]
+    assert "Traceback" not in out.stderr

@@ -94,10 +94,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     out = sys.stdout
     if app.created_keys is not None:
         secret, public = app.created_keys
-        out.write("Created an app with this key pair. It is shown once: store it now.\n"
-                  f"  secret key (read and write): {secret}\n"
-                  f"  public key (read only):      {public}\n")
-        out.flush()
+        try:
+            out.write("Created an app with this key pair. It is shown once: store it now.\n"
+                      f"  secret key (read and write): {secret}\n"
+                      f"  public key (read only):      {public}\n")
+            out.flush()
+        except BaseException:
+            server.server_close()
+            app.close()
+            raise
     rate = f", {rate_limit} requests/s per key" if rate_limit else ""
     stale = (f", running jobs silent for {args.stale_after:g} s fail as WORKER_LOST"
              if args.stale_after else "")

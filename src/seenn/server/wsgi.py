@@ -82,7 +82,8 @@ class ProcessApp:
     def _before_fork(self) -> None:
         with self._lock:
             app, self._app = self._app, None
-        if app is not None:
+        # An app another process made is dropped unclosed: its connections are not ours.
+        if app is not None and self._pid == os.getpid():
             app.close()
 
     @property
@@ -102,6 +103,21 @@ class ProcessApp:
     def __call__(self, environ: dict[str, Any],
                  start_response: StartResponse) -> Iterable[bytes]:
         return self.app(environ, start_response)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body read (the standard-library gateway reads it too)."""
+        return self.app.max_body_bytes
+
+    def start_sweeper(self) -> None:
+        """Start this process's sweep for silent jobs (as :class:`SeennServerApp` does)."""
+        self.app.start_sweeper()
+
+    def stop_sweeper(self) -> None:
+        """Stop this process's sweep for silent jobs, if it runs."""
+        app = self._app
+        if app is not None and self._pid == os.getpid():
+            app.stop_sweeper()
 
     def close(self) -> None:
         """Stop this process's sweep for silent jobs and close its database connections."""
