@@ -170,7 +170,8 @@ class Supervisor:
             self._stop_all()
             signal.set_wakeup_fd(old_wakeup)
             for sig, handler in previous.items():
-                signal.signal(sig, handler)
+                if handler is not None:  # None: set outside Python, cannot be put back
+                    signal.signal(sig, handler)
             self._selector.close()
             for fd in (self._wake_r, self._wake_w, self._lifeline_r, self._lifeline_w):
                 os.close(fd)
