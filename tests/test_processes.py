@@ -466,3 +466,18 @@ def test_serve_stops_when_a_worker_dies_before_it_is_ready(tmp_path: Path) -> No
     assert "cannot open database" in out.stderr
     assert "before it was ready; stopping" in out.stderr.splitlines()[-1]
     assert "Traceback" not in out.stderr
+
+
+def test_serve_workers_keep_the_gateway_deadlines(tmp_path: Path) -> None:
+    """Each worker applies --header-timeout: a client that stops mid-headers gets 408."""
+    served = start_serve(tmp_path / "slow.db", 2, "--header-timeout", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
+            sock.sendall(b"GET /v1/jobs?userId=u HTTP/1.1\r\nHost: x\r\n")  # no blank line
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert b'"REQUEST_TIMEOUT"' in answer
+        assert served.stop() == 0
+    finally:
+        if served.proc.poll() is None:
+            served.kill()
