@@ -66,6 +66,8 @@ def route(segments: list[str]) -> tuple[tuple[str, ...] | None, tuple[str, ...]]
     """The route of a path (``None`` if unknown) and the methods it allows."""
     if segments == ["v1", "tokens"]:
         return ("tokens",), ("POST",)
+    if segments == ["v1", "events"]:
+        return ("events",), ("POST",)
     if segments[:2] == ["v1", "eta"] and len(segments) <= 3:
         return tuple(segments[1:]), ("GET",) if len(segments) == 2 else ("GET", "DELETE")
     if len(segments) < 2 or segments[:2] != ["v1", "jobs"]:
