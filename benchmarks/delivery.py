@@ -132,7 +132,8 @@ def main() -> None:
     print(f"{'SeennClient per update (Node way)':<34}{direct_time:>13.2f}s"
           f"{direct_time / base_time:>9.2f}x{direct_calls / args.jobs:>15.1f}")
     print(f"HTTPExporter: {stats.accepted} events, {stats.coalesced} coalesced, "
-          f"{stats.requests} requests, {stats.retries} retries, {stats.lost} lost; "
+          f"{stats.requests} requests ({stats.batches} of them POST /v1/events), "
+          f"{stats.retries} retries, {stats.lost} lost; "
           f"bound per job: start + terminal + {bound - 2} progress "
           f"(~{per_job:.2f} s per job / {exporter.progress_interval} s) = {bound}")
     print(f"drain: {drain * 1000:.0f} ms from the last job's exit until the backend held "

@@ -224,6 +224,11 @@ def test_hostile_bodies(raw: httpx.Client) -> None:
     answer = raw.post("/events", content=surrogate)
     assert answer.status_code == 400
     assert answer.json()["error"]["details"]["field"] == "events.0.body.title"
+    # The same surrogate as raw bytes (which json.loads lets through), not as an escape.
+    raw_bytes = surrogate.replace(b"\\ud800", b"\xed\xa0\x80")
+    answer = raw.post("/events", content=raw_bytes)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["details"]["field"] == "events.0.body.title"
     deep = b'{"events": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     assert raw.post("/events", content=deep).json()["error"]["code"] == "INVALID_JSON"
     assert raw.post("/events", content=b"[1, 2]").json()["error"]["code"] == "INVALID_JSON"
