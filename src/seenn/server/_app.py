@@ -55,6 +55,7 @@ from seenn.server._stale import DEFAULT_STALE_AFTER, StalePolicy, Sweeper, check
 from seenn.server._store import Store, StoredJob, Transaction, key_hash
 from seenn.server._writes import (
     DEFAULT_MAX_EVENTS,
+    MAX_EVENTS_LIMIT,
     apply_events,
     apply_write,
     check_events,
@@ -67,7 +68,6 @@ StartResponse = Callable[..., Any]
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 512 * 1024
-MAX_EVENTS_LIMIT = 10_000
 TOKEN_PREFIX = "ut_"
 DEFAULT_TOKEN_TTL = 3600
 # A token is about 100 characters and its user id; far longer is not one of ours.

@@ -25,10 +25,11 @@ from seenn.server._store import Transaction, canonical_hash
 
 logger = logging.getLogger("seenn.server")
 
-__all__ = ["DEFAULT_MAX_EVENTS", "EVENT_TYPES", "MAX_KEY_CHARS", "Applied", "Event",
-           "apply_events", "apply_write", "check_events", "check_key"]
+__all__ = ["DEFAULT_MAX_EVENTS", "EVENT_TYPES", "MAX_EVENTS_LIMIT", "MAX_KEY_CHARS", "Applied",
+           "Event", "apply_events", "apply_write", "check_events", "check_key"]
 
 DEFAULT_MAX_EVENTS = 500
+MAX_EVENTS_LIMIT = 10_000  # the most ``max_events`` may be set to
 MAX_KEY_CHARS = 255
 # Event type -> the route of the single call it stands for (its second part is the job id).
 EVENT_TYPES = {"start": "list", "progress": "progress", "complete": "complete",
