@@ -296,3 +296,49 @@ def test_an_event_failing_inside_a_batch_is_retried_alone(
     check_order_and_once(proxy, outcomes)
     assert exporter.stats.lost == 0
     tracker.shutdown()
+
+
+def test_a_backend_down_when_asked_is_asked_again_later() -> None:
+    """No answer to /healthz means single calls for now, and asking again a minute later."""
+    server = RecordingServer().start()
+    server.health = (503, {"error": {"code": "UNAVAILABLE", "message": "starting"}})
+    try:
+        exporter = exporter_for(server.url, "sk_test_x", progress_interval=0)
+        offset = [0.0]
+        exporter._clock = lambda: time.monotonic() + offset[0]
+        exporter.export([event("started", "a", 0), event("started", "b", 0)])
+        assert exporter.force_flush(10)
+        assert [r.path for r in server.requests] == ["/v1/jobs", "/v1/jobs"]
+        server.health = OFFER
+        offset[0] = 61.0
+        exporter.export([event("completed", "a", 1), event("completed", "b", 1)])
+        assert exporter.force_flush(10)
+        assert len(server.health_requests) == 2
+        # Offered now; the in-memory backend has no /v1/events (404): single calls again.
+        assert server.requests[2].path == "/v1/events"
+        assert sorted(r.path for r in server.requests[3:]) == [
+            "/v1/jobs/a/complete", "/v1/jobs/b/complete"]
+        assert exporter.stats.delivered == 4
+        exporter.shutdown()
+    finally:
+        server.stop()
+
+
+def test_a_batch_refused_whole_goes_out_singly() -> None:
+    """A 413 (or 400) to the whole batch sends its calls singly at once; batches get smaller."""
+    server = RecordingServer().start()
+    server.health = OFFER
+    server.reply(413, {"error": {"code": "PAYLOAD_TOO_LARGE", "message": "too large"}})
+    try:
+        exporter = exporter_for(server.url, "sk_test_x", progress_interval=0)
+        exporter.export([event("started", f"j{i}", 0) for i in range(6)])
+        assert exporter.force_flush(10)
+        paths = [r.path for r in server.requests]
+        assert paths == ["/v1/events"] + ["/v1/jobs"] * 6
+        assert len(server.requests[0].json["events"]) == 6
+        assert exporter._batch_max == 3
+        assert set(server.backend.jobs) == {f"j{i}" for i in range(6)}
+        assert (exporter.stats.delivered, exporter.stats.requests) == (6, 7)
+        exporter.shutdown()
+    finally:
+        server.stop()

@@ -62,6 +62,8 @@ RESUMED_START_GRACE = 60.0
 UNREADABLE = frozenset({"INVALID_RESPONSE", "RESPONSE_TOO_LARGE"})
 """Error codes of a 2xx answer the client could not use: the call may not have been applied."""
 
+_PROBE = "probe"
+
 PROBE_AGAIN = 60.0
 """Seconds before the backend's extensions are asked again after it did not answer."""
 
@@ -336,10 +338,17 @@ class DeliveryCore(Heartbeats, Links):
             worker.start()
             idle += 1
 
-    def _next(self) -> tuple[Job, Pending] | None:
-        """Wait for a job whose head event may be sent now; ``None`` when stopping."""
+    def _next(self) -> tuple[Job, Pending] | str | None:
+        """Wait for a job whose head event may be sent now; ``None`` when stopping.
+
+        ``_PROBE`` (before taking any job) when the backend's extensions are to be asked.
+        """
         jobs = self._jobs
         while True:
+            probe_at = self._probe_at
+            if probe_at is not None and self._clock() >= probe_at \
+                    and not (self._stopping and not self._jobs):
+                return _PROBE
             if self._hand_offs:
                 self._take_hand_offs()
             now = self._clock()
@@ -397,33 +406,31 @@ class DeliveryCore(Heartbeats, Links):
 
     def _work(self) -> None:
         while True:
-            if self._probe_at is not None and self._clock() >= self._probe_at:
-                self._probe()
             with self._cond:
                 got = self._next()
                 if got is None:
                     return
-                batch = [got]
+                batch = [] if isinstance(got, str) else [got]
                 most = self._batch_max
-                if most > 1:
-                    now = self._clock()
-                    while len(batch) < most:
-                        more = self._claim(now)
-                        if more is None:
-                            break
-                        batch.append(more)
-            if len(batch) == 1:
-                job, pending = got
-                try:
-                    outcomes = [self._send(job, pending)]
-                except Exception as exc:  # a bug or an odd answer must not kill the thread
-                    outcomes = [("unreadable", exc)]
-                calls = 1
-            else:
-                try:
+                while batch and len(batch) < most:
+                    more = self._claim(self._clock())
+                    if more is None:
+                        break
+                    batch.append(more)
+            if not batch:
+                # Before the first call (and again a while after a backend that did
+                # not answer): whether calls may go in batches. Every delivery thread
+                # comes here first, and waits for the one that asks.
+                self._probe()
+                continue
+            calls = 1
+            try:
+                if len(batch) == 1:
+                    outcomes = [self._send(*batch[0])]
+                else:
                     outcomes, calls = self._send_batch(batch)
-                except Exception as exc:
-                    outcomes, calls = [("unreadable", exc)] * len(batch), 1
+            except Exception as exc:  # a bug or an odd answer must not kill the thread
+                outcomes = [("unreadable", exc)] * len(batch)
             with self._cond:
                 for (job, pending), (outcome, value) in zip(batch, outcomes, strict=True):
                     self._finish(job, pending, outcome, value)
