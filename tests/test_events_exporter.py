@@ -342,3 +342,28 @@ def test_a_batch_refused_whole_goes_out_singly() -> None:
         exporter.shutdown()
     finally:
         server.stop()
+
+
+def test_a_batch_answer_over_the_cap_goes_out_singly() -> None:
+    """A batch whose answer is over the client's cap is sent again as single calls."""
+    server = RecordingServer().start()
+    server.health = OFFER
+    server.reply(200, {"results": [], "padding": "x" * 5000})
+    try:
+        exporter = exporter_for(server.url, "sk_test_x", progress_interval=0)
+        exporter._client._http.max_response_bytes = 2000
+        exporter.export([event("started", f"j{i}", 0) for i in range(4)])
+        assert exporter.force_flush(10)
+        assert [r.path for r in server.requests] == ["/v1/events"] + ["/v1/jobs"] * 4
+        assert set(server.backend.jobs) == {f"j{i}" for i in range(4)}
+        exporter.shutdown()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("value", [-1, 501, True, 2.5, "5"])
+def test_a_bad_max_batch_events_is_refused(value: Any) -> None:
+    """max_batch_events takes an integer from 0 to 500; anything else names it."""
+    with pytest.raises(seenn.ValidationError, match="max_batch_events"):
+        HTTPExporter(api_key="sk_test_x", base_url="http://127.0.0.1:9",
+                     max_batch_events=value)

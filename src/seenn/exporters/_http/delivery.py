@@ -520,9 +520,11 @@ class DeliveryCore(Heartbeats, Links):
                 self._log.warning("batch-off", "seenn: HTTP exporter: the backend answered "
                                   "%s to POST /v1/events; sending one call per event", status)
                 return [self._send(job, pending) for job, pending in batch], 1 + len(batch)
-            if status in (400, 413):
+            if status in (400, 413) or error.code == "RESPONSE_TOO_LARGE":
                 # The envelope was refused as a whole (too large, or too many events for
-                # this backend): these calls go singly, later batches are smaller.
+                # this backend), or its answer was over the client's cap (the calls may
+                # have been applied: their keys make the single calls replays). These
+                # calls go singly, later batches are smaller.
                 self._batch_max = max(2, min(self._batch_max, len(batch)) // 2)
                 return [self._send(job, pending) for job, pending in batch], 1 + len(batch)
             # Nothing was applied, or the answer is lost: each call fares as a single one

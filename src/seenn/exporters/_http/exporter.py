@@ -153,9 +153,9 @@ class HTTPExporter(DeliveryCore):
             (``GET /v1/eta/{jobType}``, made on a thread of the exporter when a job of
             the type starts), which ``TrackedJob.eta`` and the console weigh a job's
             own pace against; ``None`` or ``0`` fetches none.
-        max_batch_events: The most calls one ``POST /v1/events`` carries, when the
-            backend offers that extension (fewer if it says so); 0 or 1 never asks
-            and sends one call per event.
+        max_batch_events: The most calls one ``POST /v1/events`` carries (0 to 500),
+            when the backend offers that extension (fewer if it says so); 0 or 1 never
+            asks and sends one call per event.
 
     Raises:
         ValidationError: An option is out of range (the error names it).
@@ -195,8 +195,10 @@ class HTTPExporter(DeliveryCore):
         if max_pending_jobs < 1:
             fail("max_pending_jobs", "must be at least 1")
         if isinstance(max_batch_events, bool) or not isinstance(max_batch_events, int) \
-                or not 0 <= max_batch_events <= 10_000:
-            fail("max_batch_events", "must be an integer from 0 to 10,000")
+                or not 0 <= max_batch_events <= 500:
+            # Each result is a whole job (metadata up to 10 KB): 500 of them stay well
+            # under the client's 8 MiB cap on an answer.
+            fail("max_batch_events", "must be an integer from 0 to 500")
         if heartbeat_interval is not None and not (
                 _is_number(heartbeat_interval) and math.isfinite(heartbeat_interval)
                 and heartbeat_interval >= 0):
