@@ -117,6 +117,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--threads", default="1,2,4,8")
     parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--jobs-per-thread", type=int, default=4,
+                        help="jobs the batch's events are spread over, per client thread "
+                             "(the exporter sends one event per job per batch)")
     parser.add_argument("--only-events", action="store_true",
                         help="measure POST /v1/events only (and its single-call figure)")
     args = parser.parse_args()
@@ -183,12 +186,13 @@ def main() -> None:
                         baseline[n] = rate
                     cells.append(f"{rate:>9.0f} ({rate / baseline[n]:.2f}x)")
                 print(f"{name:<40}" + "".join(f"{cell:>18}" for cell in cells))
-            print(f"\nprogress events/second, {args.batch} per POST /v1/events, beside one "
+            print(f"\nprogress events/second, {args.batch} per POST /v1/events over "
+                  f"{args.jobs_per_thread} jobs per thread, beside one "
                   "POST /jobs/{id}/progress per event (both with idempotency keys)")
             print(header)
             print("-" * len(header))
-            figures = [measure_events(host, port, auth, n, args.seconds, args.batch)
-                       for n in thread_counts]
+            figures = [measure_events(host, port, auth, n, args.seconds, args.batch,
+                                      args.jobs_per_thread) for n in thread_counts]
             print(f"{'POST /v1/events (events/s)':<40}"
                   + "".join(f"{events:>18.0f}" for events, _ in figures))
             print(f"{'single calls (events/s)':<40}"
