@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 import seenn
 from seenn._core.eta_live import clear_priors
+from tests.pg import PostgresServer, postgres_server
 from tests.server import RecordingServer
 
 SECRET = "sk_test_s3cr3t-key-do-not-leak"
@@ -37,6 +39,24 @@ def no_eta_priors() -> Iterator[None]:
     clear_priors()
     yield
     clear_priors()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole run, started on first use."""
+    yield from postgres_server()
+
+
+ENGINES = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=ENGINES)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database for ``seenn serve``, once per engine: a file or a URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "seenn.db")
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()
 
 
 @pytest.fixture

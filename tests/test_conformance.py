@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +16,9 @@ from seenn.server import RunningServer, WSGIServer
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> Iterator[RunningServer]:
+def backend(db: str) -> Iterator[RunningServer]:
     """A `seenn serve` on a free loopback port."""
-    with seenn.server.running(tmp_path / "c.db") as srv:
+    with seenn.server.running(db) as srv:
         yield srv
 
 

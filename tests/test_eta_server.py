@@ -50,9 +50,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def backend(tmp_path: Path, clock: Clock) -> Iterator[RunningServer]:
+def backend(db: str, clock: Clock) -> Iterator[RunningServer]:
     """A `seenn serve` on the test clock, without a server-wide stale limit."""
-    with seenn.server.running(tmp_path / "db", clock=clock, stale_after=0) as srv:
+    with seenn.server.running(db, clock=clock, stale_after=0) as srv:
         yield srv
 
 
@@ -176,9 +176,9 @@ def test_duration_is_running_time_not_the_wait_before(http: httpx.Client,
     assert stats(http)["minDuration"] == 10_000
 
 
-def test_only_jobs_completed_after_running_count(tmp_path: Path, clock: Clock) -> None:
+def test_only_jobs_completed_after_running_count(db: str, clock: Clock) -> None:
     """Failed, stale-ended (WORKER_LOST) and never-running jobs leave no statistics."""
-    with seenn.server.running(tmp_path / "db", clock=clock) as srv, \
+    with seenn.server.running(db, clock=clock) as srv, \
             httpx.Client(base_url=srv.url + "/v1",
                          headers={"Authorization": f"Bearer {srv.api_key}"}) as http:
         failed = start(http)
@@ -235,8 +235,8 @@ def test_the_window_stays_bounded(http: httpx.Client, clock: Clock,
     assert (body["maxDuration"], body["p95Duration"], body["p50Duration"]) == (
         1_000_000, 10_000, 10_000)
     assert len(body["stages"]) == MAX_STAGES
-    with sqlite3.connect(backend.app.store.path) as db:
-        (window,) = db.execute("SELECT window FROM eta_stats").fetchone()
+    with backend.app.store._connection() as conn:
+        (window,) = conn.execute('SELECT "window" FROM eta_stats').fetchone()
     stored = json.loads(window)
     assert len(stored["s"]) == WINDOW
     assert len(stored["g"]) == MAX_STAGES
@@ -263,11 +263,11 @@ def test_a_full_windows_summary_is_recomputed_every_few_jobs(http: httpx.Client,
     assert stats(http)["p50Duration"] == 5_000
 
 
-def test_keys_are_per_app_and_per_workflow(tmp_path: Path, clock: Clock) -> None:
+def test_keys_are_per_app_and_per_workflow(db: str, clock: Clock) -> None:
     """Another app sees none of an app's statistics; workflowId, else jobType, is the key."""
-    with seenn.server.running(tmp_path / "db", api_key="sk_test_a", clock=clock):
+    with seenn.server.running(db, api_key="sk_test_a", clock=clock):
         pass
-    with seenn.server.running(tmp_path / "db", api_key="sk_test_b", clock=clock) as srv:
+    with seenn.server.running(db, api_key="sk_test_b", clock=clock) as srv:
         one = httpx.Client(base_url=srv.url + "/v1", headers={"Authorization": "Bearer sk_test_a"})
         two = httpx.Client(base_url=srv.url + "/v1", headers={"Authorization": "Bearer sk_test_b"})
         run(one, clock, 5.0, key="shared")
@@ -479,8 +479,8 @@ def test_eta_overdue_on_read_without_a_write(http: httpx.Client, clock: Clock,
     assert (read["etaOverdue"], read["estimatedCompletionAt"]) == (True, eta)
     assert http.get("/jobs", params={"userId": "u"}).json()["jobs"][0]["etaOverdue"] is True
     assert http.get(f"/jobs/{job_id}/children").json()["parent"]["etaOverdue"] is True
-    with sqlite3.connect(backend.app.store.path) as db:
-        (data,) = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    with backend.app.store._connection() as conn:
+        (data,) = conn.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
     assert "etaOverdue" not in json.loads(data)
     done = complete(http, job_id)
     assert "etaOverdue" not in done and done["estimatedCompletionAt"] == eta
@@ -529,8 +529,8 @@ def test_eta_state_stays_out_of_the_job(http: httpx.Client, clock: Clock,
     assert set(job) <= {"id", "appId", "userId", "jobType", "title", "workflowId", "status",
                         "progress", "stage", "createdAt", "updatedAt", "startedAt",
                         "estimatedCompletionAt", "etaConfidence", "etaBasedOn", "etaOverdue"}
-    with sqlite3.connect(backend.app.store.path) as db:
-        (state,) = db.execute("SELECT eta FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    with backend.app.store._connection() as conn:
+        (state,) = conn.execute("SELECT eta FROM jobs WHERE id = ?", (job_id,)).fetchone()
     kept = json.loads(state)
     assert kept["s"] == clock.now and kept["r"] == [0.0] * 16
     assert kept["c"] == ["b", clock.now] and kept["t"] == {"a": 1.0}

@@ -18,9 +18,9 @@ START = {"jobType": "video", "userId": "u1", "title": "Video"}
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> Iterator[RunningServer]:
-    """A `seenn serve` on a free loopback port with a fresh database."""
-    with seenn.server.running(tmp_path / "seenn.db") as srv:
+def backend(db: str) -> Iterator[RunningServer]:
+    """A `seenn serve` on a free loopback port with a fresh database, on each engine."""
+    with seenn.server.running(db) as srv:
         yield srv
 
 
@@ -176,9 +176,9 @@ def test_a_bad_envelope_is_refused_before_anything_is_written(
     assert raw.get("/jobs/good").status_code == 404
 
 
-def test_too_many_events_and_too_many_bytes(tmp_path: Path) -> None:
+def test_too_many_events_and_too_many_bytes(db: str) -> None:
     """Past max_events the batch is 400 naming events; past the body cap it is 413."""
-    with seenn.server.running(tmp_path / "s.db", max_events=3) as backend:
+    with seenn.server.running(db, max_events=3) as backend:
         assert httpx.get(backend.url + "/healthz").json()["extensions"]["events"][
             "maxEvents"] == 3
         with httpx.Client(base_url=backend.url + "/v1",
@@ -244,6 +244,18 @@ def test_hostile_bodies(raw: httpx.Client) -> None:
     assert flood.json()["error"]["details"]["field"] == "events"
 
 
+def test_nul_in_a_job_id_or_a_key(raw: httpx.Client) -> None:
+    """A job id with NUL is that event's 404 (as its path would be); a key with NUL is a 400."""
+    results = post(raw, start("n1"), update("progress", "n1\x00", {"progress": 5}),
+                   update("progress", "n1", {"progress": 6}))
+    assert [r["status"] for r in results] == [201, 404, 200]
+    bad = raw.post("/events", json={"events": [
+        update("progress", "n1", {"progress": 7}, "key\x00")]})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["details"]["field"] == "events.0.idempotencyKey"
+    assert raw.get("/jobs/n1").json()["progress"] == 6
+
+
 def test_an_internal_failure_rolls_back_its_event_only(
         raw: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """An event that fails inside the server is undone alone and answered 500, not stored."""
@@ -271,9 +283,9 @@ def test_an_internal_failure_rolls_back_its_event_only(
     assert retried[0]["status"] == 200 and "replayed" not in retried[0]
 
 
-def test_the_extension_can_be_switched_off(tmp_path: Path) -> None:
+def test_the_extension_can_be_switched_off(db: str) -> None:
     """With max_events=0, /v1/events is 404 and /healthz does not offer it."""
-    with seenn.server.running(tmp_path / "off.db", max_events=0) as backend:
+    with seenn.server.running(db, max_events=0) as backend:
         health = httpx.get(backend.url + "/healthz").json()
         assert "events" not in health["extensions"]
         answer = httpx.post(backend.url + "/v1/events", json={"events": [start("a")]},
@@ -285,3 +297,33 @@ def test_a_bad_max_events_option_is_refused(tmp_path: Path) -> None:
     """max_events outside 0 to 10,000 raises ValidationError naming it."""
     with pytest.raises(seenn.ValidationError, match="max_events"):
         seenn.server.create_app(tmp_path / "bad.db", max_events=-1)
+
+
+def test_a_rolled_back_event_takes_its_locks_again(postgres: Any) -> None:
+    """On PostgreSQL a rolled-back savepoint releases its advisory locks: they are retaken."""
+    from seenn.server._engines import open_store
+
+    store = open_store(postgres.new_database())
+    count = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' " \
+            "AND pid = pg_backend_pid()"
+    try:
+        with store.write("app_x") as tx:
+            assert tx._lock is not None
+            tx._lock("job/before")
+            seen: list[int] = []
+
+            def failing_event() -> None:
+                with tx.savepoint():
+                    tx._lock("job/inside")
+                    tx._lock("job/before")
+                    seen.append(tx._conn.execute(count).fetchone()[0])
+                    raise RuntimeError("a bug in one event")
+
+            with pytest.raises(RuntimeError):
+                failing_event()
+            assert seen == [2]
+            assert tx._conn.execute(count).fetchone()[0] == 1
+            tx._lock("job/inside")
+            assert tx._conn.execute(count).fetchone()[0] == 2
+    finally:
+        store.close()

@@ -20,7 +20,7 @@ import pytest
 import seenn
 import seenn.server
 from seenn.server import SeennServerApp, WSGIServer
-from seenn.server._store import STALE_BY_DEFAULT, STALE_BY_OWN_LIMIT, Store, Transaction
+from seenn.server._store import STALE_BY_DEFAULT, STALE_BY_OWN_LIMIT, SQLiteStore, Transaction
 
 BASE = {"jobType": "render", "userId": "u", "title": "Render"}
 START = 1_800_000_000.0
@@ -69,21 +69,21 @@ class Stale:
 
     def stored(self, job_id: str) -> dict[str, Any]:
         """The job as the database holds it, read without going through the app."""
-        with sqlite3.connect(self.app.store.path) as db:
-            row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self.app.store._connection() as conn:
+            row = conn.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
         job: dict[str, Any] = json.loads(row[0])
         return job
 
 
-def _serve(tmp_path: Path, **options: Any) -> AbstractContextManager[seenn.server.RunningServer]:
-    return seenn.server.running(tmp_path / "stale.db", **options)
+def _serve(db: str, **options: Any) -> AbstractContextManager[seenn.server.RunningServer]:
+    return seenn.server.running(db, **options)
 
 
 @pytest.fixture
-def stale(tmp_path: Path) -> Iterator[Stale]:
+def stale(db: str) -> Iterator[Stale]:
     """`seenn serve` with the default limit (300 s) on a clock that only the test moves."""
     now = [START]
-    with _serve(tmp_path, clock=lambda: now[0]) as backend, \
+    with _serve(db, clock=lambda: now[0]) as backend, \
             httpx.Client(base_url=backend.url + "/v1", timeout=30,
                          headers={"Authorization": f"Bearer {backend.api_key}"}) as api:
         yield Stale(api, backend, now)
@@ -292,10 +292,10 @@ def test_heartbeats_keep_a_silent_job_alive(stale: Stale) -> None:
     assert stale.get(job["id"])["status"] == "failed"
 
 
-def test_with_the_server_limit_off_only_jobs_with_their_own_limit_end(tmp_path: Path) -> None:
+def test_with_the_server_limit_off_only_jobs_with_their_own_limit_end(db: str) -> None:
     """stale_after=0: a job with no limit runs on for ever; one with staleAfterSeconds ends."""
     now = [START]
-    with _serve(tmp_path, stale_after=0, clock=lambda: now[0]) as backend, \
+    with _serve(db, stale_after=0, clock=lambda: now[0]) as backend, \
             httpx.Client(base_url=backend.url + "/v1",
                          headers={"Authorization": f"Bearer {backend.api_key}"}) as api:
         stale = Stale(api, backend, now)
@@ -307,17 +307,17 @@ def test_with_the_server_limit_off_only_jobs_with_their_own_limit_end(tmp_path: 
         assert backend.app.sweep_interval == 30
 
 
-def test_a_restarted_server_gives_workers_one_whole_limit(tmp_path: Path) -> None:
+def test_a_restarted_server_gives_workers_one_whole_limit(db: str) -> None:
     """After downtime longer than the limit, a running job ends only a limit after the start."""
     now = [START]
-    with _serve(tmp_path, clock=lambda: now[0]) as backend:
+    with _serve(db, clock=lambda: now[0]) as backend:
         with httpx.Client(base_url=backend.url + "/v1",
                           headers={"Authorization": f"Bearer {backend.api_key}"}) as api:
             job = api.post("/jobs", json=BASE).json()
             job = api.post(f"/jobs/{job['id']}/progress", json={"progress": 10}).json()
         key = backend.api_key
     now[0] += 3600
-    with _serve(tmp_path, api_key=key, clock=lambda: now[0]) as backend, \
+    with _serve(db, api_key=key, clock=lambda: now[0]) as backend, \
             seenn.SeennClient(key, base_url=backend.url) as client:
         now[0] += 300
         assert client.jobs.get(job["id"]).status == "running"
@@ -430,7 +430,7 @@ def test_the_sweep_ends_many_jobs_in_batches(stale: Stale) -> None:
                                             (STALE_BY_OWN_LIMIT, "jobs_idle_own_limit")])
 def test_the_sweep_reads_only_its_partial_index(tmp_path: Path, sql: str, index: str) -> None:
     """Each query of the sweep is answered from its partial index, not a scan of all jobs."""
-    store = Store(str(tmp_path / "plan.db"))
+    store = SQLiteStore(str(tmp_path / "plan.db"))
     try:
         with store.write("app") as tx:
             plan = tx._conn.execute("EXPLAIN QUERY PLAN " + sql,

@@ -28,7 +28,7 @@ class Served:
     secret: str
     public: str
     process: subprocess.Popen[str]
-    db: Path
+    db: Path | str
 
     @property
     def url(self) -> str:
@@ -104,9 +104,12 @@ def responses(data: bytes) -> list[int]:
     return codes
 
 
-def start_server(tmp_path: Path, *extra: str) -> Served:
-    """Start ``seenn serve`` on a free loopback port and wait until it listens."""
-    db = tmp_path / "adversarial.db"
+def start_server(tmp_path: Path, *extra: str, db: str | Path | None = None) -> Served:
+    """Start ``seenn serve`` on a free loopback port and wait until it listens.
+
+    Its database is ``db`` (a file or a PostgreSQL URL), by default a file in ``tmp_path``.
+    """
+    db = tmp_path / "adversarial.db" if db is None else db
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "seenn", "serve", "--host", "127.0.0.1", "--port", "0",

@@ -26,6 +26,16 @@ def _client(url: str, key: str | None) -> httpx.Client:
 
 
 @pytest.fixture
+def served(tmp_path: Path, db: str) -> Iterator[Served]:
+    """A ``seenn serve`` subprocess on each engine (the conftest's is SQLite only)."""
+    server = start_server(tmp_path, db=db)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture
 def keys(served: Served) -> Iterator[tuple[httpx.Client, httpx.Client]]:
     """Raw HTTP to the served backend: one client with its secret key, one with its public key."""
     with _client(served.url, served.secret) as secret, \
@@ -199,9 +209,9 @@ def test_a_token_of_another_database_is_a_401(tmp_path: Path) -> None:
             assert here.get("/jobs").status_code == 200
 
 
-def test_a_token_expires(tmp_path: Path) -> None:
+def test_a_token_expires(db: str) -> None:
     """A token reads until ttlSeconds have passed, then every request with it is 401."""
-    with seenn.server.running(tmp_path / "t.db") as backend, \
+    with seenn.server.running(db) as backend, \
             _client(backend.url, backend.api_key) as secret:
         now = [1_750_000_000.25]
         backend.app.store.clock = lambda: now[0]
@@ -217,9 +227,8 @@ def test_a_token_expires(tmp_path: Path) -> None:
             assert answer["token"] not in error["message"]
 
 
-def test_a_token_outlives_a_restart(tmp_path: Path) -> None:
+def test_a_token_outlives_a_restart(db: str) -> None:
     """The signing key is kept in the database, so tokens stay valid across a restart."""
-    db = tmp_path / "r.db"
     with seenn.server.running(db, api_key="sk_test_restart") as backend, \
             _client(backend.url, backend.api_key) as secret:
         token = _mint(secret, "alice")

@@ -14,7 +14,7 @@ import pytest
 
 import seenn.server
 from seenn.server._jobs import start_job, update_job
-from seenn.server._store import Store, Transaction
+from seenn.server._store import SQLiteStore, Store, Transaction
 from tests.adversarial.conftest import Served, start_server, stop_server
 
 START = '"jobType": "t", "userId": "u", "title": "t"'
@@ -273,7 +273,7 @@ def _vm_steps(store: Store, operation: Callable[[Transaction], object]) -> int:
 
 def _change_costs(path: Path, siblings: int, mode: str | None) -> tuple[int, int, int]:
     """Steps of a child's progress, of a child's completion and of a new child's start."""
-    store = Store(str(path))
+    store = SQLiteStore(str(path))
     parent: dict[str, Any] = {"jobType": "t", "userId": "u", "title": "p", "id": "parent"}
     if mode is not None:
         parent.update(totalChildren=1000, childProgressMode=mode)
@@ -386,7 +386,7 @@ def test_an_older_database_gets_its_new_columns(tmp_path: Path) -> None:
         db.executemany("INSERT INTO jobs (app_id, id, user_id, parent_id, child_index, "
                        "start_hash, expires_at, data) VALUES ('app', ?, 'u', ?, ?, '', 1e12, ?)",
                        rows)
-    store = Store(str(path))
+    store = SQLiteStore(str(path))
     try:
         with store.write("app") as tx:
             update_job(tx, "progress", "c1", {"progress": 40})

@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="address to bind (default: 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=_port, default=8080,
                        help="port, 0 to 65535; 0 picks a free one (default: 8080)")
-    serve.add_argument("--db", default="seenn.db", help="SQLite file (default: seenn.db)")
+    serve.add_argument("--db", default="seenn.db",
+                       help="a SQLite file, or a postgresql:// URL (the postgres extra); "
+                       "default: seenn.db")
     serve.add_argument("--api-key", help="the app's secret key (or SEENN_SERVER_API_KEY)")
     serve.add_argument("--public-key",
                        help="the app's public, read-only key (or SEENN_SERVER_PUBLIC_KEY)")

@@ -64,12 +64,16 @@ def check_text(field: str, value: object, *, max_len: int, min_len: int = 1) -> 
     """Check that ``value`` is a string of ``min_len`` to ``max_len`` characters.
 
     The string must also be encodable as UTF-8: a lone surrogate (what
-    ``os.fsdecode`` makes of bytes that are not UTF-8) could never be sent.
+    ``os.fsdecode`` makes of bytes that are not UTF-8) could never be sent. NUL is
+    refused: PostgreSQL cannot store it in a text column, and a backend on SQLite
+    answers the same.
     """
     if not isinstance(value, str):
         fail(field, f"must be a string, not {type(value).__name__}")
     if not min_len <= len(value) <= max_len:
         fail(field, f"must be {min_len} to {max_len} characters long, got {len(value)}")
+    if "\x00" in value:
+        fail(field, "must not contain NUL (U+0000)")
     # isascii() is a flag read in CPython: the encode only runs for non-ASCII text.
     if not value.isascii():
         try:

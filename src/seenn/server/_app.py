@@ -39,6 +39,7 @@ from seenn._core.validation import (
     fail,
     format_datetime,
 )
+from seenn.server._engines import open_store
 from seenn.server._errors import HTTPError, Response
 from seenn.server._eta import eta_request, shown
 from seenn.server._jobs import Fields, end_stale, sweep
@@ -52,7 +53,7 @@ from seenn.server._requests import (
 )
 from seenn.server._requests import route as match_route
 from seenn.server._stale import DEFAULT_STALE_AFTER, StalePolicy, Sweeper, check_stale_after
-from seenn.server._store import Store, StoredJob, Transaction, key_hash
+from seenn.server._store import StoredJob, Transaction, key_hash
 from seenn.server._writes import (
     DEFAULT_MAX_EVENTS,
     MAX_EVENTS_LIMIT,
@@ -86,6 +87,10 @@ _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 4
 def new_key(kind: str) -> str:
     """Make a random test key of a kind (``sk`` or ``pk``)."""
     return f"{kind}_test_{base64.b32encode(os.urandom(20)).decode().lower().rstrip('=')}"
+
+
+# The routes whose second part is a job id.
+_JOB_ROUTES = frozenset({"job", "children", "progress", "complete", "fail"})
 
 
 class _RateLimiter:
@@ -159,7 +164,7 @@ class SeennServerApp:
         self.stale_after = check_stale_after("stale_after", stale_after)
         self.max_events = check_int("max_events", max_events, minimum=0,
                                     maximum=MAX_EVENTS_LIMIT)
-        self.store = Store(os.fspath(db_path))
+        self.store = open_store(os.fspath(db_path))
         if clock is not None:
             self.store.clock = clock
         self.max_body_bytes = max_body_bytes
@@ -256,11 +261,13 @@ class SeennServerApp:
             stale = [job.data["id"] for job in shown if self._stale.is_stale(job, tx.now)]
         if not stale:
             return answer
-        with self.store.write(app_id) as tx:
+
+        def end_and_read(tx: Transaction) -> T:
             for job_id in stale:
                 end_stale(tx, job_id, self._stale)
-            answer, _ = read(tx)
-        return answer
+            return read(tx)[0]
+
+        return self.store.transact(app_id, end_and_read)
 
     # WSGI ---------------------------------------------------------------------------
 
@@ -315,6 +322,10 @@ class SeennServerApp:
             # Statistics describe the whole app's workload, not one job or one user's.
             raise HTTPError(403, "FORBIDDEN", "ETA statistics need a secret key",
                             headers=rate_headers)
+        if route[0] in _JOB_ROUTES and "\x00" in route[1]:
+            # No job id holds NUL (ids are checked at start), and PostgreSQL could not
+            # even look one up.
+            raise HTTPError(404, "NOT_FOUND", "job not found", headers=rate_headers)
         self.store.purge()
         try:
             if route == ("tokens",):
@@ -534,8 +545,10 @@ class SeennServerApp:
         event is applied in the order given, as its single call would be.
         """
         events = check_events(read_json(environ, self.max_body_bytes), self.max_events)
-        with self.store.write(app_id) as tx:
-            done = apply_events(tx, app_id, events, self._stale)
+        # Many rows in one transaction: two batches may deadlock on an engine with row
+        # locks, and the engine's choice of victim runs again from the start.
+        done = self.store.transact(app_id, lambda tx: apply_events(
+            tx, app_id, events, self._stale, self.store.retry_errors))
         now = self.store.clock()
         results: list[dict[str, Any]] = []
         for result in done:

@@ -314,9 +314,11 @@ def eta_request(store: Store, app_id: str, method: str, route: tuple[str, ...]) 
         with store.read(app_id) as tx:
             rows = tx.eta_rows(LIST_LIMIT)
         return 200, {"stats": [stats_answer(row, detail=False) for row in rows]}, {}
-    key = _check_key(route[1])
     missing = HTTPError(404, "NOT_FOUND", "no ETA statistics for this key: no job of it has "
                         "completed yet, or they were reset", {"field": "etaKey"})
+    if "\x00" in route[1]:
+        raise missing  # no job could have made it: jobType and workflowId refuse NUL
+    key = _check_key(route[1])
     if method == "DELETE":
         with store.write(app_id) as tx:
             removed = tx.delete_eta_row(key)

@@ -405,12 +405,15 @@ def sweep(store: Store, stale: StalePolicy, *, batch: int = 100, rounds: int = 1
             by_app.setdefault(app_id, []).append(job_id)
         progress = 0
         for app_id, job_ids in by_app.items():
-            with store.write(app_id) as tx:
-                progress += sum(end_stale(tx, job_id, stale) for job_id in job_ids)
+            progress += store.transact(app_id, functools.partial(_end_all, job_ids, stale))
         ended += progress
         if not progress:
             break
     return ended
+
+
+def _end_all(job_ids: list[str], stale: StalePolicy, tx: Transaction) -> int:
+    return sum(end_stale(tx, job_id, stale) for job_id in job_ids)
 
 
 def _share(job: Mapping[str, Any]) -> tuple[str, int, int]:

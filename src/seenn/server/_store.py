@@ -23,11 +23,13 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS apps (
@@ -75,7 +77,7 @@ CREATE TABLE IF NOT EXISTS eta_stats (
     confidence REAL NOT NULL,
     last_updated REAL NOT NULL,
     detail TEXT NOT NULL,
-    window TEXT NOT NULL,
+    "window" TEXT NOT NULL,
     PRIMARY KEY (app_id, eta_key)
 );
 """
@@ -87,7 +89,7 @@ CREATE INDEX IF NOT EXISTS jobs_open_children ON jobs (app_id, parent_id, finish
 CREATE INDEX IF NOT EXISTS jobs_by_expiry ON jobs (expires_at);
 CREATE INDEX IF NOT EXISTS jobs_idle ON jobs (idle_since)
     WHERE idle_since IS NOT NULL AND stale_after IS NULL;
-CREATE INDEX IF NOT EXISTS jobs_idle_own_limit ON jobs (idle_since + stale_after)
+CREATE INDEX IF NOT EXISTS jobs_idle_own_limit ON jobs ((idle_since + stale_after))
     WHERE idle_since IS NOT NULL AND stale_after IS NOT NULL;
 CREATE INDEX IF NOT EXISTS eta_by_update ON eta_stats (app_id, last_updated);
 """
@@ -113,6 +115,23 @@ def canonical_hash(value: object) -> str:
     """Hash a JSON value independently of key order."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Cursor(Protocol):
+    """What a query answers, in both engines (a DB-API cursor)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """A database connection as ``Transaction`` uses it: SQL with ``?`` parameters."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,13 +206,22 @@ def _own_limit(job: dict[str, Any]) -> float | None:
 class Transaction:
     """Reads and writes inside one ``BEGIN IMMEDIATE`` transaction (or a plain read)."""
 
-    def __init__(self, conn: sqlite3.Connection, app_id: str, now: float) -> None:
+    def __init__(self, conn: Connection, app_id: str, now: float,
+                 lock: Callable[[str], None] | None = None) -> None:
         self._conn = conn
         self.app_id = app_id
         self.now = now
+        # An engine whose writers do not exclude each other (PostgreSQL) locks what a
+        # write transaction reads before it reads it: a job, an idempotency key, the
+        # statistics of an eta key. SQLite's BEGIN IMMEDIATE already serialises writers.
+        self._lock = lock
+        # The ids of the jobs this transaction wrote, for whoever waits on them.
+        self.changed: set[str] = set()
 
     def get(self, job_id: str) -> StoredJob | None:
         """The live (unexpired) job with this id in this app."""
+        if self._lock is not None:
+            self._lock("j:" + job_id)
         row = self._conn.execute(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app_id = ? AND id = ? AND expires_at > ?",
             (self.app_id, job_id, self.now)).fetchone()
@@ -202,6 +230,7 @@ class Transaction:
     def insert(self, job: dict[str, Any], *, start_hash: str, expires_at: float,
                eta: str | None = None) -> None:
         """Store a new job (with its ETA state); any expired row with the same id is replaced."""
+        self.changed.add(job["id"])
         self._conn.execute("DELETE FROM jobs WHERE app_id = ? AND id = ?",
                            (self.app_id, job["id"]))
         parent = job.get("parent") or {}
@@ -219,6 +248,7 @@ class Transaction:
 
         Every update is a write to the job: a running job's stale clock starts again.
         """
+        self.changed.add(job["id"])
         columns = (_dump(job), job.get("status") in FINISHED, _idle_since(job, self.now),
                    _own_limit(job))
         sql = "UPDATE jobs SET data = ?, finished = ?, idle_since = ?, stale_after = ?"
@@ -242,8 +272,14 @@ class Transaction:
         return None if row is None else str(row[0])
 
     def eta_row(self, eta_key: str, *, window: bool = False) -> EtaRow | None:
-        """The statistics of an eta key; with ``window``, its recent samples too."""
-        columns = _ETA_COLUMNS + (", window" if window else "")
+        """The statistics of an eta key; with ``window``, its recent samples too.
+
+        With ``window`` the caller is about to write them back: a write transaction
+        locks them first.
+        """
+        if window and self._lock is not None:
+            self._lock("e:" + eta_key)
+        columns = _ETA_COLUMNS + (', "window"' if window else "")
         row = self._conn.execute(
             f"SELECT {columns} FROM eta_stats WHERE app_id = ? AND eta_key = ?",
             (self.app_id, eta_key)).fetchone()
@@ -259,9 +295,13 @@ class Transaction:
     def put_eta_row(self, row: EtaRow) -> None:
         """Store the statistics of an eta key, replacing any before them."""
         self._conn.execute(
-            "INSERT OR REPLACE INTO eta_stats (app_id, eta_key, count, total, min, max, p50, "
-            "p95, confidence, last_updated, detail, window) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO eta_stats (app_id, eta_key, count, total, min, max, p50, "
+            'p95, confidence, last_updated, detail, "window") '
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (app_id, eta_key) DO UPDATE "
+            "SET count = excluded.count, total = excluded.total, min = excluded.min, "
+            "max = excluded.max, p50 = excluded.p50, p95 = excluded.p95, "
+            "confidence = excluded.confidence, last_updated = excluded.last_updated, "
+            'detail = excluded.detail, "window" = excluded."window"',
             (self.app_id, row.eta_key, row.count, row.total, row.min, row.max, row.p50,
              row.p95, row.confidence, row.last_updated, row.detail, row.window))
 
@@ -343,6 +383,8 @@ class Transaction:
 
     def idempotent(self, key: str) -> tuple[str, int, str] | None:
         """The stored (request hash, status, body) of an earlier call with this key."""
+        if self._lock is not None:
+            self._lock("i:" + key)
         row = self._conn.execute(
             "SELECT request_hash, status, body FROM idempotency WHERE app_id = ? AND key = ? "
             "AND created_at > ?", (self.app_id, key, self.now - IDEMPOTENCY_TTL)).fetchone()
@@ -355,20 +397,36 @@ class Transaction:
         ``POST /v1/events`` runs each event in one, so a failure inside the server on
         one event leaves the others of the batch standing.
         """
+        outer = self._lock
+        taken: list[str] = []
+        if outer is not None:
+            def lock(name: str) -> None:
+                taken.append(name)
+                outer(name)
+
+            self._lock = lock
         self._conn.execute("SAVEPOINT seenn_event")
         try:
             yield
         except BaseException:
             self._conn.execute("ROLLBACK TO SAVEPOINT seenn_event")
             self._conn.execute("RELEASE SAVEPOINT seenn_event")
+            # PostgreSQL releases the locks first taken after the savepoint with it.
+            forget = getattr(outer, "forget", None)
+            if forget is not None:
+                forget(taken)
             raise
+        finally:
+            self._lock = outer
         self._conn.execute("RELEASE SAVEPOINT seenn_event")
 
     def remember(self, key: str, request_hash: str, status: int, body: str) -> None:
         """Store the answer of a call made with an idempotency key."""
         self._conn.execute(
-            "INSERT OR REPLACE INTO idempotency (app_id, key, request_hash, status, body, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO idempotency (app_id, key, request_hash, status, body, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app_id, key) DO UPDATE SET "
+            "request_hash = excluded.request_hash, status = excluded.status, "
+            "body = excluded.body, created_at = excluded.created_at",
             (self.app_id, key, request_hash, status, body, self.now))
 
 
@@ -426,9 +484,176 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 
 class Store:
-    """The database of one ``seenn serve``; safe to use from many threads."""
+    """The database of one ``seenn serve``, whatever its engine; safe to use from many threads.
+
+    Everything above the engine (the job operations, the HTTP app) sees only this
+    interface and ``Transaction``, whose SQL is the same on both engines. An engine
+    says how to get a connection, how to begin a read or a write, and which errors
+    mean "try the transaction again".
+    """
+
+    #: The engine's name: ``"sqlite"`` or ``"postgresql"``.
+    engine = ""
+    #: The error a unique constraint raises.
+    integrity_error: tuple[type[BaseException], ...] = ()
+    #: Errors after which the whole write transaction may simply run again (deadlocks).
+    retry_errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self) -> None:
+        self._last_purge = 0.0
+        # The time source of TTLs and timestamps; tests move it forward.
+        self.clock: Callable[[], float] = time.time
+
+    # The engine's part ----------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        """A context manager lending a ``Connection`` (returned to the pool after)."""
+        raise NotImplementedError
+
+    def _lock_for(self, conn: Connection, app_id: str) -> Callable[[str], None] | None:
+        """What a write transaction calls to lock a name before reading it (None: no need)."""
+        return None
+
+    def _begin(self, conn: Connection, *, write: bool) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the database connections; connections in use close when released."""
+        raise NotImplementedError
+
+    # Transactions -----------------------------------------------------------------------
+
+    @contextmanager
+    def read(self, app_id: str) -> Iterator[Transaction]:
+        """A consistent read (one snapshot) of an app's jobs."""
+        with self._connection() as conn:
+            self._begin(conn, write=False)
+            try:
+                yield Transaction(conn, app_id, self.clock())
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def write(self, app_id: str) -> Iterator[Transaction]:
+        """An atomic read-modify-write of an app's jobs.
+
+        On PostgreSQL two writers may deadlock; the loser's statement raises one of
+        ``retry_errors``, and the caller may run the whole transaction again
+        (``transact`` does).
+        """
+        with self._connection() as conn:
+            self._begin(conn, write=True)
+            try:
+                yield Transaction(conn, app_id, self.clock(), self._lock_for(conn, app_id))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def transact(self, app_id: str, work: Callable[[Transaction], T], *,
+                 attempts: int = 5) -> T:
+        """Run ``work`` in a write transaction, again from the start after a deadlock."""
+        for attempt in range(attempts):
+            try:
+                with self.write(app_id) as tx:
+                    return work(tx)
+            except self.retry_errors:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    # Apps and keys ------------------------------------------------------------------
+
+    def apps(self) -> dict[str, tuple[str, str]]:
+        """Key hash -> (app id, ``"secret"`` or ``"public"``) for every app."""
+        with self._connection() as conn:
+            rows = conn.execute("SELECT id, secret_hash, public_hash FROM apps").fetchall()
+        keys: dict[str, tuple[str, str]] = {}
+        for app_id, secret_hash, public_hash in rows:
+            keys[secret_hash] = (app_id, "secret")
+            keys[public_hash] = (app_id, "public")
+        return keys
+
+    def signing_keys(self) -> dict[str, bytes]:
+        """App id -> the app's key for signing user tokens (made with the app, never sent)."""
+        with self._connection() as conn:
+            rows = conn.execute("SELECT id, signing_key FROM apps").fetchall()
+        return {app_id: bytes.fromhex(key) for app_id, key in rows}
+
+    def add_app(self, app_id: str, secret_key: str, public_key: str | None) -> str:
+        """Register a key pair as an app, or update the public key of the secret key's app.
+
+        With ``public_key=None`` an existing app keeps its public key; a new app needs one.
+        Several processes starting together on one database register an app once.
+        """
+        with self.write("") as tx:
+            if tx._lock is not None:
+                tx._lock("apps")
+            row = tx._conn.execute("SELECT id FROM apps WHERE secret_hash = ?",
+                                   (key_hash(secret_key),)).fetchone()
+            if row is not None:
+                if public_key is not None:
+                    try:
+                        tx._conn.execute("UPDATE apps SET public_hash = ? WHERE id = ?",
+                                         (key_hash(public_key), row[0]))
+                    except self.integrity_error:
+                        raise ValueError("the public key belongs to another app") from None
+                return str(row[0])
+            if public_key is None:
+                raise ValueError("a new app needs a public key")
+            try:
+                tx._conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at, "
+                                 "signing_key) VALUES (?, ?, ?, ?, ?)",
+                                 (app_id, key_hash(secret_key), key_hash(public_key), tx.now,
+                                  secrets.token_hex(32)))
+            except self.integrity_error:
+                raise ValueError("the public key belongs to another app") from None
+        return app_id
+
+    def stale_jobs(self, *, now: float, default: float, since: float,
+                   limit: int) -> list[tuple[str, str]]:
+        """``(app id, job id)`` of running jobs, in every app, silent past their stale limit.
+
+        A job's limit is its own ``stale_after``, else ``default`` (0: none); its silence
+        counts from ``idle_since``, or from ``since`` if that is later. Each half reads
+        only the candidates, through its partial index. At most ``limit`` of each kind.
+        """
+        found: list[tuple[str, str]] = []
+        with self._connection() as conn:
+            if default > 0 and since < now - default:
+                found += conn.execute(STALE_BY_DEFAULT, (now - default, now, limit)).fetchall()
+            found += conn.execute(STALE_BY_OWN_LIMIT, (now, now - since, now, limit)).fetchall()
+        return [(str(app_id), str(job_id)) for app_id, job_id in found]
+
+    def purge(self, interval: float = 60.0) -> int:
+        """Delete expired jobs and idempotency records, at most once per ``interval``."""
+        now = self.clock()
+        if now - self._last_purge < interval:
+            return 0
+        self._last_purge = now
+        with self.write("") as tx:
+            purged: int = tx._conn.execute("DELETE FROM jobs WHERE expires_at <= ?",
+                                           (now,)).rowcount
+            tx._conn.execute("DELETE FROM idempotency WHERE created_at <= ?",
+                             (now - IDEMPOTENCY_TTL,))
+        return purged
+
+
+class SQLiteStore(Store):
+    """The SQLite engine: one file, WAL mode, writers serialised by ``BEGIN IMMEDIATE``.
+
+    Args:
+        path: The database file (created ``0600`` if missing), or ``":memory:"``.
+        max_idle: Connections kept open between requests.
+    """
+
+    engine = "sqlite"
+    integrity_error = (sqlite3.IntegrityError,)
 
     def __init__(self, path: str, *, max_idle: int = 16) -> None:
+        super().__init__()
         self.path = path
         # A pool rather than one connection per thread: a threaded server makes a
         # thread per client connection, and per-thread handles would pile up.
@@ -436,9 +661,6 @@ class Store:
         self._max_idle = max_idle
         self._lock = threading.Lock()
         self._closed = False
-        self._last_purge = 0.0
-        # The time source of TTLs and timestamps; tests move it forward.
-        self.clock = time.time
         _create_private(path)
         with self._connection() as conn:
             conn.executescript(SCHEMA)
@@ -470,6 +692,9 @@ class Store:
             if not keep:
                 conn.close()
 
+    def _begin(self, conn: Connection, *, write: bool) -> None:
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
     def close(self) -> None:
         """Close the idle connections; connections in use close when released."""
         with self._lock:
@@ -478,97 +703,3 @@ class Store:
         for conn in idle:
             conn.close()
 
-    @contextmanager
-    def read(self, app_id: str) -> Iterator[Transaction]:
-        """A consistent read (one snapshot) of an app's jobs."""
-        with self._connection() as conn:
-            conn.execute("BEGIN")
-            try:
-                yield Transaction(conn, app_id, self.clock())
-            finally:
-                conn.execute("COMMIT")
-
-    @contextmanager
-    def write(self, app_id: str) -> Iterator[Transaction]:
-        """An atomic read-modify-write of an app's jobs."""
-        with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield Transaction(conn, app_id, self.clock())
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-
-    # Apps and keys ------------------------------------------------------------------
-
-    def apps(self) -> dict[str, tuple[str, str]]:
-        """Key hash -> (app id, ``"secret"`` or ``"public"``) for every app."""
-        with self._connection() as conn:
-            rows = conn.execute("SELECT id, secret_hash, public_hash FROM apps").fetchall()
-        keys: dict[str, tuple[str, str]] = {}
-        for app_id, secret_hash, public_hash in rows:
-            keys[secret_hash] = (app_id, "secret")
-            keys[public_hash] = (app_id, "public")
-        return keys
-
-    def signing_keys(self) -> dict[str, bytes]:
-        """App id -> the app's key for signing user tokens (made with the app, never sent)."""
-        with self._connection() as conn:
-            rows = conn.execute("SELECT id, signing_key FROM apps").fetchall()
-        return {app_id: bytes.fromhex(key) for app_id, key in rows}
-
-    def add_app(self, app_id: str, secret_key: str, public_key: str | None) -> str:
-        """Register a key pair as an app, or update the public key of the secret key's app.
-
-        With ``public_key=None`` an existing app keeps its public key; a new app needs one.
-        """
-        with self.write("") as tx:
-            row = tx._conn.execute("SELECT id FROM apps WHERE secret_hash = ?",
-                                   (key_hash(secret_key),)).fetchone()
-            if row is not None:
-                if public_key is not None:
-                    try:
-                        tx._conn.execute("UPDATE apps SET public_hash = ? WHERE id = ?",
-                                         (key_hash(public_key), row[0]))
-                    except sqlite3.IntegrityError:
-                        raise ValueError("the public key belongs to another app") from None
-                return str(row[0])
-            if public_key is None:
-                raise ValueError("a new app needs a public key")
-            try:
-                tx._conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at, "
-                                 "signing_key) VALUES (?, ?, ?, ?, ?)",
-                                 (app_id, key_hash(secret_key), key_hash(public_key), tx.now,
-                                  secrets.token_hex(32)))
-            except sqlite3.IntegrityError:
-                raise ValueError("the public key belongs to another app") from None
-        return app_id
-
-    def stale_jobs(self, *, now: float, default: float, since: float,
-                   limit: int) -> list[tuple[str, str]]:
-        """``(app id, job id)`` of running jobs, in every app, silent past their stale limit.
-
-        A job's limit is its own ``stale_after``, else ``default`` (0: none); its silence
-        counts from ``idle_since``, or from ``since`` if that is later. Each half reads
-        only the candidates, through its partial index. At most ``limit`` of each kind.
-        """
-        found: list[tuple[str, str]] = []
-        with self._connection() as conn:
-            if default > 0 and since < now - default:
-                found += conn.execute(STALE_BY_DEFAULT, (now - default, now, limit)).fetchall()
-            found += conn.execute(STALE_BY_OWN_LIMIT, (now, now - since, now, limit)).fetchall()
-        return found
-
-    def purge(self, interval: float = 60.0) -> int:
-        """Delete expired jobs and idempotency records, at most once per ``interval``."""
-        now = self.clock()
-        if now - self._last_purge < interval:
-            return 0
-        self._last_purge = now
-        with self.write("") as tx:
-            purged: int = tx._conn.execute("DELETE FROM jobs WHERE expires_at <= ?",
-                                           (now,)).rowcount
-            tx._conn.execute("DELETE FROM idempotency WHERE created_at <= ?",
-                             (now - IDEMPOTENCY_TTL,))
-        return purged

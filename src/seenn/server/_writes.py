@@ -57,11 +57,12 @@ class Event:
 
 
 def check_key(raw: object, field: str) -> str:
-    """An idempotency key, trimmed (empty: none); 400 naming ``field`` past 255 characters."""
+    """An idempotency key, trimmed (empty: none); 400 naming ``field`` if too long or NUL."""
     key = raw.strip() if isinstance(raw, str) else ""
-    if len(key) > MAX_KEY_CHARS:
-        raise HTTPError(400, "VALIDATION_ERROR", f"{field}: at most {MAX_KEY_CHARS} characters",
-                        {"field": field, "reason": f"at most {MAX_KEY_CHARS} characters"})
+    if len(key) > MAX_KEY_CHARS or "\x00" in key:
+        reason = f"at most {MAX_KEY_CHARS} characters, no NUL"
+        raise HTTPError(400, "VALIDATION_ERROR", f"{field}: {reason}",
+                        {"field": field, "reason": reason})
     return key
 
 
@@ -131,8 +132,8 @@ def check_events(body: Mapping[str, Any], max_events: int) -> list[Event]:
         key = raw_key.strip() if isinstance(raw_key, str) else ""
         if raw_key is not None and not isinstance(raw_key, str):
             errors[f"{where}.idempotencyKey"] = "must be a string"
-        elif len(key) > MAX_KEY_CHARS:
-            errors[f"{where}.idempotencyKey"] = f"at most {MAX_KEY_CHARS} characters"
+        elif len(key) > MAX_KEY_CHARS or "\x00" in key:
+            errors[f"{where}.idempotencyKey"] = f"at most {MAX_KEY_CHARS} characters, no NUL"
         if len(errors) >= _MAX_FIELD_ERRORS:
             break
         if not errors and isinstance(kind, str) and isinstance(event_body, dict):
@@ -144,19 +145,29 @@ def check_events(body: Mapping[str, Any], max_events: int) -> list[Event]:
 
 
 def apply_events(tx: Transaction, app_id: str, events: Sequence[Event],
-                 stale: StalePolicy | None) -> list[Applied]:
+                 stale: StalePolicy | None,
+                 retry: tuple[type[BaseException], ...] = ()) -> list[Applied]:
     """Apply checked events in order, each in a savepoint of the caller's transaction.
 
     A refused event is answered and stored like its single call; the others stand. An
     event that fails inside the server is rolled back alone and answered 500 (not
-    stored under its key, as a single call's 500 is not).
+    stored under its key, as a single call's 500 is not). An error of ``retry`` (a
+    deadlock the engine ended) is raised: the whole batch is to run again.
     """
     results: list[Applied] = []
     for event in events:
+        if len(event.route) > 1 and "\x00" in event.route[1]:
+            # As a single call's path: no job id holds NUL, and PostgreSQL could not even
+            # look one up.
+            error = HTTPError(404, "NOT_FOUND", "job not found")
+            results.append(Applied(404, error.response()[1], failure=error))
+            continue
         try:
             with tx.savepoint():
                 results.append(apply_write(tx, app_id, event.route, event.body, event.key,
                                            stale))
+        except retry:
+            raise
         except Exception:
             logger.exception(
                 "seenn serve: internal error on an event of POST /v1/events")
