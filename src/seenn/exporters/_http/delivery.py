@@ -423,12 +423,12 @@ class DeliveryCore(Heartbeats, Links):
                 # comes here first, and waits for the one that asks.
                 self._probe()
                 continue
-            calls = 1
+            calls, batches = 1, 0
             try:
                 if len(batch) == 1:
                     outcomes = [self._send(*batch[0])]
                 else:
-                    outcomes, calls = self._send_batch(batch)
+                    outcomes, calls, batches = self._send_batch(batch)
             except Exception as exc:  # a bug or an odd answer must not kill the thread
                 outcomes = [("unreadable", exc)] * len(batch)
             with self._cond:
@@ -436,6 +436,7 @@ class DeliveryCore(Heartbeats, Links):
                     self._finish(job, pending, outcome, value)
                 # _settle counts a call per event; a batch was fewer calls.
                 self.stats.requests += calls - len(batch)
+                self.stats.batches += batches
                 self._cond.notify_all()
 
     def _finish(self, job: Job, pending: Pending, outcome: str, value: Any) -> None:
@@ -495,12 +496,13 @@ class DeliveryCore(Heartbeats, Links):
             suffix += f"n{pending.renewals}"
         return wire.idempotency_key(pending.event, suffix)
 
-    def _send_batch(self, batch: Sequence[tuple[Job, Pending]]) -> tuple[list[tuple[str, Any]],
-                                                                         int]:
-        """Send the head calls of several jobs in one ``POST /v1/events``.
+    def _send_batch(self, batch: Sequence[tuple[Job, Pending]]
+                    ) -> tuple[list[tuple[str, Any]], int, int]:
+        """Send the head calls of several jobs in one ``POST /v1/events`` (no lock held).
 
         Returns:
-            Each call's outcome, as ``_send`` would give it, and the HTTP calls made.
+            Each call's outcome, as ``_send`` would give it, the HTTP calls made, and
+            whether the batch was answered with results (1) or not (0).
         """
         entries = []
         for job, pending in batch:
@@ -519,23 +521,22 @@ class DeliveryCore(Heartbeats, Links):
                 self._batch_max = 0
                 self._log.warning("batch-off", "seenn: HTTP exporter: the backend answered "
                                   "%s to POST /v1/events; sending one call per event", status)
-                return [self._send(job, pending) for job, pending in batch], 1 + len(batch)
+                return [self._send(job, pending) for job, pending in batch], 1 + len(batch), 0
             if status in (400, 413) or error.code == "RESPONSE_TOO_LARGE":
                 # The envelope was refused as a whole (too large, or too many events for
                 # this backend), or its answer was over the client's cap (the calls may
                 # have been applied: their keys make the single calls replays). These
                 # calls go singly, later batches are smaller.
                 self._batch_max = max(2, min(self._batch_max, len(batch)) // 2)
-                return [self._send(job, pending) for job, pending in batch], 1 + len(batch)
+                return [self._send(job, pending) for job, pending in batch], 1 + len(batch), 0
             # Nothing was applied, or the answer is lost: each call fares as a single one
             # that got this answer (retried with its key, or refused).
-            return [self._judge(job, pending, error) for job, pending in batch], 1
-        self.stats.batches += 1
+            return [self._judge(job, pending, error) for job, pending in batch], 1, 0
         results = answer["results"]
         if len(results) != len(batch):
             wrong = SeennError(f"the backend answered {len(results)} results to "
                                f"{len(batch)} events", code="INVALID_RESPONSE", status_code=200)
-            return [("unreadable", wrong)] * len(batch), 1
+            return [("unreadable", wrong)] * len(batch), 1, 0
         outcomes = []
         for (job, pending), result in zip(batch, results, strict=True):
             status = result.get("status") if isinstance(result, Mapping) else None
@@ -548,7 +549,7 @@ class DeliveryCore(Heartbeats, Links):
             else:
                 outcomes.append(self._judge(job, pending,
                                             http.error_for(status, result.get("body"))))
-        return outcomes, 1
+        return outcomes, 1, 1
 
     def _send(self, job: Job, pending: Pending) -> tuple[str, Any]:
         path, body = self._request(job, pending)
