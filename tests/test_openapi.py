@@ -546,6 +546,20 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("/jobs/{id}/fail", {"error": {"code": "E"}}, False),
     ("/jobs/{id}/fail", {"error": {"code": "E", "message": "m", "details": [1]}}, False),
     ("/jobs/{id}/fail", {"error": {"code": "E", "message": "m"}, "retryable": "yes"}, False),
+    ("/events", {"events": [{"type": "start", "body": BASE, "idempotencyKey": "k"}]}, True),
+    ("/events", {"events": [{"type": "progress", "jobId": "x", "body": {"progress": 1}}]},
+     True),
+    ("/events", {"events": [{"type": "complete", "jobId": "x", "body": {}}] * 500}, True),
+    ("/events", {"events": [{"type": "complete", "jobId": "x", "body": {}}] * 501}, False),
+    ("/events", {"events": []}, False),
+    ("/events", {}, False),
+    ("/events", {"events": [{"type": "cancel", "jobId": "x", "body": {}}]}, False),
+    ("/events", {"events": [{"type": "start", "jobId": "x", "body": BASE}]}, False),
+    ("/events", {"events": [{"type": "fail", "body": {}}]}, False),
+    ("/events", {"events": [{"type": "fail", "jobId": "", "body": {}}]}, False),
+    ("/events", {"events": [{"type": "fail", "jobId": "x"}]}, False),
+    ("/events", {"events": [{"type": "fail", "jobId": "x", "body": {},
+                             "idempotencyKey": "k" * 256}]}, False),
 ]
 
 
