@@ -13,12 +13,20 @@ With ``--workers 1,2,4`` it measures instead how single-event writes (one
 ``POST /jobs/{id}/progress`` per request, each with its own ``Idempotency-Key`` as
 the HTTP exporter sends them), and reads (``GET /jobs/{id}``) for comparison, scale
 with server processes: ``seenn serve --workers N`` for each N, and with
-``--gunicorn`` also gunicorn (gthread, ``-w N``) serving ``seenn.server.wsgi:app``. All processes of a run share one database: a fresh
+``--gunicorn`` also gunicorn (gthread, ``-w N``) serving ``seenn.server.wsgi:app``.
+All processes of a run share one database: a fresh
 temporary SQLite file per run, or ``--db`` (a path or a URL, passed through as it
 is, e.g. a PostgreSQL URL). The load comes from ``--client-processes`` processes
 (default 2) so that the client's GIL is not the limit.
 
     python benchmarks/server.py --workers 1,2,4 [--gunicorn] [--threads 16] [--seconds 3]
+
+Without ``--workers`` it also measures progress events per second through ``POST
+/v1/events`` (batches of ``--batch`` progress events spread over a few jobs, each with
+its idempotency key, as ``HTTPExporter`` sends them), printed beside the single-call
+figure measured the same way (``POST /jobs/{id}/progress`` with an ``Idempotency-Key``).
+
+    python benchmarks/server.py [--seconds 2] [--threads 1,2,4,8] [--batch 200]
 
 On a 2-core machine the load generator and the server share the cores, so
 absolute figures are a floor; the ratios are what to compare between changes.
@@ -173,6 +181,53 @@ def compare_processes(args: argparse.Namespace) -> None:
                     served.stop()
             for kind, row in cells.items():
                 print(f"{server + ': ' + kind:<36}" + "".join(f"{cell:>18}" for cell in row))
+def measure_events(host: str, port: int, auth: dict[str, str], threads: int, seconds: float,
+                   batch: int, jobs_per_thread: int = 4) -> tuple[float, float]:
+    """Progress events per second: through ``POST /v1/events``, and one call each.
+
+    Each client thread has jobs of its own (one writer per job, as an exporter does),
+    and every event carries a fresh idempotency key, so each is stored for replay.
+    """
+    setup = http.client.HTTPConnection(host, port)
+    owned: list[list[str]] = []
+    for t in range(threads):
+        ids = []
+        for j in range(jobs_per_thread):
+            body = json.dumps({"jobType": "bench", "userId": "u", "title": f"job {t}.{j}"})
+            setup.request("POST", "/v1/jobs", body=body, headers=auth)
+            ids.append(json.loads(setup.getresponse().read())["id"])
+        owned.append(ids)
+    setup.close()
+    counter = [0] * threads
+
+    def batched(conn: http.client.HTTPConnection, i: int) -> None:
+        n = counter[i]
+        counter[i] += batch
+        ids = owned[i]
+        events = [{"type": "progress", "jobId": ids[k % len(ids)],
+                   "idempotencyKey": f"b{threads}.{i}.{n + k}",
+                   "body": {"progress": (n + k) % 100, "message": "working"}}
+                  for k in range(batch)]
+        conn.request("POST", "/v1/events", body=json.dumps({"events": events}), headers=auth)
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        last = answer["results"][-1]
+        assert response.status == 200 and last["status"] == 200, last
+
+    def single(conn: http.client.HTTPConnection, i: int) -> None:
+        n = counter[i]
+        counter[i] += 1
+        ids = owned[i]
+        body = json.dumps({"progress": n % 100, "message": "working"})
+        conn.request("POST", f"/v1/jobs/{ids[n % len(ids)]}/progress", body=body,
+                     headers={**auth, "Idempotency-Key": f"s{threads}.{i}.{n}"})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+
+    events = measure(host, port, threads, seconds, batched) * batch
+    calls = measure(host, port, threads, seconds, single)
+    return events, calls
 
 
 def main() -> None:
@@ -186,6 +241,12 @@ def main() -> None:
                         help="with --workers: gunicorn gthread as well")
     parser.add_argument("--gunicorn-threads", type=int, default=8)
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--jobs-per-thread", type=int, default=4,
+                        help="jobs the batch's events are spread over, per client thread "
+                             "(the exporter sends one event per job per batch)")
+    parser.add_argument("--only-events", action="store_true",
+                        help="measure POST /v1/events only (and its single-call figure)")
     args = parser.parse_args()
     if args.workers:
         compare_processes(args)
@@ -233,15 +294,17 @@ def main() -> None:
                 response.read()
                 assert response.status == 200
 
-            cases = [("GET /healthz (baseline)", healthz),
+            cases = [] if args.only_events else [("GET /healthz (baseline)", healthz),
                      ("GET /jobs/{id} + If-None-Match -> 304", poll_304),
                      ("GET /jobs/{id} -> 200", poll_200),
                      ("POST /jobs/{id}/progress", progress)]
-            print(f"seenn serve on {host}:{port}, {args.seconds:.1f} s per cell, "
+            if cases:
+                print(f"seenn serve on {host}:{port}, {args.seconds:.1f} s per cell, "
                   f"{os.cpu_count()} cores; requests/second (ratio to the baseline)")
             header = f"{'case':<40}" + "".join(f"{f'{n} thr':>18}" for n in thread_counts)
-            print(header)
-            print("-" * len(header))
+            if cases:
+                print(header)
+                print("-" * len(header))
             baseline: dict[int, float] = {}
             for name, request in cases:
                 cells = []
@@ -251,6 +314,19 @@ def main() -> None:
                         baseline[n] = rate
                     cells.append(f"{rate:>9.0f} ({rate / baseline[n]:.2f}x)")
                 print(f"{name:<40}" + "".join(f"{cell:>18}" for cell in cells))
+            print(f"\nprogress events/second, {args.batch} per POST /v1/events over "
+                  f"{args.jobs_per_thread} jobs per thread, beside one "
+                  "POST /jobs/{id}/progress per event (both with idempotency keys)")
+            print(header)
+            print("-" * len(header))
+            figures = [measure_events(host, port, auth, n, args.seconds, args.batch,
+                                      args.jobs_per_thread) for n in thread_counts]
+            print(f"{'POST /v1/events (events/s)':<40}"
+                  + "".join(f"{events:>18.0f}" for events, _ in figures))
+            print(f"{'single calls (events/s)':<40}"
+                  + "".join(f"{calls:>18.0f}" for _, calls in figures))
+            print(f"{'ratio':<40}"
+                  + "".join(f"{events / calls:>17.1f}x" for events, calls in figures))
         finally:
             served.stop()
 

@@ -30,6 +30,9 @@ class Exchange:
     key: str | None
     status: int
     forwarded: bool
+    body: bytes = b""  # the request body, for calls that carry many (POST /v1/events)
+    answer: bytes = b""  # the answer's body, when the backend's came back
+    replayed: bool = False  # the backend answered with a stored answer (Idempotent-Replayed)
 
 
 class FaultProxy:
@@ -43,6 +46,9 @@ class FaultProxy:
         self.fail_every = 0  # answer every Nth request with 500 (0: never)
         self.slow_next = 0  # forward the next N, then hold the answers past the timeout
         self.slow_seconds = 1.0
+        # GET /healthz: answered here without the backend's extensions (exporters then
+        # make one call per event, which these tests follow), unless this is set.
+        self.pass_healthz = False
         self._count = 0
         self._released = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -97,6 +103,9 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 key = self.headers.get("Idempotency-Key")
+                if self.path.endswith("/healthz") and not proxy.pass_healthz:
+                    self._reply(200, b'{"status": "ok"}', {"Content-Type": "application/json"})
+                    return
                 action = proxy._decide()
                 if action == "fail":
                     payload = json.dumps({"error": {"code": "INJECTED", "message": "fault"}})
@@ -116,6 +125,7 @@ class FaultProxy:
                                                     "x-ratelimit-limit",
                                                     "x-ratelimit-remaining")}
                     status = response.status
+                    replayed = response.getheader("Idempotent-Replayed") == "true"
                     conn.close()
                 except OSError:
                     # The backend is down: look like it, by dropping the connection.
@@ -127,12 +137,14 @@ class FaultProxy:
                     # The backend applied the call, but its answer comes too late: the
                     # client times out and must retry without applying it twice.
                     with proxy._lock:
-                        proxy.log.append(Exchange(self.command, self.path, key, status, True))
+                        proxy.log.append(Exchange(self.command, self.path, key, status, True,
+                                                  body, data, replayed))
                     proxy._released.wait(proxy.slow_seconds)
                     self.close_connection = True
                     return
                 with proxy._lock:
-                    proxy.log.append(Exchange(self.command, self.path, key, status, True))
+                    proxy.log.append(Exchange(self.command, self.path, key, status, True,
+                                              body, data, replayed))
                 self._reply(status, data, out_headers)
 
             do_GET = do_POST = _serve

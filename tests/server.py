@@ -7,6 +7,9 @@ fetches it on a thread of its own, at moments of its choosing) is kept apart: it
 never takes a scripted reply, is recorded in ``eta_requests`` rather than
 ``requests``, and is answered from ``backend.eta`` (404 for a key not there).
 A test of the client's own ``eta`` calls sets ``eta_apart = False`` to script them.
+``GET .../healthz`` (the HTTP exporter asks it once, for the protocol extensions) is
+kept apart the same way: recorded in ``health_requests`` and answered ``health``
+(``{"status": "ok"}`` by default: no extensions, so exporters make single calls).
 Responses go out in one write with ``TCP_NODELAY`` set (small split writes
 cost ~40 ms per keep-alive request).
 """
@@ -163,6 +166,8 @@ class RecordingServer:
         self.requests: list[Recorded] = []
         self.eta_requests: list[Recorded] = []
         self.eta_apart = True
+        self.health_requests: list[Recorded] = []
+        self.health: tuple[int, Any] = (200, {"status": "ok"})
         self.backend = FakeBackend()
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -225,6 +230,14 @@ class RecordingServer:
                 parts = urlsplit(self.path)
                 record = Recorded(self.command, parts.path, parse_qs(parts.query),
                                   dict(self.headers.items()), body)
+                if self.command == "GET" and parts.path.endswith("/healthz"):
+                    with server._lock:
+                        server.health_requests.append(record)
+                    status, payload = server.health
+                    data = json.dumps(payload).encode()
+                    self.wfile.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(data)}\r\n"
+                                     f"Content-Type: application/json\r\n\r\n".encode() + data)
+                    return
                 eta = (server.eta_apart and self.command == "GET"
                        and parts.path.startswith("/v1/eta/"))
                 with server._lock:

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 import seenn
@@ -192,6 +193,34 @@ def test_serve_accepts_a_stale_limit_in_range(value: str, seconds: float) -> Non
 
     assert build_parser().parse_args(["serve", "--stale-after", value]).stale_after == seconds
     assert build_parser().parse_args(["serve"]).stale_after == 300
+
+
+def test_serve_takes_an_events_cap(tmp_path: Path) -> None:
+    """--max-events sets what /healthz offers; 0 switches POST /v1/events off."""
+    server = _Server(tmp_path / "m.db", args=("--max-events", "7"))
+    try:
+        url = server.url()
+        offer = httpx.get(url + "/healthz").json()["extensions"]["events"]
+        assert offer["maxEvents"] == 7
+    finally:
+        server.stop()
+    off = _Server(tmp_path / "off.db", args=("--max-events", "0"))
+    try:
+        assert "events" not in httpx.get(off.url() + "/healthz").json()["extensions"]
+    finally:
+        off.stop()
+
+
+@pytest.mark.parametrize("value", ["-1", "10001", "x", "1.5", ""])
+def test_serve_refuses_an_events_cap_out_of_range(tmp_path: Path, value: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-events takes 0 to 10,000; anything else is exit 2, no database."""
+    db = tmp_path / "never.db"
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "0", "--db", str(db), "--max-events", value])
+    assert exited.value.code == 2
+    assert "argument --max-events: must be 0 (off)" in capsys.readouterr().err
+    assert not db.exists()
 
 
 def test_jobs_get_prints_a_table_or_json(backend: RunningServer, client: seenn.SeennClient,

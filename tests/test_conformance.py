@@ -60,8 +60,8 @@ def test_every_check_passes_against_seenn_serve(backend: RunningServer) -> None:
     """The reference backend passes every check, optional ones included."""
     results = run_checks(backend.url, backend.api_key, public_key=backend.public_key)
     assert [r for r in results if not r.passed] == []
-    assert len(results) == 21
-    assert format_table(results).endswith("21 passed, 0 failed\n")
+    assert len(results) == 22
+    assert format_table(results).endswith("22 passed, 0 failed\n")
 
 
 def test_a_broken_backend_fails_the_right_rows(backend: RunningServer) -> None:
@@ -87,7 +87,7 @@ def test_a_broken_backend_fails_the_right_rows(backend: RunningServer) -> None:
     table = format_table(results)
     assert "FAIL  idempotency: one job per Idempotency-Key" in table
     assert "WARN  etag: If-None-Match answers 304" in table
-    assert table.endswith("17 passed, 3 failed\n")
+    assert table.endswith("18 passed, 3 failed\n")
 
 
 def test_public_key_rows_are_optional_without_a_public_key(backend: RunningServer) -> None:

@@ -317,7 +317,9 @@ def test_job_lifecycle_answers_fit_the_spec(api: Api) -> None:
             break
         query["cursor"] = page["nextCursor"]
     assert seen == [second["id"], child["id"], parent["id"], queued["id"]]
-    assert api("get", "/healthz").json() == {"status": "ok"}
+    health = api("get", "/healthz").json()
+    assert health["status"] == "ok"
+    assert _schema_errors(health, ("components", "schemas", "Health")) == []
 
 
 def test_idempotent_replays_fit_the_spec(api: Api) -> None:
@@ -544,6 +546,20 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("/jobs/{id}/fail", {"error": {"code": "E"}}, False),
     ("/jobs/{id}/fail", {"error": {"code": "E", "message": "m", "details": [1]}}, False),
     ("/jobs/{id}/fail", {"error": {"code": "E", "message": "m"}, "retryable": "yes"}, False),
+    ("/events", {"events": [{"type": "start", "body": BASE, "idempotencyKey": "k"}]}, True),
+    ("/events", {"events": [{"type": "progress", "jobId": "x", "body": {"progress": 1}}]},
+     True),
+    ("/events", {"events": [{"type": "complete", "jobId": "x", "body": {}}] * 500}, True),
+    ("/events", {"events": [{"type": "complete", "jobId": "x", "body": {}}] * 501}, False),
+    ("/events", {"events": []}, False),
+    ("/events", {}, False),
+    ("/events", {"events": [{"type": "cancel", "jobId": "x", "body": {}}]}, False),
+    ("/events", {"events": [{"type": "start", "jobId": "x", "body": BASE}]}, False),
+    ("/events", {"events": [{"type": "fail", "body": {}}]}, False),
+    ("/events", {"events": [{"type": "fail", "jobId": "", "body": {}}]}, False),
+    ("/events", {"events": [{"type": "fail", "jobId": "x"}]}, False),
+    ("/events", {"events": [{"type": "fail", "jobId": "x", "body": {},
+                             "idempotencyKey": "k" * 256}]}, False),
 ]
 
 

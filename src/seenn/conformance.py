@@ -292,6 +292,35 @@ class _Runner:
         return "polling clients save bandwidth"
 
 
+    def check_events(self) -> str:
+        """The ``events`` extension, when ``/healthz`` offers it: answers in order, replays."""
+        health = self.call("GET", "/healthz", key=None)
+        offered = health.json().get("extensions", {}) if health.status_code == 200 else {}
+        if not isinstance(offered, dict) or "events" not in offered:
+            return "not offered: clients make one call per event"
+        job_id = f"conformance-{os.urandom(6).hex()}"
+        tag = uuid.uuid4().hex
+        body = {"events": [
+            {"type": "start", "idempotencyKey": f"{tag}.0",
+             "body": {"id": job_id, "jobType": "conformance", "userId": self.user,
+                      "title": "Batched"}},
+            {"type": "progress", "jobId": job_id, "idempotencyKey": f"{tag}.1",
+             "body": {"progress": 30}},
+            {"type": "progress", "jobId": f"{job_id}-missing", "idempotencyKey": f"{tag}.2",
+             "body": {"progress": 30}}]}
+        first = self.call("POST", "/events", body)
+        _expect(first.status_code == 200, f"POST /events answered {first.status_code}")
+        statuses = [r.get("status") for r in first.json()["results"]]
+        _expect(statuses == [201, 200, 404], f"results {statuses}, expected [201, 200, 404]")
+        again = self.call("POST", "/events", body)
+        replayed = [(r.get("status"), r.get("body")) for r in again.json()["results"]]
+        _expect(replayed == [(r["status"], r["body"]) for r in first.json()["results"]],
+                "a batch sent again did not get the same answers")
+        job = self.call("GET", f"/jobs/{job_id}").json()
+        _expect(job.get("progress") == 30, f"the job reads {job.get('progress')}, not 30")
+        return f"up to {offered['events'].get('maxEvents')} events per call"
+
+
 def run_checks(base_url: str, api_key: str, *, public_key: str | None = None,
                base_path: str = "/v1", timeout: float = 10.0,
                http_client: httpx.Client | None = None) -> list[CheckResult]:
@@ -332,6 +361,7 @@ def run_checks(base_url: str, api_key: str, *, public_key: str | None = None,
         ("public key: cannot write (403)", runner.check_public_write, public_key is None),
         ("errors: unknown path is 404 with an error body", runner.check_unknown_path, False),
         ("etag: If-None-Match answers 304", runner.check_etag, True),
+        ("extension: POST /events answers each event, replays", runner.check_events, True),
     ]
     try:
         for name, check, optional in checks:

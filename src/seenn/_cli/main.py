@@ -19,6 +19,7 @@ from seenn._cli.workers import MAX_WORKERS
 from seenn._core.validation import MAX_STALE_AFTER, MIN_STALE_AFTER
 from seenn._version import __version__
 from seenn.errors import SeennError
+from seenn.server._writes import DEFAULT_MAX_EVENTS, MAX_EVENTS_LIMIT
 
 if TYPE_CHECKING:
     from seenn.server import SeennServerApp, WSGIServer
@@ -80,7 +81,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         try:
             return create_app(args.db, api_key=api_key, public_key=public_key,
                               rate_limit=rate_limit, cors_origin=args.cors_origin or None,
-                              stale_after=args.stale_after)
+                              stale_after=args.stale_after, max_events=args.max_events)
         except SeennError as error:
             raise CLIError(f"serve: {error.message}", 2) from None
         except (OSError, sqlite3.Error) as error:
@@ -202,6 +203,17 @@ def _stale_seconds(text: str) -> float:
     return value
 
 
+def _max_events(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_EVENTS_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (off) or a whole number up to {MAX_EVENTS_LIMIT}, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``seenn`` command."""
     parser = argparse.ArgumentParser(
@@ -251,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="end a running job that has had no update for this long as "
                             "failed with WORKER_LOST (its worker is gone); 0 turns it off "
                             "for jobs that set no limit of their own (default: 300)")
+    serve.add_argument("--max-events", type=_max_events, default=DEFAULT_MAX_EVENTS,
+                       metavar="N",
+                       help="the most job events one POST /v1/events may carry; 0 turns "
+                            "that extension off (default: 500)")
     serve.set_defaults(func=_cmd_serve)
 
     from seenn._cli.jobs import add_commands

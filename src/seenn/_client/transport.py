@@ -355,6 +355,15 @@ class BaseClient:
             code = code or "HTTP_ERROR"
         return cls(message, code=code, status_code=status, details=details)
 
+    def error_for(self, status: int, body: Any) -> SeennError:
+        """The error a call answered ``status`` with ``body`` (decoded JSON) raises.
+
+        For answers that arrive inside another answer (one result of ``POST /v1/events``),
+        mapped exactly as a call's own answer would be.
+        """
+        data = b"" if body is None else jsonlib.dumps(body).encode("utf-8")
+        return self._error_from_response(httpx.Response(status), data)
+
     def _transport_error(self, exc: httpx.TransportError, timeout: float) -> SeennError:
         if isinstance(exc, httpx.TimeoutException):
             return APITimeoutError(f"no answer from {self.base_url} within {timeout:.3g} s "

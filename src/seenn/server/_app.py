@@ -42,7 +42,7 @@ from seenn._core.validation import (
 from seenn.server._engines import open_store
 from seenn.server._errors import HTTPError, Response
 from seenn.server._eta import eta_request, shown
-from seenn.server._jobs import Fields, end_stale, start_job, sweep, update_job
+from seenn.server._jobs import Fields, end_stale, sweep
 from seenn.server._requests import (
     encode_cursor,
     etag_matches,
@@ -53,7 +53,15 @@ from seenn.server._requests import (
 )
 from seenn.server._requests import route as match_route
 from seenn.server._stale import DEFAULT_STALE_AFTER, StalePolicy, Sweeper, check_stale_after
-from seenn.server._store import StoredJob, Transaction, canonical_hash, key_hash
+from seenn.server._store import StoredJob, Transaction, key_hash
+from seenn.server._writes import (
+    DEFAULT_MAX_EVENTS,
+    MAX_EVENTS_LIMIT,
+    apply_events,
+    apply_write,
+    check_events,
+    check_key,
+)
 
 logger = logging.getLogger("seenn.server")
 
@@ -134,6 +142,9 @@ class SeennServerApp:
             (``staleAfterSeconds``); 0 turns the server-wide limit off.
         clock: The time source (seconds since the epoch) of timestamps, expiry and
             stale limits; ``time.time`` by default. A seam for tests.
+        max_events: The most events one ``POST /v1/events`` may carry (1 to 10,000);
+            0 turns that extension off (the path is then 404 and ``/healthz`` does not
+            offer it), as on a backend without it.
 
     Attributes:
         created_keys: The ``(secret, public)`` pair made on this start, if one was
@@ -148,8 +159,11 @@ class SeennServerApp:
                  public_key: str | None = None, rate_limit: int | None = None,
                  max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*",
                  stale_after: float = DEFAULT_STALE_AFTER,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 max_events: int = DEFAULT_MAX_EVENTS) -> None:
         self.stale_after = check_stale_after("stale_after", stale_after)
+        self.max_events = check_int("max_events", max_events, minimum=0,
+                                    maximum=MAX_EVENTS_LIMIT)
         self.store = open_store(os.fspath(db_path))
         if clock is not None:
             self.store.clock = clock
@@ -180,6 +194,21 @@ class SeennServerApp:
         self._rate = _RateLimiter(rate_limit) if rate_limit else None
         self._stale = StalePolicy(self.stale_after, self.store.clock())
         self._sweeper = Sweeper(self.sweep, self._stale.sweep_interval)
+        self._health = {"status": "ok", "extensions": self.extensions()}
+
+    def extensions(self) -> dict[str, dict[str, Any]]:
+        """The protocol extensions this server offers, as ``GET /healthz`` lists them.
+
+        Clients use an extension only when it is listed here, and fall back to the
+        Seenn calls otherwise. Each entry's object holds the extension's limits.
+        """
+        offered: dict[str, dict[str, Any]] = {}
+        if self.max_events:
+            offered["events"] = {"maxEvents": self.max_events, "maxBytes": self.max_body_bytes}
+        offered["eta"] = {}
+        offered["tokens"] = {}
+        offered["staleAfter"] = {}
+        return offered
 
     def close(self) -> None:
         """Stop the sweep for silent jobs and close the database connections."""
@@ -271,9 +300,9 @@ class SeennServerApp:
         if segments in (["healthz"], ["v1", "healthz"]):
             if method != "GET":
                 raise HTTPError(405, "METHOD_NOT_ALLOWED", "use GET", headers={"Allow": "GET"})
-            return 200, {"status": "ok"}, {}
+            return 200, self._health, {}
         route, allowed = match_route(segments)
-        if route is None:
+        if route is None or (route == ("events",) and not self.max_events):
             raise HTTPError(404, "NOT_FOUND", "no such path")
         if method == "OPTIONS" and self.cors_origin is not None:
             # A browser's CORS preflight: no key is sent with it.
@@ -305,6 +334,8 @@ class SeennServerApp:
                 status, body, headers = eta_request(self.store, caller.app_id, method, route)
             elif method == "GET":
                 status, body, headers = self._get(route, caller, environ)
+            elif route == ("events",):
+                status, body, headers = self._events(caller.app_id, environ)
             else:
                 status, body, headers = self._post(route, caller.app_id, environ)
         except HTTPError as error:
@@ -497,38 +528,37 @@ class SeennServerApp:
 
     def _post(self, route: tuple[str, ...], app_id: str, environ: Mapping[str, Any]) -> Response:
         body = read_json(environ, self.max_body_bytes)
-        key = str(environ.get("HTTP_IDEMPOTENCY_KEY", "")).strip()
-        if len(key) > 255 or "\x00" in key:
-            raise HTTPError(400, "VALIDATION_ERROR",
-                            "Idempotency-Key: at most 255 characters, no NUL",
-                            {"field": "Idempotency-Key"})
-        request_hash = canonical_hash([list(route), body])
-        failure: HTTPError | None = None
+        key = check_key(environ.get("HTTP_IDEMPOTENCY_KEY"), "Idempotency-Key")
         with self.store.write(app_id) as tx:
-            if key:
-                earlier = tx.idempotent(key)
-                if earlier is not None:
-                    if earlier[0] != request_hash:
-                        raise HTTPError(409, "IDEMPOTENCY_KEY_REUSED",
-                                        "this Idempotency-Key was used for another request")
-                    return earlier[1], json.loads(earlier[2]), {"Idempotent-Replayed": "true"}
-            try:
-                if route == ("list",):
-                    status, answer = start_job(tx, app_id, body, stale=self._stale)
-                else:
-                    status, answer = update_job(tx, route[0], route[1], body,
-                                                stale=self._stale)
-            except HTTPError as error:
-                # Every HTTPError is raised before the job is written, so committing
-                # here stores the answer for replay, and at most the end of a job
-                # found past its stale limit, which stands whatever the answer.
-                failure = error
-                status, answer, _ = error.response()
-            if key:
-                tx.remember(key, request_hash, status, json.dumps(answer))
-        if failure is not None:
-            raise failure
-        return status, shown(answer, self.store.clock()), {}
+            # A refusal is committed too: its answer is stored for replay.
+            done = apply_write(tx, app_id, route, body, key, self._stale)
+        if done.failure is not None:
+            raise done.failure
+        if done.replayed:
+            return done.status, done.body, {"Idempotent-Replayed": "true"}
+        return done.status, shown(done.body, self.store.clock()), {}
+
+    def _events(self, app_id: str, environ: Mapping[str, Any]) -> Response:
+        """``POST /v1/events``: many job events in one transaction, an answer for each.
+
+        The envelope is checked whole first (400 before anything is written); then each
+        event is applied in the order given, as its single call would be.
+        """
+        events = check_events(read_json(environ, self.max_body_bytes), self.max_events)
+        # Many rows in one transaction: two batches may deadlock on an engine with row
+        # locks, and the engine's choice of victim runs again from the start.
+        done = self.store.transact(app_id, lambda tx: apply_events(
+            tx, app_id, events, self._stale, self.store.retry_errors))
+        now = self.store.clock()
+        results: list[dict[str, Any]] = []
+        for result in done:
+            answer: dict[str, Any] = {"status": result.status, "body": result.body}
+            if result.replayed:
+                answer["replayed"] = True
+            elif result.failure is None:
+                answer["body"] = shown(result.body, now)
+            results.append(answer)
+        return 200, {"results": results}, {}
 
 
 def _base64(data: bytes) -> str:
@@ -545,7 +575,8 @@ def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
                public_key: str | None = None, rate_limit: int | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*",
                stale_after: float = DEFAULT_STALE_AFTER,
-               clock: Callable[[], float] | None = None) -> SeennServerApp:
+               clock: Callable[[], float] | None = None,
+               max_events: int = DEFAULT_MAX_EVENTS) -> SeennServerApp:
     """Create the reference backend's WSGI application on a SQLite database.
 
     Args:
@@ -559,6 +590,8 @@ def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
             failed with ``WORKER_LOST`` (0 or 10 to 2,592,000; 0 turns it off for jobs
             that set no ``staleAfterSeconds`` of their own).
         clock: The time source, ``time.time`` by default (a seam for tests).
+        max_events: The most events one ``POST /v1/events`` may carry (1 to 10,000);
+            0 turns the extension off.
 
     Returns:
         A WSGI application; ``app.created_keys`` holds a key pair made on this start.
@@ -568,5 +601,6 @@ def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
     """
     return SeennServerApp(db_path, api_key=api_key, public_key=public_key,
                           rate_limit=rate_limit, max_body_bytes=max_body_bytes,
-                          cors_origin=cors_origin, stale_after=stale_after, clock=clock)
+                          cors_origin=cors_origin, stale_after=stale_after, clock=clock,
+                          max_events=max_events)
 

@@ -67,7 +67,9 @@ DEFAULT_TTL = MAX_TTL_SECONDS
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:~-]{0,254}")
 
 
+@functools.lru_cache(maxsize=16)
 def _now_iso(now: float) -> str:
+    # Every write of a transaction (all the events of a batch) shares one ``tx.now``.
     return format_datetime(datetime.fromtimestamp(now, tz=timezone.utc))
 
 

@@ -25,7 +25,7 @@ of ``Transaction`` is the same as on SQLite; what differs is here:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -124,6 +124,26 @@ class _PgConnection:
         self._conn.execute(sql)
 
 
+class _Locks:
+    """A write transaction's advisory locks, each taken once."""
+
+    def __init__(self, conn: Connection, app_id: str) -> None:
+        self._conn = conn
+        self._app_id = app_id
+        self._held: set[str] = set()
+
+    def __call__(self, name: str) -> None:
+        # Advisory locks are re-entrant, but each call is a round trip: once is enough.
+        if name not in self._held:
+            self._held.add(name)
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+                               (f"{self._app_id}/{name}",))
+
+    def forget(self, names: Iterable[str]) -> None:
+        """Take these again when next asked: a rolled-back savepoint released them."""
+        self._held.difference_update(names)
+
+
 class PostgresStore(Store):
     """The PostgreSQL engine.
 
@@ -211,16 +231,7 @@ class PostgresStore(Store):
         conn.execute("BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
     def _lock_for(self, conn: Connection, app_id: str) -> Callable[[str], None]:
-        held: set[str] = set()
-
-        def lock(name: str) -> None:
-            # Advisory locks are re-entrant, but each call is a round trip: once is enough.
-            if name not in held:
-                held.add(name)
-                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
-                             (f"{app_id}/{name}",))
-
-        return lock
+        return _Locks(conn, app_id)
 
     @contextmanager
     def write(self, app_id: str) -> Iterator[Any]:

@@ -390,6 +390,36 @@ class Transaction:
             "AND created_at > ?", (self.app_id, key, self.now - IDEMPOTENCY_TTL)).fetchone()
         return (row[0], row[1], row[2]) if row else None
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested part of the transaction, undone alone if its block raises.
+
+        ``POST /v1/events`` runs each event in one, so a failure inside the server on
+        one event leaves the others of the batch standing.
+        """
+        outer = self._lock
+        taken: list[str] = []
+        if outer is not None:
+            def lock(name: str) -> None:
+                taken.append(name)
+                outer(name)
+
+            self._lock = lock
+        self._conn.execute("SAVEPOINT seenn_event")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK TO SAVEPOINT seenn_event")
+            self._conn.execute("RELEASE SAVEPOINT seenn_event")
+            # PostgreSQL releases the locks first taken after the savepoint with it.
+            forget = getattr(outer, "forget", None)
+            if forget is not None:
+                forget(taken)
+            raise
+        finally:
+            self._lock = outer
+        self._conn.execute("RELEASE SAVEPOINT seenn_event")
+
     def remember(self, key: str, request_hash: str, status: int, body: str) -> None:
         """Store the answer of a call made with an idempotency key."""
         self._conn.execute(

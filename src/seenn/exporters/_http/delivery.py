@@ -10,6 +10,15 @@ memory; without one it is dropped whole, counted and logged.
 
 Jobs live in this process that have gone quiet get heartbeats (``heartbeat``):
 their entries share the timer heap, and the heartbeat is sent like an event.
+
+A backend that offers the ``events`` extension (its ``GET /v1/healthz`` lists it,
+asked once, before the first call) takes the head events of many jobs in one
+``POST /v1/events``: a delivery thread claims up to ``max_batch_events`` jobs whose
+head is due, sends their calls as the batch's entries (same bodies, same keys), and
+settles each job with its own result exactly as if its single call had been
+answered so. Each job still has one call in flight at a time, so order per job,
+parents before children, retries and keys are those of single calls. A 404 or 405
+from ``/v1/events`` turns batching off for good (the calls go singly at once).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import heapq
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +62,17 @@ RESUMED_START_GRACE = 60.0
 UNREADABLE = frozenset({"INVALID_RESPONSE", "RESPONSE_TOO_LARGE"})
 """Error codes of a 2xx answer the client could not use: the call may not have been applied."""
 
+_PROBE = "probe"
+
+PROBE_AGAIN = 60.0
+"""Seconds before the backend's extensions are asked again after it did not answer."""
+
+
+def _batch_shape(answer: Any) -> str | None:
+    """``None`` if ``answer`` looks like a ``POST /v1/events`` answer, else what was expected."""
+    results = answer.get("results") if isinstance(answer, Mapping) else None
+    return None if isinstance(results, list) else 'an object with a "results" list'
+
 
 class DeliveryCore(Heartbeats, Links):
     """The machinery of :class:`HTTPExporter`, which sets what is declared here."""
@@ -65,6 +85,7 @@ class DeliveryCore(Heartbeats, Links):
     max_concurrency: int
     delivery_timeout: float
     max_pending_jobs: int
+    max_batch_events: int
     stats: DeliveryStats
     _client: SeennClient
     _outbox: Outbox | None
@@ -100,6 +121,11 @@ class DeliveryCore(Heartbeats, Links):
         self._flushing = 0
         self._drops_at_flush = 0  # dropped + lost when force_flush() last reported
         self._log = RateLimitedLog()
+        # POST /v1/events: how many calls one may carry (0: single calls), and when to
+        # ask the backend whether it offers it (None: never again).
+        self._batch_max = 0
+        self._probe_at: float | None = 0.0 if self.max_batch_events > 1 else None
+        self._probe_lock = threading.Lock()
 
     def _accept(self, event: JobEvent, *, durable: bool) -> None:
         job_id = event.job_id
@@ -312,10 +338,17 @@ class DeliveryCore(Heartbeats, Links):
             worker.start()
             idle += 1
 
-    def _next(self) -> tuple[Job, Pending] | None:
-        """Wait for a job whose head event may be sent now; ``None`` when stopping."""
+    def _next(self) -> tuple[Job, Pending] | str | None:
+        """Wait for a job whose head event may be sent now; ``None`` when stopping.
+
+        ``_PROBE`` (before taking any job) when the backend's extensions are to be asked.
+        """
         jobs = self._jobs
         while True:
+            probe_at = self._probe_at
+            if probe_at is not None and self._clock() >= probe_at \
+                    and not (self._stopping and not self._jobs):
+                return _PROBE
             if self._hand_offs:
                 self._take_hand_offs()
             now = self._clock()
@@ -333,94 +366,214 @@ class DeliveryCore(Heartbeats, Links):
                     self._ready.append(job_id)
             if beats > 1:
                 self._start_workers()
-            while self._ready:
-                job = jobs.get(self._ready.popleft())
-                if job is None or job.busy or not job.queue:
-                    continue
-                job.scheduled = False
-                when = self._when(job)
-                if when is None:
-                    continue
-                if when > now and self._flushing and job.queue[0].key_suffix[:1] == "h":
-                    # A heartbeat waiting to retry: not worth a flush's wait.
-                    del job.queue[0]
-                    job.due = 0.0
-                    self._retire(job)
-                    if self._on_disk:
-                        self._refill()
-                    self._cond.notify_all()
-                    continue
-                if when > now:
-                    # Early (a stale timer, a pause): wait for the real time.
-                    job.scheduled = True
-                    self._timer_seq += 1
-                    heapq.heappush(timers, (when, self._timer_seq, job.id))
-                    continue
-                job.busy = True
-                self._busy += 1
-                return job, job.queue[0]
+            claimed = self._claim(now)
+            if claimed is not None:
+                return claimed
             if self._stopping and not self._jobs:
                 return None
             self._cond.wait(timers[0][0] - now if timers else None)
+
+    def _claim(self, now: float) -> tuple[Job, Pending] | None:
+        """Take the next job of the ready queue whose head may be sent now, marked busy."""
+        jobs = self._jobs
+        while self._ready:
+            job = jobs.get(self._ready.popleft())
+            if job is None or job.busy or not job.queue:
+                continue
+            job.scheduled = False
+            when = self._when(job)
+            if when is None:
+                continue
+            if when > now and self._flushing and job.queue[0].key_suffix[:1] == "h":
+                # A heartbeat waiting to retry: not worth a flush's wait.
+                del job.queue[0]
+                job.due = 0.0
+                self._retire(job)
+                if self._on_disk:
+                    self._refill()
+                self._cond.notify_all()
+                continue
+            if when > now:
+                # Early (a stale timer, a pause): wait for the real time.
+                job.scheduled = True
+                self._timer_seq += 1
+                heapq.heappush(self._timers, (when, self._timer_seq, job.id))
+                continue
+            job.busy = True
+            self._busy += 1
+            return job, job.queue[0]
+        return None
 
     def _work(self) -> None:
         while True:
             with self._cond:
                 got = self._next()
-            if got is None:
-                return
-            job, pending = got
+                if got is None:
+                    return
+                batch = [] if isinstance(got, str) else [got]
+                most = self._batch_max
+                while batch and len(batch) < most:
+                    more = self._claim(self._clock())
+                    if more is None:
+                        break
+                    batch.append(more)
+            if not batch:
+                # Before the first call (and again a while after a backend that did
+                # not answer): whether calls may go in batches. Every delivery thread
+                # comes here first, and waits for the one that asks.
+                self._probe()
+                continue
+            calls, batches = 1, 0
             try:
-                outcome, value = self._send(job, pending)
+                if len(batch) == 1:
+                    outcomes = [self._send(*batch[0])]
+                else:
+                    outcomes, calls, batches = self._send_batch(batch)
             except Exception as exc:  # a bug or an odd answer must not kill the thread
-                outcome, value = "unreadable", exc
+                outcomes = [("unreadable", exc)] * len(batch)
             with self._cond:
-                self._busy -= 1
-                job.busy = False
-                # A 404 retried while a job's start is on its way from another
-                # process is an answer: only a backend that does not answer is failing.
-                self._answering = outcome != "unreadable" and not (
-                    outcome == "retry"
-                    and isinstance(value, (APIConnectionError, RateLimitError, ServerError)))
-                try:
-                    self._settle(job, pending, outcome, value)
-                except Exception as exc:
-                    logger.error("seenn: HTTP exporter: internal error for job %s: %r",
-                                 job.id, exc, exc_info=exc)
-                finally:
-                    if job.queue:
-                        if not job.scheduled:
-                            self._schedule(job)
-                    elif self._jobs.get(job.id) is job:
-                        self._retire(job)
-                        if self._on_disk:
-                            self._refill()
-                    self._cond.notify_all()
+                for (job, pending), (outcome, value) in zip(batch, outcomes, strict=True):
+                    self._finish(job, pending, outcome, value)
+                # _settle counts a call per event; a batch was fewer calls.
+                self.stats.requests += calls - len(batch)
+                self.stats.batches += batches
+                self._cond.notify_all()
+
+    def _finish(self, job: Job, pending: Pending, outcome: str, value: Any) -> None:
+        """Settle a sent call and put its job back in line (under the lock)."""
+        self._busy -= 1
+        job.busy = False
+        # A 404 retried while a job's start is on its way from another
+        # process is an answer: only a backend that does not answer is failing.
+        self._answering = outcome != "unreadable" and not (
+            outcome == "retry"
+            and isinstance(value, (APIConnectionError, RateLimitError, ServerError)))
+        try:
+            self._settle(job, pending, outcome, value)
+        except Exception as exc:
+            logger.error("seenn: HTTP exporter: internal error for job %s: %r",
+                         job.id, exc, exc_info=exc)
+        finally:
+            if job.queue:
+                if not job.scheduled:
+                    self._schedule(job)
+            elif self._jobs.get(job.id) is job:
+                self._retire(job)
+                if self._on_disk:
+                    self._refill()
 
     # Sending (no lock held) -----------------------------------------------------------
 
+    def _probe(self) -> None:
+        """Ask the backend once whether it offers ``POST /v1/events`` (``GET /healthz``).
+
+        Any answer but a listing of the extension means single calls: for good when the
+        backend answered, until ``PROBE_AGAIN`` from now when it did not.
+        """
+        with self._probe_lock:
+            at = self._probe_at
+            if at is None or self._clock() < at:
+                return  # another delivery thread asked meanwhile
+            try:
+                answer = self._client._http.send_once("GET", "/healthz")
+            except SeennError as error:
+                down = isinstance(error, (APIConnectionError, RateLimitError, ServerError)) \
+                    or error.code in UNREADABLE
+                self._probe_at = self._clock() + PROBE_AGAIN if down else None
+                return
+            except Exception:  # an odd answer: never a reason to stop delivering
+                self._probe_at = None
+                return
+            limits = wire.events_limits(answer)
+            if limits is not None:
+                self._batch_max = min(limits[0], self.max_batch_events)
+            self._probe_at = None
+
+    @staticmethod
+    def _key(pending: Pending) -> str:
+        suffix = pending.key_suffix
+        if pending.renewals:
+            suffix += f"n{pending.renewals}"
+        return wire.idempotency_key(pending.event, suffix)
+
+    def _send_batch(self, batch: Sequence[tuple[Job, Pending]]
+                    ) -> tuple[list[tuple[str, Any]], int, int]:
+        """Send the head calls of several jobs in one ``POST /v1/events`` (no lock held).
+
+        Returns:
+            Each call's outcome, as ``_send`` would give it, the HTTP calls made, and
+            whether the batch was answered with results (1) or not (0).
+        """
+        entries = []
+        for job, pending in batch:
+            _, body = self._request(job, pending)
+            entries.append(wire.batch_entry(pending.event, body, self._key(pending),
+                                            job.server_id))
+        http = self._client._http
+        try:
+            answer = http.send_once("POST", "/events", json={"events": entries},
+                                    expect=_batch_shape)
+        except SeennError as error:
+            status = error.status_code
+            if status in (404, 405):
+                # The backend no longer offers it (a downgrade, another backend behind
+                # the same URL): single calls from now on, these ones at once.
+                self._batch_max = 0
+                self._log.warning("batch-off", "seenn: HTTP exporter: the backend answered "
+                                  "%s to POST /v1/events; sending one call per event", status)
+                return [self._send(job, pending) for job, pending in batch], 1 + len(batch), 0
+            if status in (400, 413) or error.code == "RESPONSE_TOO_LARGE":
+                # The envelope was refused as a whole (too large, or too many events for
+                # this backend), or its answer was over the client's cap (the calls may
+                # have been applied: their keys make the single calls replays). These
+                # calls go singly, later batches are smaller.
+                self._batch_max = max(2, min(self._batch_max, len(batch)) // 2)
+                return [self._send(job, pending) for job, pending in batch], 1 + len(batch), 0
+            # Nothing was applied, or the answer is lost: each call fares as a single one
+            # that got this answer (retried with its key, or refused).
+            return [self._judge(job, pending, error) for job, pending in batch], 1, 0
+        results = answer["results"]
+        if len(results) != len(batch):
+            wrong = SeennError(f"the backend answered {len(results)} results to "
+                               f"{len(batch)} events", code="INVALID_RESPONSE", status_code=200)
+            return [("unreadable", wrong)] * len(batch), 1, 0
+        outcomes = []
+        for (job, pending), result in zip(batch, results, strict=True):
+            status = result.get("status") if isinstance(result, Mapping) else None
+            if type(status) is not int:
+                outcomes.append(("unreadable", SeennError(
+                    "a result of POST /v1/events has no status", code="INVALID_RESPONSE",
+                    status_code=200)))
+            elif 200 <= status < 300:
+                outcomes.append(("ok", result.get("body")))
+            else:
+                outcomes.append(self._judge(job, pending,
+                                            http.error_for(status, result.get("body"))))
+        return outcomes, 1, 1
+
     def _send(self, job: Job, pending: Pending) -> tuple[str, Any]:
-        event = pending.event
         path, body = self._request(job, pending)
         try:
-            suffix = pending.key_suffix
-            if pending.renewals:
-                suffix += f"n{pending.renewals}"
-            key = wire.idempotency_key(event, suffix)
-            answer = self._client._http.send_once("POST", path, json=body, idempotency_key=key)
+            answer = self._client._http.send_once("POST", path, json=body,
+                                                  idempotency_key=self._key(pending))
         except SeennError as error:
-            if refuses_parent(error, event, job):
-                # The parent is unknown (its start may still be on its way from another
-                # process: wait a while, as below), finished, or too deep, or the child's
-                # index is taken (a retried task starting its children again): start the
-                # job on its own rather than lose it.
-                if isinstance(error, NotFoundError) \
-                        and self._clock() - pending.accepted < RESUMED_START_GRACE:
-                    pending.renewals += 1
-                    return "retry", error
-                return "unlink", error
-            return self._failed(job, pending, error)
+            return self._judge(job, pending, error)
         return "ok", answer
+
+    def _judge(self, job: Job, pending: Pending, error: SeennError) -> tuple[str, Any]:
+        """What an error answer to the event's call means: the outcome ``_settle`` takes."""
+        event = pending.event
+        if refuses_parent(error, event, job):
+            # The parent is unknown (its start may still be on its way from another
+            # process: wait a while, as below), finished, or too deep, or the child's
+            # index is taken (a retried task starting its children again): start the
+            # job on its own rather than lose it.
+            if isinstance(error, NotFoundError) \
+                    and self._clock() - pending.accepted < RESUMED_START_GRACE:
+                pending.renewals += 1
+                return "retry", error
+            return "unlink", error
+        return self._failed(job, pending, error)
 
     def _failed(self, job: Job, pending: Pending, error: SeennError) -> tuple[str, Any]:
         """What an error answer means for the event: retry, reject, gone, or done."""

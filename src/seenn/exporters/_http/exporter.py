@@ -38,6 +38,10 @@ How it works:
   ``heartbeat_interval`` gets a heartbeat: a progress call repeating what the
   backend shows, so a backend's stale limit does not end it (``heartbeat``).
   ``stale_after`` sends the job's stale limit with its start.
+* A backend that offers the ``events`` extension (``GET /v1/healthz``, asked once)
+  gets the calls of many jobs in one ``POST /v1/events`` (``max_batch_events``),
+  each job's call with its own body and key and settled by its own result; a
+  backend without it gets one call per event.
 * When a job type starts, its ETA history is fetched (``GET /v1/eta/{jobType}``,
   at most once per ``eta_history_interval``) on a thread of its own, for
   ``TrackedJob.eta`` and the console (``prior``).
@@ -149,6 +153,9 @@ class HTTPExporter(DeliveryCore):
             (``GET /v1/eta/{jobType}``, made on a thread of the exporter when a job of
             the type starts), which ``TrackedJob.eta`` and the console weigh a job's
             own pace against; ``None`` or ``0`` fetches none.
+        max_batch_events: The most calls one ``POST /v1/events`` carries (0 to 500),
+            when the backend offers that extension (fewer if it says so); 0 or 1 never
+            asks and sends one call per event.
 
     Raises:
         ValidationError: An option is out of range (the error names it).
@@ -174,6 +181,7 @@ class HTTPExporter(DeliveryCore):
         heartbeat_interval: float | None = 60.0,
         stale_after: float | None = None,
         eta_history_interval: float | None = DEFAULT_INTERVAL,
+        max_batch_events: int = 100,
     ) -> None:
         from seenn._client.client import SeennClient
         from seenn._core.validation import MAX_STALE_AFTER, MIN_STALE_AFTER, fail
@@ -186,6 +194,11 @@ class HTTPExporter(DeliveryCore):
             fail("delivery_timeout", "must be positive")
         if max_pending_jobs < 1:
             fail("max_pending_jobs", "must be at least 1")
+        if isinstance(max_batch_events, bool) or not isinstance(max_batch_events, int) \
+                or not 0 <= max_batch_events <= 500:
+            # Each result is a whole job (metadata up to 10 KB): 500 of them stay well
+            # under the client's 8 MiB cap on an answer.
+            fail("max_batch_events", "must be an integer from 0 to 500")
         if heartbeat_interval is not None and not (
                 _is_number(heartbeat_interval) and math.isfinite(heartbeat_interval)
                 and heartbeat_interval >= 0):
@@ -209,6 +222,7 @@ class HTTPExporter(DeliveryCore):
         self.max_concurrency = max_concurrency
         self.delivery_timeout = delivery_timeout
         self.max_pending_jobs = max_pending_jobs
+        self.max_batch_events = max_batch_events
         self.heartbeat_interval = float(heartbeat_interval) if heartbeat_interval else None
         self.stale_after = int(stale_after) if stale_after is not None else None
         self.eta_history_interval = (float(eta_history_interval) if eta_history_interval

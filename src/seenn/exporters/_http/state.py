@@ -25,7 +25,10 @@ class DeliveryStats:
     Attributes:
         accepted: Events taken by ``export()``.
         delivered: Events the backend acknowledged.
-        requests: HTTP calls made (attempts included).
+        requests: HTTP calls made (attempts included; a ``POST /v1/events`` carrying
+            many events counts once).
+        batches: ``POST /v1/events`` calls answered, each carrying the calls of many
+            jobs (see ``max_batch_events``).
         retries: Attempts that failed and were retried.
         coalesced: Progress events replaced by a newer one before they were sent.
         rejected: Events the backend refused for good (400/401/403/404/409) and
@@ -50,6 +53,7 @@ class DeliveryStats:
     accepted: int = 0
     delivered: int = 0
     requests: int = 0
+    batches: int = 0
     retries: int = 0
     coalesced: int = 0
     rejected: int = 0

@@ -14,7 +14,8 @@ from seenn._core.models import JobError
 if TYPE_CHECKING:
     from seenn._core.events import JobEvent
 
-__all__ = ["ANONYMOUS_USER", "assigned_id", "idempotency_key", "request"]
+__all__ = ["ANONYMOUS_USER", "assigned_id", "batch_entry", "events_limits", "idempotency_key",
+           "request"]
 
 ANONYMOUS_USER = "anonymous"
 _PRIVATE_DETAILS = ("traceback", "chain")
@@ -96,6 +97,36 @@ def request(event: JobEvent, *, server_id: str | None, parent_ref: str | None,
     if event.retryable is not None:
         body["retryable"] = event.retryable
     return target + "/fail", body
+
+
+_BATCH_TYPES = {"started": "start", "progress": "progress", "completed": "complete",
+                "failed": "fail"}
+
+
+def batch_entry(event: JobEvent, body: dict[str, Any], key: str,
+                server_id: str | None) -> dict[str, Any]:
+    """The entry of ``POST /v1/events`` that stands for the single call of ``event``.
+
+    ``body`` and ``key`` are the single call's (from :func:`request` and
+    :func:`idempotency_key`), so the backend answers and stores it as that call.
+    """
+    entry: dict[str, Any] = {"type": _BATCH_TYPES[event.kind], "idempotencyKey": key,
+                             "body": body}
+    if event.kind != "started":
+        entry["jobId"] = server_id or event.job_id
+    return entry
+
+
+def events_limits(answer: Any) -> tuple[int, int] | None:
+    """``(maxEvents, maxBytes)`` of the ``events`` extension a ``/healthz`` answer offers."""
+    extensions = answer.get("extensions") if isinstance(answer, Mapping) else None
+    offer = extensions.get("events") if isinstance(extensions, Mapping) else None
+    if not isinstance(offer, Mapping):
+        return None
+    most, size = offer.get("maxEvents"), offer.get("maxBytes")
+    if type(most) is not int or most < 2:
+        return None
+    return most, size if type(size) is int and size > 0 else 0
 
 
 def assigned_id(answer: Any, job_id: str) -> str | None:
