@@ -133,7 +133,7 @@ def serving_pid(conn: socket.socket, pids: set[int]) -> int | None:
     return None
 
 
-def start_serve(db: Path, workers: int = 3, *args: str,
+def start_serve(db: Path | str, workers: int = 3, *args: str,
                 keys: bool = True) -> Served:
     """`seenn serve --workers N` on a free port, once its listening line is printed."""
     key_args = ["--api-key", SECRET, "--public-key", PUBLIC] if keys else []

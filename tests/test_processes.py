@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import seenn
 from seenn.errors import ValidationError
 from seenn.exporters import HTTPExporter, SimpleProcessor
 from seenn.server import WSGIServer
+from seenn.server._engines import open_store
 from seenn.server.wsgi import ProcessApp, create_app_from_env, settings_from_env
 from tests.polling import wait_until
 from tests.processes import (
@@ -39,10 +39,10 @@ AUTH = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
 
 
 @pytest.fixture(params=["serve", "gunicorn"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
-    """Three worker processes on one new SQLite file: `seenn serve --workers` or gunicorn."""
+def backend(request: pytest.FixtureRequest, db: str) -> Iterator[Served]:
+    """Three worker processes on one new database (each engine): `serve --workers`, gunicorn."""
     start = start_serve if request.param == "serve" else start_gunicorn
-    served = start(tmp_path / "procs.db", 3)
+    served = start(db, 3)
     try:
         yield served
     finally:
@@ -219,9 +219,8 @@ def test_a_killed_serve_worker_is_reported_and_replaced(tmp_path: Path) -> None:
             served.kill()
 
 
-def test_serve_workers_on_a_new_database_make_one_key_pair(tmp_path: Path) -> None:
+def test_serve_workers_on_a_new_database_make_one_key_pair(db: str) -> None:
     """Without keys, a new database gets one key pair, printed once, valid at every worker."""
-    db = tmp_path / "fresh.db"
     served = start_serve(db, 3, keys=False)
     try:
         secrets = [line for line in served.seen if "secret key" in line]
@@ -237,13 +236,20 @@ def test_serve_workers_on_a_new_database_make_one_key_pair(tmp_path: Path) -> No
     finally:
         if served.proc.poll() is None:
             served.kill()
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM apps").fetchone() == (1,)
+    assert _apps(db) == 1
 
 
-def test_gunicorn_workers_on_a_new_database_register_one_app(tmp_path: Path) -> None:
+def _apps(db: str) -> int:
+    """How many apps the database holds, read with the store itself (either engine)."""
+    store = open_store(db)
+    try:
+        return len(store.signing_keys())
+    finally:
+        store.close()
+
+
+def test_gunicorn_workers_on_a_new_database_register_one_app(db: str) -> None:
     """Four gunicorn workers booting together on a new database register the pair once."""
-    db = tmp_path / "fresh.db"
     served = start_gunicorn(db, 4)
     try:
         for conn in _on_workers(served, 2):
@@ -254,8 +260,7 @@ def test_gunicorn_workers_on_a_new_database_register_one_app(tmp_path: Path) -> 
             conn.close()
     finally:
         served.stop()
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM apps").fetchone() == (1,)
+    assert _apps(db) == 1
 
 
 def test_gunicorn_with_preload_serves_from_apps_made_after_the_fork(tmp_path: Path) -> None:
@@ -441,6 +446,7 @@ def test_serve_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
 _FAILING_WORKERS = """
 import os, sys
 import seenn.server
+from seenn.server._engines import open_store
 from seenn._cli.main import main
 
 parent, real = os.getpid(), seenn.server.create_app

@@ -529,9 +529,10 @@ class SeennServerApp:
     def _post(self, route: tuple[str, ...], app_id: str, environ: Mapping[str, Any]) -> Response:
         body = read_json(environ, self.max_body_bytes)
         key = check_key(environ.get("HTTP_IDEMPOTENCY_KEY"), "Idempotency-Key")
-        with self.store.write(app_id) as tx:
-            # A refusal is committed too: its answer is stored for replay.
-            done = apply_write(tx, app_id, route, body, key, self._stale)
+        # A refusal is committed too: its answer is stored for replay. A write that
+        # PostgreSQL ends as deadlocked runs again from the start.
+        done = self.store.transact(
+            app_id, lambda tx: apply_write(tx, app_id, route, body, key, self._stale))
         if done.failure is not None:
             raise done.failure
         if done.replayed:
