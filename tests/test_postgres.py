@@ -8,6 +8,8 @@ process, so the writes of one job arrive at different processes.
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -285,3 +287,23 @@ def test_two_writes_that_deadlock_both_land(postgres: PostgresServer) -> None:
             assert [tx.get(j).data["n"] for j in ("x", "y")] == [2, 2]  # type: ignore[union-attr]
     finally:
         store.close()
+
+
+def test_serve_never_prints_the_database_password(postgres: PostgresServer,
+                                                  tmp_path: Path) -> None:
+    """The listening line and a failed start show the URL with its password masked."""
+    url = postgres.new_database().replace("seenn@", "seenn:hunter2-secret@")
+    served = start_server(tmp_path, db=url)
+    try:
+        assert served.process.stdout is not None
+    finally:
+        stop_server(served)
+    printed = "".join(served.lines)
+    assert "seenn:***@127.0.0.1" in printed and "hunter2" not in printed
+    closed = f"postgresql://seenn:hunter2-secret@127.0.0.1:{_closed_port()}/x"
+    result = subprocess.run([sys.executable, "-m", "seenn", "serve", "--port", "0", "--db",
+                             closed, "--api-key", SECRET], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "db" in result.stderr

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ class Served:
     public: str
     process: subprocess.Popen[str]
     db: Path | str
+    lines: list[str] = field(default_factory=list)  # what it printed until it listened
 
     @property
     def url(self) -> str:
@@ -125,7 +126,7 @@ def start_server(tmp_path: Path, *extra: str, db: str | Path | None = None) -> S
         seen.append(line)
         match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
         if match:
-            return Served("127.0.0.1", int(match.group(1)), SECRET, PUBLIC, process, db)
+            return Served("127.0.0.1", int(match.group(1)), SECRET, PUBLIC, process, db, seen)
     process.kill()
     raise AssertionError("seenn serve did not start:\n" + "".join(seen))
 

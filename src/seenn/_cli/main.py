@@ -19,6 +19,7 @@ from seenn._cli.workers import MAX_WORKERS
 from seenn._core.validation import MAX_STALE_AFTER, MIN_STALE_AFTER
 from seenn._version import __version__
 from seenn.errors import SeennError
+from seenn.server._engines import shown_db
 from seenn.server._writes import DEFAULT_MAX_EVENTS, MAX_EVENTS_LIMIT
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except SeennError as error:
             raise CLIError(f"serve: {error.message}", 2) from None
         except (OSError, sqlite3.Error) as error:
-            raise CLIError(f"serve: cannot open database {args.db}: {error}") from None
+            raise CLIError(f"serve: cannot open database {shown_db(args.db)}: {error}") from None
 
     try:
         app = open_app(api_key, public_key)
@@ -109,7 +110,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
              if args.stale_after else "")
     processes = f", {args.workers} worker processes" if args.workers > 1 else ""
     listening = (f"seenn serve {__version__}: listening on {server.url} (the base_url for "
-                 f"clients; database {args.db}{rate}{stale}{processes}); Ctrl-C stops\n")
+                 f"clients; database {shown_db(args.db)}{rate}{stale}{processes}); Ctrl-C stops\n")
     if args.workers > 1:
         # The workers open the database themselves after the fork, with the keys now
         # registered: nothing is carried across the fork, and none makes keys of its own.

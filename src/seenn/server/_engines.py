@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from seenn.server._store import SQLiteStore, Store
 
@@ -21,3 +22,17 @@ def open_store(db: str, **options: Any) -> Store:
         store: Store = PostgresStore(db, **options)
         return store
     return SQLiteStore(db, **options)
+
+
+def shown_db(db: str) -> str:
+    """``db`` fit to print or log: the password of a URL is masked (``***``)."""
+    try:
+        parts = urlsplit(db)
+        password = parts.password
+    except ValueError:
+        return db
+    if not parts.scheme.startswith("postgres") or password is None:
+        return db
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
