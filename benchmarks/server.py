@@ -14,10 +14,10 @@ With ``--workers 1,2,4`` it measures instead how single-event writes (one
 the HTTP exporter sends them), and reads (``GET /jobs/{id}``) for comparison, scale
 with server processes: ``seenn serve --workers N`` for each N, and with
 ``--gunicorn`` also gunicorn (gthread, ``-w N``) serving ``seenn.server.wsgi:app``.
-All processes of a run share one database: a fresh
-temporary SQLite file per run, or ``--db`` (a path or a URL, passed through as it
-is, e.g. a PostgreSQL URL). The load comes from ``--client-processes`` processes
-(default 2) so that the client's GIL is not the limit.
+All processes of a run share one database: a fresh temporary SQLite file per run, or
+``--db`` (a path or a URL, passed through as it is, e.g. a PostgreSQL URL). The load
+comes from ``--client-processes`` processes (default 2) so that the client's GIL is
+not the limit.
 
     python benchmarks/server.py --workers 1,2,4 [--gunicorn] [--threads 16] [--seconds 3]
 

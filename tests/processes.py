@@ -72,11 +72,17 @@ class Served:
         return self.proc.wait(timeout=60)
 
     def kill(self) -> None:
-        """Kill the main process and its workers (cleanup after a failed test)."""
-        for pid in [*self.workers(), self.proc.pid]:
+        """Kill the main process, then its workers (cleanup after a failed test).
+
+        The main process goes first: alive, it would replace a killed worker.
+        """
+        workers = self.workers()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+        for pid in workers | self.workers():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=60)
 
 
 def children(parent: int) -> set[int]:
