@@ -25,6 +25,7 @@ from seenn.conformance import format_table, run_checks
 from seenn.server import WSGIServer
 from seenn.server._engines import open_store
 from seenn.server._postgres import PostgresStore
+from seenn.server._store import Store
 from tests.adversarial.conftest import PUBLIC, SECRET, Served, start_server, stop_server
 from tests.pg import PostgresServer
 from tests.polling import wait_until
@@ -307,3 +308,28 @@ def test_serve_never_prints_the_database_password(postgres: PostgresServer,
     assert result.returncode != 0
     assert "hunter2" not in result.stdout + result.stderr
     assert "db" in result.stderr
+
+
+def test_apps_made_together_on_a_new_database_register_one_pair(
+        db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three apps that all find a new database empty, made at once: one pair, one maker."""
+    racers = 3
+    all_looked = threading.Barrier(racers)
+    looked_up = Store.apps
+
+    def apps(store: Store) -> dict[str, tuple[str, str]]:
+        found = looked_up(store)
+        if not found:
+            all_looked.wait(30)  # every racer has seen the empty database
+        return found
+
+    monkeypatch.setattr(Store, "apps", apps)
+    with ThreadPoolExecutor(racers) as pool:
+        apps_made = list(pool.map(lambda _: seenn.server.create_app(db), range(racers)))
+    try:
+        made = [app.created_keys for app in apps_made if app.created_keys is not None]
+        assert len(made) == 1
+        assert len(apps_made[0].store.signing_keys()) == 1
+    finally:
+        for app in apps_made:
+            app.close()

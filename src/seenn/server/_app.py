@@ -186,8 +186,10 @@ class SeennServerApp:
                 fail("public_key", str(error))
         elif not self.store.apps():
             secret, public = new_key("sk"), new_key("pk")
-            self.store.add_app(f"app_{key_hash(secret)[:12]}", secret, public)
-            self.created_keys = (secret, public)
+            # Another process starting on the same new database may get there first:
+            # then its pair is the one, and this process makes none.
+            if self.store.add_first_app(f"app_{key_hash(secret)[:12]}", secret, public):
+                self.created_keys = (secret, public)
         self._keys = self.store.apps()
         self._signing_keys = self.store.signing_keys()
         self._keys_loaded = time.monotonic()

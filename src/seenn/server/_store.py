@@ -612,6 +612,23 @@ class Store:
                 raise ValueError("the public key belongs to another app") from None
         return app_id
 
+    def add_first_app(self, app_id: str, secret_key: str, public_key: str) -> bool:
+        """Register a key pair as an app only if the database has no app yet.
+
+        One transaction checks and inserts, so processes starting together on a new
+        database register one pair between them. Returns whether this call did.
+        """
+        with self.write("") as tx:
+            if tx._lock is not None:
+                tx._lock("apps")
+            if tx._conn.execute("SELECT 1 FROM apps LIMIT 1").fetchone() is not None:
+                return False
+            tx._conn.execute("INSERT INTO apps (id, secret_hash, public_hash, created_at, "
+                             "signing_key) VALUES (?, ?, ?, ?, ?)",
+                             (app_id, key_hash(secret_key), key_hash(public_key), tx.now,
+                              secrets.token_hex(32)))
+        return True
+
     def stale_jobs(self, *, now: float, default: float, since: float,
                    limit: int) -> list[tuple[str, str]]:
         """``(app id, job id)`` of running jobs, in every app, silent past their stale limit.
