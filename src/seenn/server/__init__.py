@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from seenn.server._app import SeennServerApp, create_app
+from seenn.server._changes import DEFAULT_MAX_WAITERS
 from seenn.server._stale import DEFAULT_STALE_AFTER
 from seenn.server._wsgi import WSGIServer
 
@@ -51,7 +52,8 @@ class RunningServer:
 def running(db_path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: int = 0,
             api_key: str | None = None, public_key: str | None = None,
             rate_limit: int | None = None, stale_after: float = DEFAULT_STALE_AFTER,
-            clock: Callable[[], float] | None = None) -> Iterator[RunningServer]:
+            clock: Callable[[], float] | None = None,
+            max_waiters: int = DEFAULT_MAX_WAITERS) -> Iterator[RunningServer]:
     """Serve the reference backend on a background thread for the duration of a block.
 
     Args:
@@ -64,6 +66,7 @@ def running(db_path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
         stale_after: Seconds without a write after which a running job is ended as
             failed with ``WORKER_LOST``; 0 turns the server-wide limit off.
         clock: The app's time source, ``time.time`` by default (a seam for tests).
+        max_waiters: Long polls that may wait at once (0 turns them off).
 
     Yields:
         The running server: its URL and keys.
@@ -73,7 +76,7 @@ def running(db_path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
 
         api_key, public_key = new_key("sk"), public_key or new_key("pk")
     app = create_app(db_path, api_key=api_key, public_key=public_key, rate_limit=rate_limit,
-                     stale_after=stale_after, clock=clock)
+                     stale_after=stale_after, clock=clock, max_waiters=max_waiters)
     server = WSGIServer((host, port), app)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name="seenn-serve", daemon=True)

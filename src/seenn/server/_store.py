@@ -23,7 +23,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -147,6 +147,8 @@ class EtaRow:
     window: str = ""  # JSON: the recent samples; read only where asked for
 
 
+# Ids per IN (...) list: well under SQLite's oldest limit of 999 parameters.
+_IN_CHUNK = 500
 # The columns a StoredJob is read from, in the order of its fields.
 _JOB_COLUMNS = ("seq, data, start_hash, expires_at, parent_id, aggregate, idle_since, "
                 "stale_after, eta")
@@ -191,6 +193,8 @@ class Transaction:
         self._conn = conn
         self.app_id = app_id
         self.now = now
+        # The ids of the jobs this transaction wrote: told to Store.on_commit afterwards.
+        self.changed: set[str] = set()
 
     def get(self, job_id: str) -> StoredJob | None:
         """The live (unexpired) job with this id in this app."""
@@ -198,6 +202,20 @@ class Transaction:
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app_id = ? AND id = ? AND expires_at > ?",
             (self.app_id, job_id, self.now)).fetchone()
         return None if row is None else _stored(row)
+
+    def get_many(self, job_ids: Collection[str]) -> dict[str, StoredJob]:
+        """The live jobs of this app among ``job_ids`` (at most a few hundred), by id."""
+        found: dict[str, StoredJob] = {}
+        ids = list(dict.fromkeys(job_ids))
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start:start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT {_JOB_COLUMNS}, id FROM jobs WHERE app_id = ? AND expires_at > ? "
+                f"AND id IN ({marks})", (self.app_id, self.now, *chunk)).fetchall()
+            for row in rows:
+                found[str(row[-1])] = _stored(row)
+        return found
 
     def insert(self, job: dict[str, Any], *, start_hash: str, expires_at: float,
                eta: str | None = None) -> None:
@@ -212,6 +230,7 @@ class Transaction:
             (self.app_id, job["id"], job["userId"], parent.get("parentJobId"),
              parent.get("childIndex"), start_hash, expires_at, _dump(job),
              job.get("status") in FINISHED, _idle_since(job, self.now), _own_limit(job), eta))
+        self.changed.add(job["id"])
 
     def update(self, job: dict[str, Any], *, aggregate: dict[str, Any] | None = None,
                eta: str | None = None) -> None:
@@ -231,6 +250,7 @@ class Transaction:
             extra += (eta,)
         self._conn.execute(sql + " WHERE app_id = ? AND id = ?",
                            (*columns, *extra, self.app_id, job["id"]))
+        self.changed.add(job["id"])
 
     # ETA statistics -------------------------------------------------------------------
 
@@ -421,6 +441,9 @@ class Store:
         self._lock = threading.Lock()
         self._closed = False
         self._last_purge = 0.0
+        # Called after each write transaction that changed jobs commits, with the app id
+        # and the ids: the change feed of long polls listens here. Must not raise or block.
+        self.on_commit: list[Callable[[str, frozenset[str]], None]] = []
         # The time source of TTLs and timestamps; tests move it forward.
         self.clock = time.time
         _create_private(path)
@@ -474,15 +497,63 @@ class Store:
 
     @contextmanager
     def write(self, app_id: str) -> Iterator[Transaction]:
-        """An atomic read-modify-write of an app's jobs."""
+        """An atomic read-modify-write of an app's jobs.
+
+        Once it commits, each ``on_commit`` callback is told which jobs it wrote.
+        """
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
+            tx = Transaction(conn, app_id, self.clock())
             try:
-                yield Transaction(conn, app_id, self.clock())
+                yield tx
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        if tx.changed:
+            changed = frozenset(tx.changed)
+            for callback in self.on_commit:
+                callback(app_id, changed)
+
+    def versions(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """A fingerprint of each live job among ``(app id, job id)`` keys, in any app.
+
+        Equal fingerprints mean the stored document did not change (in this process's
+        view); a job that is gone is left out. The change feed compares them to find
+        what other processes wrote.
+        """
+        by_app: dict[str, list[str]] = {}
+        for app_id, job_id in dict.fromkeys(keys):
+            by_app.setdefault(app_id, []).append(job_id)
+        found: dict[tuple[str, str], int] = {}
+        now = self.clock()
+        with self._connection() as conn:
+            # By app and id: the (app_id, id) index answers it, whatever the table's size.
+            for app_id, ids in by_app.items():
+                for start in range(0, len(ids), _IN_CHUNK):
+                    chunk = ids[start:start + _IN_CHUNK]
+                    marks = ", ".join("?" * len(chunk))
+                    for job_id, data in conn.execute(
+                            f"SELECT id, data FROM jobs WHERE app_id = ? AND expires_at > ? "
+                            f"AND id IN ({marks})", (app_id, now, *chunk)):
+                        found[(app_id, job_id)] = hash(data)
+        return found
+
+    def commit_counter(self) -> Callable[[], int] | None:
+        """A cheap reading that changes whenever another connection commits, or ``None``.
+
+        SQLite's ``data_version`` on a connection of its own: polling it costs no read of
+        the tables. Call the result from one thread only; it opens its connection on
+        first use (so after a fork, a new counter opens its own).
+        """
+        conn: list[sqlite3.Connection] = []
+
+        def read() -> int:
+            if not conn:
+                conn.append(self._open())
+            return int(conn[0].execute("PRAGMA data_version").fetchone()[0])
+
+        return read
 
     # Apps and keys ------------------------------------------------------------------
 
