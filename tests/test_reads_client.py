@@ -215,3 +215,31 @@ def test_cli_watch_waits_in_the_backend(backend: RunningServer,
     assert result == [0]
     lines = out.getvalue().splitlines()
     assert lines[-1] == "completed" and "Rendering" in lines[1]
+
+
+@pytest.mark.parametrize("value", ["-1", "10001", "x", "1.5", ""])
+def test_serve_refuses_max_waiters_out_of_range(tmp_path: Path, value: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--max-waiters takes 0 to 10,000; anything else is exit 2, no database."""
+    from seenn._cli.main import main
+
+    db = tmp_path / "never.db"
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--port", "0", "--db", str(db), "--max-waiters", value])
+    assert exited.value.code == 2
+    assert "argument --max-waiters" in capsys.readouterr().err
+    assert not db.exists()
+
+
+def test_serve_refuses_as_many_waiters_as_connections(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Waiters hold connections: --max-waiters must stay below --max-connections."""
+    from seenn._cli.main import build_parser, main
+
+    db = tmp_path / "never.db"
+    assert main(["serve", "--port", "0", "--db", str(db), "--max-connections", "8",
+                 "--max-waiters", "8"]) == 2
+    assert "--max-waiters must be below --max-connections" in capsys.readouterr().err
+    assert not db.exists()
+    assert build_parser().parse_args(["serve"]).max_waiters == 64
+    assert build_parser().parse_args(["serve", "--max-waiters", "0"]).max_waiters == 0

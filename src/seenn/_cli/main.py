@@ -60,6 +60,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "SEENN_SERVER_RATE_LIMIT")
     if rate_limit is not None and rate_limit < 1:
         raise CLIError("--rate-limit must be at least 1", 2)
+    if args.max_waiters >= args.max_connections:
+        # Waiters hold connections: at the cap, writes could not get in until one ends.
+        raise CLIError("--max-waiters must be below --max-connections", 2)
     # Bind before the database is opened: a busy port must not leave behind a new
     # database whose key pair was never shown. Requests wait until the app is set.
     try:
@@ -72,7 +75,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(args.db, api_key=api_key, public_key=public_key,
                          rate_limit=rate_limit, cors_origin=args.cors_origin or None,
-                         stale_after=args.stale_after)
+                         stale_after=args.stale_after, max_waiters=args.max_waiters)
     except SeennError as error:
         server.server_close()
         raise CLIError(f"serve: {error.message}", 2) from None
@@ -109,6 +112,16 @@ def _at_least_one(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _waiters(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 10000, got {text!r}")
     return value
 
 
@@ -177,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="end a running job that has had no update for this long as "
                             "failed with WORKER_LOST (its worker is gone); 0 turns it off "
                             "for jobs that set no limit of their own (default: 300)")
+    serve.add_argument("--max-waiters", type=_waiters, default=64, metavar="N",
+                       help="long polls (GET ...?wait=) that may wait at once, each holding "
+                            "a connection's thread; more are answered at once; 0 turns long "
+                            "polls off (default: 64; keep it well under --max-connections)")
     serve.set_defaults(func=_cmd_serve)
 
     from seenn._cli.jobs import add_commands
