@@ -477,3 +477,35 @@ def test_waiting_holds_no_database_connection(
     finally:
         for http in clients:
             http.close()
+
+
+def test_if_none_match_star_never_waits(backend: RunningServer, raw: httpx.Client,
+                                        client: seenn.SeennClient) -> None:
+    """`*` matches whatever the job becomes, so a long poll with it answers at once (304)."""
+    job = client.jobs.start("t", user_id="u", title="T")
+    # Were it to wait, the 30 s wait would outlast the 20 s timeout and fail the test.
+    got = raw.get(f"/jobs/{job.id}", params={"wait": "30"}, headers={"If-None-Match": "*"},
+                  timeout=20)
+    assert got.status_code == 304
+    assert backend.app.changes.turned_away == 0
+
+
+def test_a_failing_commit_callback_never_fails_the_write(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The write is committed before the callbacks run: one that raises is logged, the
+    others still run, and the write's caller sees no error."""
+    store = Store(str(tmp_path / "cb.db"))
+    seen: list[frozenset[str]] = []
+
+    def broken(app_id: str, ids: frozenset[str]) -> None:
+        raise RuntimeError("boom")
+
+    store.on_commit += [broken, lambda app_id, ids: seen.append(ids)]
+    with store.write("app") as tx:
+        tx.insert({"id": "j1", "userId": "u", "status": "pending"}, start_hash="h",
+                  expires_at=tx.now + 60)
+    assert seen == [frozenset({"j1"})]
+    assert "a commit callback failed" in caplog.text
+    with store.read("app") as tx:
+        assert tx.get("j1") is not None
+    store.close()

@@ -469,7 +469,8 @@ class SeennServerApp:
         A long poll waits only for a client that says what it has (``If-None-Match``),
         for at most ``wait`` seconds; turned away by the bound, it answers at once.
         """
-        if wait is None or not if_none_match:
+        if wait is None or not if_none_match or if_none_match.strip() == "*":
+            # "*" matches whatever the job becomes: nothing to wait for.
             return read()
         deadline = time.monotonic() + wait
         with self.changes.watching(app_id, job_ids) as waiter:

@@ -140,6 +140,8 @@ class ChangeFeed:
 
     def close(self) -> None:
         """Wake every waiter (they answer with what they read now) and turn new ones away."""
+        if self._pid != os.getpid():
+            self._reset()  # a fork: the parent's lock may be held by a thread gone here
         self._closed = True
         self._stopping.set()
         with self._lock:

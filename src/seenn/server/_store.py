@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
@@ -513,7 +514,12 @@ class Store:
         if tx.changed:
             changed = frozenset(tx.changed)
             for callback in self.on_commit:
-                callback(app_id, changed)
+                try:
+                    callback(app_id, changed)
+                except Exception:
+                    # The write is committed: its answer must not become an error.
+                    logging.getLogger("seenn.server").exception(
+                        "seenn serve: a commit callback failed")
 
     def versions(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """A fingerprint of each live job among ``(app id, job id)`` keys, in any app.
