@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 import seenn
@@ -17,6 +19,12 @@ from seenn._client.client import _Watch
 from seenn.server import RunningServer
 from tests.polling import wait_until
 from tests.server import RecordingServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+try:
+    from _serve import start_server
+finally:
+    sys.path.pop(0)
 
 
 @pytest.fixture
@@ -241,5 +249,19 @@ def test_serve_refuses_as_many_waiters_as_connections(
                  "--max-waiters", "8"]) == 2
     assert "--max-waiters must be below --max-connections" in capsys.readouterr().err
     assert not db.exists()
-    assert build_parser().parse_args(["serve"]).max_waiters == 64
+    assert build_parser().parse_args(["serve"]).max_waiters is None  # 64, or a quarter
     assert build_parser().parse_args(["serve", "--max-waiters", "0"]).max_waiters == 0
+
+
+
+def test_serve_defaults_to_a_quarter_of_small_connection_caps(tmp_path: Path) -> None:
+    """Without --max-waiters: 64, or a quarter of --max-connections if less (0: no wait)."""
+    from seenn._cli.main import serve_waiters
+
+    assert [serve_waiters(None, n) for n in (256, 1000, 20, 3)] == [64, 64, 5, 0]
+    assert serve_waiters(7, 8) == 7
+    served = start_server(tmp_path / "q.db", "--max-connections", "3")
+    try:
+        assert "wait" not in httpx.get(served.url + "/v1/healthz").json()["extensions"]
+    finally:
+        served.stop()

@@ -60,9 +60,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "SEENN_SERVER_RATE_LIMIT")
     if rate_limit is not None and rate_limit < 1:
         raise CLIError("--rate-limit must be at least 1", 2)
-    if args.max_waiters >= args.max_connections:
-        # Waiters hold connections: at the cap, writes could not get in until one ends.
-        raise CLIError("--max-waiters must be below --max-connections", 2)
+    max_waiters = serve_waiters(args.max_waiters, args.max_connections)
     # Bind before the database is opened: a busy port must not leave behind a new
     # database whose key pair was never shown. Requests wait until the app is set.
     try:
@@ -75,7 +73,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(args.db, api_key=api_key, public_key=public_key,
                          rate_limit=rate_limit, cors_origin=args.cors_origin or None,
-                         stale_after=args.stale_after, max_waiters=args.max_waiters)
+                         stale_after=args.stale_after, max_waiters=max_waiters)
     except SeennError as error:
         server.server_close()
         raise CLIError(f"serve: {error.message}", 2) from None
@@ -113,6 +111,21 @@ def _at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
     return value
+
+
+def serve_waiters(given: int | None, max_connections: int) -> int:
+    """The long polls ``seenn serve`` lets wait: ``--max-waiters``, or its default.
+
+    Raises:
+        CLIError: ``given`` is not below ``max_connections``.
+    """
+    if given is None:
+        # Waiters hold connections: leave most of them to writes and plain polls.
+        return min(64, max_connections // 4)
+    if given >= max_connections:
+        # At the cap, writes could not get in until a waiter ends.
+        raise CLIError("--max-waiters must be below --max-connections", 2)
+    return given
 
 
 def _waiters(text: str) -> int:
@@ -190,10 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="end a running job that has had no update for this long as "
                             "failed with WORKER_LOST (its worker is gone); 0 turns it off "
                             "for jobs that set no limit of their own (default: 300)")
-    serve.add_argument("--max-waiters", type=_waiters, default=64, metavar="N",
+    serve.add_argument("--max-waiters", type=_waiters, default=None, metavar="N",
                        help="long polls (GET ...?wait=) that may wait at once, each holding "
                             "a connection's thread; more are answered at once; 0 turns long "
-                            "polls off (default: 64; keep it well under --max-connections)")
+                            "polls off; below --max-connections (default: 64, or a quarter "
+                            "of --max-connections if less)")
     serve.set_defaults(func=_cmd_serve)
 
     from seenn._cli.jobs import add_commands
