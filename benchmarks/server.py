@@ -25,6 +25,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import tempfile
 import threading
 import time
@@ -213,13 +214,16 @@ def long_poll_latency(url: str, watch_url: str, secret: str, updates: int) -> No
         conn.close()
 
     sent: dict[int, float] = {}
+    gaps = random.Random(13)
     with seenn.track("bench-long-poll", user_id="u", title="latency") as job:
         seenn.force_flush()
         thread = threading.Thread(target=watcher, args=(job.id,), daemon=True)
         thread.start()
         for i in range(updates):
             armed.wait(30)
-            time.sleep(0.02)  # let the re-armed request reach the server and wait there
+            # Let the re-armed request reach the server and wait there; a random gap, so
+            # updates do not fall in step with the server's 25 ms poll for other processes.
+            time.sleep(gaps.uniform(0.015, 0.065))
             armed.clear()
             sent[i] = time.perf_counter()
             job.set_progress(i % 100, message=f"u{i}")

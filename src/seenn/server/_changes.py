@@ -158,7 +158,8 @@ class ChangeFeed:
         if self._closed or self.max_waiters <= 0:
             return None
         if len(self._waiters) >= self.max_waiters:
-            self.turned_away += 1
+            with self._lock:
+                self.turned_away += 1
             return None
         # Taken before the first read, so a change after it is found whenever it lands.
         baseline = None if self._versions is None else self._baseline(keys)
