@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 import seenn
 import seenn.server
 from seenn.server import RunningServer
+from seenn.server._changes import ChangeFeed
 from seenn.server._store import Store
 from tests.polling import wait_until
 
@@ -509,3 +511,26 @@ def test_a_failing_commit_callback_never_fails_the_write(
     with store.read("app") as tx:
         assert tx.get("j1") is not None
     store.close()
+
+
+def test_the_change_feed_starts_afresh_after_a_fork() -> None:
+    """A forked worker (gunicorn --preload) inherits neither the waiters nor the poll
+    thread (whose lock it may hold at the fork): its own waiter is the only one there."""
+    feed = ChangeFeed(max_waiters=4, versions=lambda keys: {}, poll_interval=0.001)
+    with feed.watching("app", ["j"]) as waiter:
+        assert waiter is not None and feed.waiting == 1
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            status = 1
+            try:
+                with feed.watching("app", ["j"]) as mine:
+                    alone = mine is not None and feed.waiting == 1
+                    feed.notify("app", ["j"])
+                    status = 0 if alone and mine is not None and mine.wait(5) else 2
+                feed.close()
+            finally:
+                os._exit(status)
+        _, code = os.waitpid(pid, 0)
+        assert feed.waiting == 1
+    assert os.waitstatus_to_exitcode(code) == 0
+    feed.close()
