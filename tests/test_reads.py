@@ -420,6 +420,7 @@ def test_many_slow_waiters_never_starve_writes(tmp_path: Path) -> None:
         wait_until(_waiting(srv, 8), what="eight long polls to wait")
         extra = [_raw_long_poll(srv, job.id, etag) for _ in range(4)]
         assert [_status(sock) for sock in extra] == [304] * 4
+        assert srv.app.changes.turned_away == 4  # answered at once, not after waiting
         others = [client.jobs.start("t", user_id="u", title=f"W{i}") for i in range(20)]
         for other in others:
             other.complete()
