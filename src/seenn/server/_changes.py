@@ -29,6 +29,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
@@ -93,6 +94,10 @@ class ChangeFeed:
         self._counter = counter
         self._closed = False
         self._reset()
+        # Reset in the child right after a fork, while it has one thread: two first
+        # requests of a new worker must not race to reset it (the pid checks remain).
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _reset_if_alive(ref))
 
     def _reset(self) -> None:
         # Per process: a fork inherits neither the waiters nor the poll thread.
@@ -241,4 +246,10 @@ class ChangeFeed:
             if seen != waiter.baseline:
                 waiter.baseline = seen
                 waiter.wake()
+
+
+def _reset_if_alive(ref: weakref.ReferenceType[ChangeFeed]) -> None:
+    feed = ref()
+    if feed is not None:
+        feed._reset()
 
