@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,8 +61,19 @@ def test_every_check_passes_against_seenn_serve(backend: RunningServer) -> None:
     """The reference backend passes every check, optional ones included."""
     results = run_checks(backend.url, backend.api_key, public_key=backend.public_key)
     assert [r for r in results if not r.passed] == []
-    assert len(results) == 22
-    assert format_table(results).endswith("22 passed, 0 failed\n")
+    assert len(results) == 24
+    assert format_table(results).endswith("24 passed, 0 failed\n")
+    notes = {r.name: r.detail for r in results}
+    assert notes["extension wait: long poll with ?wait="] == "watchers hear of a change at once"
+
+
+def test_extensions_not_offered_pass_with_a_note(tmp_path: Path) -> None:
+    """A backend that lists no `wait` extension passes its row, saying it is not offered."""
+    with seenn.server.running(tmp_path / "n.db", max_waiters=0) as srv:
+        results = {r.name: r for r in run_checks(srv.url, srv.api_key)}
+    row = results["extension wait: long poll with ?wait="]
+    assert row.passed and row.detail.startswith("not offered")
+    assert results["extension jobsByIds: GET /jobs?ids="].passed
 
 
 def test_a_broken_backend_fails_the_right_rows(backend: RunningServer) -> None:
@@ -81,13 +93,16 @@ def test_a_broken_backend_fails_the_right_rows(backend: RunningServer) -> None:
         "idempotency: one job per Idempotency-Key",
         "public key: cannot write (403)",
         "etag: If-None-Match answers 304",
+        # Without ETags neither extension can work: both say so (optional rows).
+        "extension jobsByIds: GET /jobs?ids=",
+        "extension wait: long poll with ?wait=",
     }
     assert "40.5" in failed["progress: integer progress, stage, message"].detail
     assert failed["etag: If-None-Match answers 304"].optional
     table = format_table(results)
     assert "FAIL  idempotency: one job per Idempotency-Key" in table
     assert "WARN  etag: If-None-Match answers 304" in table
-    assert table.endswith("18 passed, 3 failed\n")
+    assert table.endswith("18 passed, 3 failed\n"), table
 
 
 def test_public_key_rows_are_optional_without_a_public_key(backend: RunningServer) -> None:

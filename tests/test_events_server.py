@@ -61,6 +61,7 @@ def test_healthz_lists_the_extensions(backend: RunningServer) -> None:
         health = httpx.get(backend.url + path).json()
         assert health == {"status": "ok", "extensions": {
             "events": {"maxEvents": 500, "maxBytes": 524288},
+            "jobsByIds": {"maxIds": 100}, "wait": {"maxSeconds": 30},
             "eta": {}, "tokens": {}, "staleAfter": {}}}
 
 

@@ -320,6 +320,16 @@ def test_job_lifecycle_answers_fit_the_spec(api: Api) -> None:
     health = api("get", "/healthz").json()
     assert health["status"] == "ok"
     assert _schema_errors(health, ("components", "schemas", "Health")) == []
+    assert "jobsByIds" in health["extensions"]
+
+    batch = api("get", "/jobs", params={"ids": f"{child['id']},nope"})
+    assert _schema_errors(batch.json(), ("components", "schemas", "JobsByIds")) == []
+    assert batch.json()["missing"] == ["nope"]
+    unchanged = api("get", "/jobs", params={"ids": f"{child['id']},nope", "wait": "0.01"},
+                    headers={"If-None-Match": batch.headers["ETag"]})
+    assert unchanged.status_code == 304
+    api("get", "/jobs/{id}", path_params={"id": child["id"]}, params={"wait": "31"})
+    api("get", "/jobs", params={"ids": "", "wait": "1"})
 
 
 def test_idempotent_replays_fit_the_spec(api: Api) -> None:

@@ -218,8 +218,8 @@ def test_writes_in_one_process_are_announced_to_another(postgres: PostgresServer
     url = postgres.new_database()
     writer, listener = open_store(url), open_store(url)
     assert isinstance(listener, PostgresStore)
-    heard: list[tuple[str, str]] = []
-    listener.listen(lambda app_id, job_id: heard.append((app_id, job_id)))
+    heard: list[tuple[str, frozenset[str]]] = []
+    listener.listen(lambda app_id, job_ids: heard.append((app_id, job_ids)))
     try:
         job = {"id": "j1", "userId": "u", "status": "running"}
         def rolled_back() -> None:
@@ -232,7 +232,7 @@ def test_writes_in_one_process_are_announced_to_another(postgres: PostgresServer
         with writer.write("app") as tx:
             tx.insert(job, start_hash="h", expires_at=tx.now + 60)
         wait_until(lambda: heard, timeout=10, what="the notification")
-        assert heard == [("app", "j1")]
+        assert heard == [("app", frozenset({"j1"}))]
     finally:
         writer.close()
         listener.close()

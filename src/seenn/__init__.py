@@ -11,7 +11,7 @@ Two ways in, one data model:
 from seenn import propagation as _propagation  # noqa: F401 (registers hand_off)
 from seenn._client.client import AsyncJobs, AsyncSeennClient, Jobs, SeennClient
 from seenn._client.eta import EtaStageStats, EtaStats
-from seenn._client.resources import AsyncJob, BatchResult, Job, JobFamily, JobPage
+from seenn._client.resources import AsyncJob, BatchResult, Job, JobBatch, JobFamily, JobPage
 from seenn._core.eta import Eta
 from seenn._core.events import JobEvent
 from seenn._core.models import (
@@ -56,6 +56,7 @@ __all__ = [
     "EtaStageStats",
     "EtaStats",
     "Job",
+    "JobBatch",
     "JobError",
     "JobEvent",
     "JobFamily",

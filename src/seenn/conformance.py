@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -291,6 +292,55 @@ class _Runner:
         _expect(again.status_code == 304, f"If-None-Match answered {again.status_code}")
         return "polling clients save bandwidth"
 
+    def extension(self, name: str) -> dict[str, Any] | None:
+        """The entry of an extension in ``GET /healthz``, if the backend offers it."""
+        answer = self.call("GET", "/healthz", key=None)
+        body = answer.json() if answer.status_code == 200 else None
+        listed = body.get("extensions") if isinstance(body, dict) else None
+        entry = listed.get(name) if isinstance(listed, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    def check_jobs_by_ids(self) -> str:
+        if self.extension("jobsByIds") is None:
+            return "not offered (GET /healthz lists no jobsByIds)"
+        job = self.start("Batched read")
+        gone = f"absent-{uuid.uuid4().hex}"
+        first = self.call("GET", "/jobs", params={"ids": f"{gone},{job['id']},{job['id']}"})
+        _expect(first.status_code == 200, f"?ids= answered {first.status_code}")
+        body = first.json()
+        _expect([j.get("id") for j in body.get("jobs", [])] == [job["id"]]
+                and body.get("missing") == [gone],
+                f'expected {{"jobs": [the job], "missing": [{gone!r}]}}, got {body!r}'[:200])
+        etag = first.headers.get("ETag")
+        _expect(etag is not None, "no ETag on GET /jobs?ids=")
+        again = self.call("GET", "/jobs", params={"ids": f"{gone},{job['id']}"},
+                          headers={"If-None-Match": etag or ""})
+        _expect(again.status_code == 304, f"If-None-Match on ?ids= answered {again.status_code}")
+        return "one request for many jobs"
+
+    def check_wait(self) -> str:
+        if self.extension("wait") is None:
+            return "not offered (GET /healthz lists no wait)"
+        job = self.start("Long poll")
+        path = f"/jobs/{job['id']}"
+        etag = self.call("GET", path).headers.get("ETag") or ""
+        quiet = self.call("GET", path, params={"wait": "0.2"}, headers={"If-None-Match": etag})
+        _expect(quiet.status_code == 304, f"a long poll of an unchanged job answered "
+                                          f"{quiet.status_code}, not 304")
+        answers: list[httpx.Response] = []
+        waiter = threading.Thread(target=lambda: answers.append(self.call(
+            "GET", path, params={"wait": "5"}, headers={"If-None-Match": etag})))
+        waiter.start()
+        try:
+            moved = self.call("POST", f"{path}/progress", {"progress": 7})
+            _expect(moved.status_code == 200, f"progress answered {moved.status_code}")
+        finally:
+            waiter.join()
+        _expect(bool(answers) and answers[0].status_code == 200
+                and answers[0].json().get("progress") == 7,
+                "a long poll did not answer the job's change (200 with the new job)")
+        return "watchers hear of a change at once"
+
 
     def check_events(self) -> str:
         """The ``events`` extension, when ``/healthz`` offers it: answers in order, replays."""
@@ -362,6 +412,8 @@ def run_checks(base_url: str, api_key: str, *, public_key: str | None = None,
         ("errors: unknown path is 404 with an error body", runner.check_unknown_path, False),
         ("etag: If-None-Match answers 304", runner.check_etag, True),
         ("extension: POST /events answers each event, replays", runner.check_events, True),
+        ("extension jobsByIds: GET /jobs?ids=", runner.check_jobs_by_ids, True),
+        ("extension wait: long poll with ?wait=", runner.check_wait, True),
     ]
     try:
         for name, check, optional in checks:

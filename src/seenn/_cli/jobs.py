@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TextIO
@@ -140,43 +139,50 @@ def _utc_now() -> datetime:
 
 def watch(client: SeennClient, job_id: str, *, interval: float, out: TextIO,
           tty: bool, now: Callable[[], datetime] = _utc_now) -> int:
-    """Poll a job until it ends, drawing its progress; 0 if it completed, 1 otherwise.
+    """Follow a job until it ends, drawing its progress; 0 if it completed, 1 otherwise.
 
     A running job's line ends with the time left by the backend's estimate. On a
     terminal the line is redrawn whenever it changes; otherwise a line is written
-    when the job changes (the countdown alone does not add lines).
+    when the job changes (the countdown alone does not add lines). A backend that
+    offers long polls answers as soon as the job changes; on a terminal a read then
+    waits at most ``interval`` seconds, so the countdown still moves. Otherwise the
+    job is read every ``interval`` seconds.
     """
     last = last_bar = ""
-    while True:
-        try:
-            job = client.jobs.get(job_id)
-        except NotFoundError:
-            if tty and last:
-                out.write("\n")
-            raise _fail(f"job {job_id} not found (or expired)") from None
-        bar = _bar(job)
-        left = time_left(job, now())
-        line = f"{bar}  {left}" if left else bar
-        if line != last and (tty or bar != last_bar):
-            if tty:
-                out.write("\r\x1b[2K" + line)
-            else:
-                out.write(line + "\n")
-            out.flush()
-            last, last_bar = line, bar
-        if job.is_terminal:
-            if tty:
-                out.write("\n")
-            if job.status == "completed":
-                url = f": {job.result.url}" if job.result and job.result.url else ""
-                out.write(f"completed{url}\n")
-                return 0
-            if job.error is not None:
-                out.write(f"{job.status}: {job.error.code}: {job.error.message}\n")
-            else:
-                out.write(f"{job.status}\n")
-            return 1
-        time.sleep(interval)
+    wait = min(interval, 30.0) if tty else 30.0
+    try:
+        for job in client.jobs.watch(job_id, interval=interval, wait=wait, unchanged=True):
+            bar = _bar(job)
+            left = time_left(job, now())
+            line = f"{bar}  {left}" if left else bar
+            if line != last and (tty or bar != last_bar):
+                if tty:
+                    out.write("\r\x1b[2K" + line)
+                else:
+                    out.write(line + "\n")
+                out.flush()
+                last, last_bar = line, bar
+            if job.is_terminal:
+                return _ended(job, out, tty)
+    except NotFoundError:
+        if tty and last:
+            out.write("\n")
+        raise _fail(f"job {job_id} not found (or expired)") from None
+    raise AssertionError("watch() ends with a terminal job")  # pragma: no cover
+
+
+def _ended(job: Job, out: TextIO, tty: bool) -> int:
+    if tty:
+        out.write("\n")
+    if job.status == "completed":
+        url = f": {job.result.url}" if job.result and job.result.url else ""
+        out.write(f"completed{url}\n")
+        return 0
+    if job.error is not None:
+        out.write(f"{job.status}: {job.error.code}: {job.error.message}\n")
+    else:
+        out.write(f"{job.status}\n")
+    return 1
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
@@ -228,7 +234,8 @@ def add_commands(commands: Any) -> None:
                                      "1 when it fails.")
     wat.add_argument("job_id", metavar="ID")
     wat.add_argument("--interval", type=float, default=1.0,
-                     help="seconds between polls (default 1)")
+                     help="seconds between polls (default 1); a backend that offers long "
+                          "polls answers as soon as the job changes")
     _add_connection(wat)
     wat.set_defaults(func=_cmd_watch)
 

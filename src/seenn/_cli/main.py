@@ -68,6 +68,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise CLIError("--rate-limit must be at least 1", 2)
     if args.workers > 1 and not hasattr(os, "fork"):
         raise CLIError("serve: --workers needs os.fork (Linux, macOS, other Unix)", 2)
+    max_waiters = serve_waiters(args.max_waiters, args.max_connections)
     # Bind before the database is opened: a busy port must not leave behind a new
     # database whose key pair was never shown. Requests wait until the app is set.
     try:
@@ -82,7 +83,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         try:
             return create_app(args.db, api_key=api_key, public_key=public_key,
                               rate_limit=rate_limit, cors_origin=args.cors_origin or None,
-                              stale_after=args.stale_after, max_events=args.max_events)
+                              stale_after=args.stale_after, max_events=args.max_events,
+                              max_waiters=max_waiters)
         except SeennError as error:
             raise CLIError(f"serve: {error.message}", 2) from None
         except (OSError, sqlite3.Error) as error:
@@ -182,6 +184,31 @@ def _worker_count(text: str) -> int:
     return value
 
 
+def serve_waiters(given: int | None, max_connections: int) -> int:
+    """The long polls ``seenn serve`` lets wait: ``--max-waiters``, or its default.
+
+    Raises:
+        CLIError: ``given`` is not below ``max_connections``.
+    """
+    if given is None:
+        # Waiters hold connections: leave most of them to writes and plain polls.
+        return min(64, max_connections // 4)
+    if given >= max_connections:
+        # At the cap, writes could not get in until a waiter ends.
+        raise CLIError("--max-waiters must be below --max-connections", 2)
+    return given
+
+
+def _waiters(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 10000, got {text!r}")
+    return value
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -268,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="N",
                        help="the most job events one POST /v1/events may carry; 0 turns "
                             "that extension off (default: 500)")
+    serve.add_argument("--max-waiters", type=_waiters, default=None, metavar="N",
+                       help="long polls (GET ...?wait=) that may wait at once, each holding "
+                            "a connection's thread; more are answered at once; 0 turns long "
+                            "polls off; below --max-connections (default: 64, or a quarter "
+                            "of --max-connections if less)")
     serve.set_defaults(func=_cmd_serve)
 
     from seenn._cli.jobs import add_commands

@@ -304,3 +304,63 @@ def check_batch(child_titles: Sequence[str]) -> builtins.list[str]:
                              f"got {len(child_titles)}")
     return [check_text(f"child_titles[{i}]", title, max_len=MAX_TITLE)
             for i, title in enumerate(child_titles)]
+
+
+# Batched reads and long polls (extensions a backend advertises in GET /healthz) -----
+
+MAX_WATCH_WAIT = 30.0
+
+
+def check_ids(job_ids: object) -> builtins.list[str]:
+    """The ids of a batched read, checked, repeats dropped, in the order first given."""
+    if isinstance(job_ids, (str, bytes)) or not isinstance(job_ids, Sequence):
+        fail("job_ids", f"must be a sequence of job ids, not {type(job_ids).__name__}")
+    ids: builtins.list[str] = []
+    for index, job_id in enumerate(job_ids):
+        text = check_text(f"job_ids[{index}]", job_id, max_len=255)
+        if "," in text:
+            # Commas separate the ids of ?ids=; such an id can only be read alone.
+            fail(f"job_ids[{index}]", "holds a comma: read such a job with get()")
+        ids.append(text)
+    return builtins.list(dict.fromkeys(ids))
+
+
+def ids_shape(data: object) -> str | None:
+    """Check a decoded answer is a batched read (``{"jobs": [...], "missing": [...]}``)."""
+    if isinstance(data, Mapping) and _jobs_ok(data.get("jobs")):
+        missing = data.get("missing", [])
+        if isinstance(missing, builtins.list) and all(isinstance(m, str) for m in missing):
+            return None
+    return "a batched read ({\"jobs\": [job, ...], \"missing\": [id, ...]})"
+
+
+def offered(extensions: Mapping[str, Any], name: str, field: str) -> float | None:
+    """The positive number ``field`` of extension ``name`` if the backend offers it."""
+    entry = extensions.get(name)
+    value = entry.get(field) if isinstance(entry, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        return None
+    return float(value)
+
+
+def extensions_of(data: object) -> dict[str, Any]:
+    """The ``extensions`` of a ``GET /healthz`` answer (none if it has no such object)."""
+    if isinstance(data, Mapping) and isinstance(data.get("extensions"), Mapping):
+        return dict(data["extensions"])
+    return {}
+
+
+def check_watch(interval: object, wait: object) -> tuple[float, float]:
+    """Check ``watch``'s ``interval`` (0–3600 s) and ``wait`` (0–30 s)."""
+    for name, value, most in (("interval", interval, 3600.0), ("wait", wait, MAX_WATCH_WAIT)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 < value <= most:
+            fail(name, f"must be a number of seconds above 0 and at most {most:g}, "
+                       f"got {value!r}")
+    return float(interval), float(wait)  # type: ignore[arg-type]
+
+
+def wait_param(seconds: float) -> str:
+    """``seconds`` as a ``wait`` query value (at most 3 decimals, never 0)."""
+    return f"{max(0.001, seconds):.3f}".rstrip("0").rstrip(".")
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -17,28 +18,36 @@ import httpx
 
 from seenn._client.calls import (
     check_batch,
+    check_ids,
+    check_watch,
     children_params,
+    extensions_of,
     family_shape,
+    ids_shape,
     job_shape,
     list_params,
     next_cursor,
+    offered,
     page_shape,
     parent_body,
     start_body,
     token_body,
     token_shape,
     user_token,
+    wait_param,
 )
 from seenn._client.eta import AsyncEtaStatsResource, EtaStatsResource
 from seenn._client.resources import (
     AsyncJob,
     BatchResult,
     Job,
+    JobBatch,
     JobFamily,
     JobPage,
 )
 from seenn._client.transport import (
     DEFAULT_BASE_PATH,
+    NOT_MODIFIED,
     AsyncHTTP,
     BaseClient,
     Shape,
@@ -49,10 +58,67 @@ from seenn._core.models import ChildProgressMode, Queue, Stage, UserToken
 from seenn._core.validation import (
     check_text,
 )
+from seenn.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    NotFoundError,
+    SeennError,
+    ServerError,
+)
 
 __all__ = ["AsyncJobs", "AsyncSeennClient", "Jobs", "SeennClient"]
 
 _BATCH_CONCURRENCY = 8
+# Failures that say nothing about what the backend offers: ask again next time.
+_PASSING = (APIConnectionError, APITimeoutError, ServerError)
+
+
+def _learned(http: BaseClient, answer: Any) -> dict[str, Any]:
+    http.extensions = extensions_of(answer)
+    return http.extensions
+
+
+def _batch(ids: builtins.list[str], found: builtins.list[Any]) -> tuple[
+        builtins.list[Any], builtins.list[str]]:
+    """The jobs found in the order asked (repeats once), and the ids not found."""
+    by_id = {job.id: job for job in found}
+    return ([by_id[job_id] for job_id in ids if job_id in by_id],
+            [job_id for job_id in ids if job_id not in by_id])
+
+
+class _Watch:
+    """The state of one ``watch()``, shared by the sync and async loops (sans I/O)."""
+
+    def __init__(self, job_id: str, interval: float, wait: float,
+                 extensions: Mapping[str, Any]) -> None:
+        self.path = "/jobs/" + quote_id(check_text("job_id", job_id, max_len=255))
+        self.interval = interval
+        most = offered(extensions, "wait", "maxSeconds")
+        self.hold = 0.0 if most is None else min(wait, most)
+        self.etag: str | None = None
+        self.last: dict[str, Any] | None = None
+
+    def request(self) -> tuple[dict[str, Any] | None, float]:
+        """The query and the seconds the backend may hold the next read."""
+        if self.hold and self.etag is not None:
+            return {"wait": wait_param(self.hold)}, self.hold
+        return None, 0.0
+
+    def answered(self, data: Any, etag: str | None) -> bool:
+        """Take an answer in; whether it changed the job."""
+        if data is NOT_MODIFIED or data == self.last:
+            return False
+        self.etag, self.last = etag, dict(data)
+        return True
+
+    def pause(self, changed: bool, held: float, elapsed: float) -> float:
+        """Seconds to sleep before the next read."""
+        if not held:
+            return self.interval  # plain polling
+        if changed:
+            return 0.0  # a long poll: ask again at once
+        # A 304 long before its time: the backend turned the wait away; poll, don't spin.
+        return max(0.0, self.interval - elapsed)
 
 
 class Jobs:
@@ -131,6 +197,92 @@ class Jobs:
     def get(self, job_id: str) -> Job:
         """Read one job (``GET /jobs/{id}``); raises :class:`~seenn.NotFoundError` if absent."""
         return Job(self._get("/" + quote_id(check_text("job_id", job_id, max_len=255))), self)
+
+    def _extensions(self) -> dict[str, Any]:
+        """The extensions the backend lists in ``GET /healthz`` (asked once per client)."""
+        if self._http.extensions is not None:
+            return self._http.extensions
+        try:
+            return _learned(self._http, self._http.request("GET", "/healthz"))
+        except _PASSING:
+            return {}
+        except SeennError:
+            return _learned(self._http, None)
+
+    def get_many(self, job_ids: Sequence[str]) -> JobBatch[Job]:
+        """Read several jobs at once (``GET /jobs?ids=``), e.g. every job a screen follows.
+
+        With a backend that offers batched reads (``seenn serve``: up to 100 ids a
+        request; more are split) it is one request per 100 ids; with one that does not
+        (Seenn Cloud) one ``GET /jobs/{id}`` per id.
+
+        Args:
+            job_ids: The ids, in the order the jobs should come back; repeats are read once.
+
+        Returns:
+            ``batch.jobs`` in the order asked, and ``batch.missing``: the ids of jobs the
+            key cannot read (absent, expired, or another user's for a user token).
+
+        Raises:
+            ValidationError: An id is empty, longer than 255 characters or holds a comma.
+            SeennError: The backend refused the call or could not be reached.
+        """
+        ids = check_ids(job_ids)
+        found: builtins.list[Job] = []
+        most = offered(self._extensions(), "jobsByIds", "maxIds") if ids else None
+        if most is None:
+            for job_id in ids:
+                with contextlib.suppress(NotFoundError):
+                    found.append(self.get(job_id))
+        else:
+            size = min(int(most), 100) or 1
+            for start in range(0, len(ids), size):
+                data = self._get("", {"ids": ",".join(ids[start:start + size])}, ids_shape)
+                found += [Job(job, self) for job in data["jobs"]]
+        jobs, missing = _batch(ids, found)
+        return JobBatch(jobs, missing)
+
+    def watch(self, job_id: str, *, interval: float = 1.0, wait: float = 30.0,
+              unchanged: bool = False) -> Iterator[Job]:
+        """Follow a job: yield it now, then each time it changes, until it has ended.
+
+        With a backend that offers long polls (``seenn serve``) each read waits up to
+        ``wait`` seconds for a change and answers as soon as there is one; otherwise the
+        job is read every ``interval`` seconds, with ``If-None-Match`` so an unchanged
+        job costs an empty answer. The last job yielded is terminal.
+
+        Args:
+            job_id: The job to follow.
+            interval: Seconds between two reads when polling (and the least time between
+                two reads when a backend answers a long poll at once), 0–3600.
+            wait: The longest a long poll waits for a change, 0–30 seconds.
+            unchanged: Also yield the job (as last read) after a read that found no
+                change, e.g. to redraw a countdown.
+
+        Raises:
+            ValidationError: An argument is invalid; nothing was sent.
+            NotFoundError: The job does not exist, or has expired.
+            SeennError: The backend refused a read or could not be reached.
+        """
+        interval, wait = check_watch(interval, wait)
+        state = _Watch(job_id, interval, wait, self._extensions())
+        http = self._http
+        job: Job | None = None
+        while True:
+            params, held = state.request()
+            started = http._monotonic()
+            data, etag = http.get_tagged(state.path, params=params, etag=state.etag,
+                                         wait=held, expect=job_shape)
+            changed = state.answered(data, etag)
+            if changed:
+                job = Job(data, self)
+            if job is not None and (changed or unchanged):
+                yield job
+                if job.is_terminal:
+                    return
+            pause = state.pause(changed, held, http._monotonic() - started)
+            if pause:
+                http._sleep(pause)
 
     def list(self, user_id: str, *, limit: int | None = None,
              cursor: str | None = None) -> JobPage[Job]:
@@ -299,6 +451,64 @@ class AsyncJobs:
         """Read one job; see :meth:`Jobs.get`."""
         path = "/" + quote_id(check_text("job_id", job_id, max_len=255))
         return AsyncJob(await self._get(path), self)
+
+    async def _extensions(self) -> dict[str, Any]:
+        if self._http.extensions is not None:
+            return self._http.extensions
+        try:
+            return _learned(self._http, await self._http.request("GET", "/healthz"))
+        except _PASSING:
+            return {}
+        except SeennError:
+            return _learned(self._http, None)
+
+    async def get_many(self, job_ids: Sequence[str]) -> JobBatch[AsyncJob]:
+        """Read several jobs at once; see :meth:`Jobs.get_many`."""
+        ids = check_ids(job_ids)
+        found: builtins.list[AsyncJob] = []
+        most = offered(await self._extensions(), "jobsByIds", "maxIds") if ids else None
+        if most is None:
+            gate = asyncio.Semaphore(_BATCH_CONCURRENCY)
+
+            async def one(job_id: str) -> AsyncJob | None:
+                async with gate:
+                    try:
+                        return await self.get(job_id)
+                    except NotFoundError:
+                        return None
+
+            found = [job for job in await asyncio.gather(*map(one, ids)) if job is not None]
+        else:
+            size = min(int(most), 100) or 1
+            for start in range(0, len(ids), size):
+                data = await self._get("", {"ids": ",".join(ids[start:start + size])},
+                                       ids_shape)
+                found += [AsyncJob(job, self) for job in data["jobs"]]
+        jobs, missing = _batch(ids, found)
+        return JobBatch(jobs, missing)
+
+    async def watch(self, job_id: str, *, interval: float = 1.0, wait: float = 30.0,
+                    unchanged: bool = False) -> AsyncIterator[AsyncJob]:
+        """Follow a job until it has ended (``async for``); see :meth:`Jobs.watch`."""
+        interval, wait = check_watch(interval, wait)
+        state = _Watch(job_id, interval, wait, await self._extensions())
+        http = self._http
+        job: AsyncJob | None = None
+        while True:
+            params, held = state.request()
+            started = http._monotonic()
+            data, etag = await http.get_tagged(state.path, params=params, etag=state.etag,
+                                               wait=held, expect=job_shape)
+            changed = state.answered(data, etag)
+            if changed:
+                job = AsyncJob(data, self)
+            if job is not None and (changed or unchanged):
+                yield job
+                if job.is_terminal:
+                    return
+            pause = state.pause(changed, held, http._monotonic() - started)
+            if pause:
+                await http._sleep(pause)
 
     async def list(self, user_id: str, *, limit: int | None = None,
                    cursor: str | None = None) -> JobPage[AsyncJob]:

@@ -52,7 +52,7 @@ class AsyncJobsAPI(Protocol):
 
     async def _get(self, path: str, params: Mapping[str, Any] | None = None) -> Any: ...
 
-__all__ = ["AsyncJob", "BatchResult", "Job", "JobFamily", "JobPage"]
+__all__ = ["AsyncJob", "BatchResult", "Job", "JobBatch", "JobFamily", "JobPage"]
 
 _KNOWN_FIELDS = frozenset({
     "id", "appId", "userId", "jobType", "title", "workflowId", "status", "progress",
@@ -425,6 +425,20 @@ class JobPage(Generic[JobT]):
 
     jobs: list[JobT]
     next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobBatch(Generic[JobT]):
+    """Several jobs read at once, as :meth:`~seenn.SeennClient.jobs.get_many` returns them.
+
+    Attributes:
+        jobs: The jobs found, in the order their ids were given (repeats once).
+        missing: The ids that name no job the key may read (absent, expired, another
+            app's, or for a user token another user's), in the order given.
+    """
+
+    jobs: list[JobT]
+    missing: list[str]
 
 
 @dataclass(frozen=True, slots=True)

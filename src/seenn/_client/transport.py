@@ -56,6 +56,8 @@ MAX_WAIT_SECONDS = 86_400.0
 _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
 Shape = Callable[[Any], "str | None"]
 """Checks a decoded 2xx answer: ``None`` if usable, else what the call expected instead."""
+NOT_MODIFIED: Any = object()
+"""What a conditional GET returns for a 304 answer (the client's copy is current)."""
 
 _STATUS_ERRORS: dict[int, type[SeennError]] = {
     400: ValidationError,
@@ -221,6 +223,8 @@ class BaseClient:
         self.deadline = limit
         self.debug = debug
         self.max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES
+        # The protocol extensions the backend offers (GET /healthz), once learned.
+        self.extensions: dict[str, Any] | None = None
         # Backoff: full jitter over base * 2**n, capped; Retry-After is honoured up to a cap.
         self.backoff_base = 0.5
         self.backoff_max = 8.0
@@ -258,11 +262,12 @@ class BaseClient:
             return given
         return str(uuid.uuid4()) if method == "POST" else None
 
-    def _attempt_timeout(self, started: float) -> float:
+    def _attempt_timeout(self, started: float, extra: float = 0.0) -> float:
+        """One attempt's timeout; ``extra`` is time the backend is asked to hold it (a wait)."""
         if self.deadline is None:
-            return self.timeout
-        remaining = self.deadline - (self._monotonic() - started)
-        return max(0.001, min(self.timeout, remaining))
+            return self.timeout + extra
+        remaining = self.deadline + extra - (self._monotonic() - started)
+        return max(0.001, min(self.timeout + extra, remaining))
 
     # Reading responses -------------------------------------------------------------
 
@@ -415,18 +420,26 @@ class _Call:
         "_timeout",
         "_url",
         "attempt",
+        "etag",
         "expect",
+        "extra",
     )
 
     def __init__(self, client: BaseClient, method: str, path: str, json: Any,
                  params: Mapping[str, Any] | None, idempotency_key: str | None,
-                 expect: Shape | None = None) -> None:
+                 expect: Shape | None = None, if_none_match: str | None = None,
+                 extra: float = 0.0) -> None:
         self._client = client
         self.expect = expect
         self._method = method
         self._url = client._url(path)
+        self.etag: str | None = None
+        # Seconds the backend may hold each attempt (a long poll), on top of the timeout.
+        self.extra = extra
         # One Idempotency-Key per logical call, the same on every attempt.
         headers = client._headers(client._idempotency_key(method, idempotency_key))
+        if if_none_match is not None:
+            headers["If-None-Match"] = if_none_match
         self._kwargs: dict[str, Any] = {"method": method, "url": self._url, "json": json,
                                         "params": params, "headers": headers}
         self._started = client._monotonic()
@@ -437,7 +450,7 @@ class _Call:
     def next_attempt(self) -> dict[str, Any]:
         """Return the keyword arguments of ``build_request`` for the next attempt."""
         self.attempt += 1
-        self._timeout = self._client._attempt_timeout(self._started)
+        self._timeout = self._client._attempt_timeout(self._started, self.extra)
         self._sent = self._client._monotonic()
         return {**self._kwargs, "timeout": self._timeout}
 
@@ -449,6 +462,9 @@ class _Call:
     def answered(self, response: httpx.Response, body: Body) -> tuple[bool, Any]:
         """Return ``(True, json)`` when done, ``(False, delay)`` to retry; raise to give up."""
         self._log(str(response.status_code))
+        self.etag = response.headers.get("ETag")
+        if response.status_code == 304 and "If-None-Match" in self._kwargs["headers"]:
+            return True, NOT_MODIFIED
         try:
             return True, self._client._handle_response(response, body, self.expect)
         except SeennError as error:
@@ -523,7 +539,20 @@ class SyncHTTP(BaseClient):
             idempotency_key: The key of a POST (a fresh one when omitted).
             expect: Checks the shape of a 2xx answer (``INVALID_RESPONSE`` if refused).
         """
-        call = _Call(self, method, path, json, params, idempotency_key, expect)
+        return self._run(_Call(self, method, path, json, params, idempotency_key, expect))
+
+    def get_tagged(self, path: str, *, params: Mapping[str, Any] | None = None,
+                   etag: str | None = None, wait: float = 0.0,
+                   expect: Shape | None = None) -> tuple[Any, str | None]:
+        """A GET with ``If-None-Match: etag``: ``(json or NOT_MODIFIED, the answer's ETag)``.
+
+        ``wait`` is how long the backend may hold the request (a long poll): each
+        attempt's timeout, and the call's deadline, grow by it.
+        """
+        call = _Call(self, "GET", path, None, params, None, expect, etag, wait)
+        return self._run(call), call.etag
+
+    def _run(self, call: _Call) -> Any:
         while True:
             try:
                 response, body = self._fetch(call)
@@ -587,7 +616,17 @@ class AsyncHTTP(BaseClient):
 
         The arguments are those of :meth:`SyncHTTP.request`.
         """
-        call = _Call(self, method, path, json, params, idempotency_key, expect)
+        return await self._run(_Call(self, method, path, json, params, idempotency_key,
+                                     expect))
+
+    async def get_tagged(self, path: str, *, params: Mapping[str, Any] | None = None,
+                         etag: str | None = None, wait: float = 0.0,
+                         expect: Shape | None = None) -> tuple[Any, str | None]:
+        """A conditional GET, awaited; see :meth:`SyncHTTP.get_tagged`."""
+        call = _Call(self, "GET", path, None, params, None, expect, etag, wait)
+        return await self._run(call), call.etag
+
+    async def _run(self, call: _Call) -> Any:
         while True:
             try:
                 response, body = await self._fetch(call)

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from seenn.server._app import SeennServerApp, create_app
+from seenn.server._changes import DEFAULT_MAX_WAITERS
 from seenn.server._stale import DEFAULT_STALE_AFTER
 from seenn.server._writes import DEFAULT_MAX_EVENTS
 from seenn.server._wsgi import WSGIServer
@@ -53,7 +54,8 @@ def running(db_path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
             api_key: str | None = None, public_key: str | None = None,
             rate_limit: int | None = None, stale_after: float = DEFAULT_STALE_AFTER,
             clock: Callable[[], float] | None = None,
-            max_events: int = DEFAULT_MAX_EVENTS) -> Iterator[RunningServer]:
+            max_events: int = DEFAULT_MAX_EVENTS,
+            max_waiters: int = DEFAULT_MAX_WAITERS) -> Iterator[RunningServer]:
     """Serve the reference backend on a background thread for the duration of a block.
 
     Args:
@@ -68,6 +70,7 @@ def running(db_path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
         clock: The app's time source, ``time.time`` by default (a seam for tests).
         max_events: The most events one ``POST /v1/events`` may carry; 0 turns that
             extension off, as on a backend without it.
+        max_waiters: Long polls that may wait at once (0 turns them off).
 
     Yields:
         The running server: its URL and keys.
@@ -77,7 +80,8 @@ def running(db_path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
 
         api_key, public_key = new_key("sk"), public_key or new_key("pk")
     app = create_app(db_path, api_key=api_key, public_key=public_key, rate_limit=rate_limit,
-                     stale_after=stale_after, clock=clock, max_events=max_events)
+                     stale_after=stale_after, clock=clock, max_events=max_events,
+                     max_waiters=max_waiters)
     server = WSGIServer((host, port), app)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name="seenn-serve", daemon=True)

@@ -39,6 +39,7 @@ from seenn._core.validation import (
     fail,
     format_datetime,
 )
+from seenn.server._changes import DEFAULT_MAX_WAITERS, MAX_WAIT_SECONDS, ChangeFeed
 from seenn.server._engines import open_store
 from seenn.server._errors import HTTPError, Response
 from seenn.server._eta import eta_request, shown
@@ -69,6 +70,13 @@ StartResponse = Callable[..., Any]
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 512 * 1024
+# Ids one batched read (GET /v1/jobs?ids=) may ask for, once repeats are dropped.
+MAX_IDS = 100
+_WAIT = re.compile(r"[0-9]{1,2}(?:\.[0-9]{1,3})?")
+# A public key reads what every holder of it may read: a shared cache keyed on the
+# key (Vary) may answer for a second. Anything else is one caller's: browsers only.
+_SHARED = {"Cache-Control": "public, max-age=1", "Vary": "Authorization"}
+_PRIVATE = {"Cache-Control": "private, no-cache", "Vary": "Authorization"}
 TOKEN_PREFIX = "ut_"
 DEFAULT_TOKEN_TTL = 3600
 # A token is about 100 characters and its user id; far longer is not one of ours.
@@ -145,11 +153,15 @@ class SeennServerApp:
         max_events: The most events one ``POST /v1/events`` may carry (1 to 10,000);
             0 turns that extension off (the path is then 404 and ``/healthz`` does not
             offer it), as on a backend without it.
+        max_waiters: Long polls (``?wait=``) that may wait at once in this process,
+            each holding a server thread; past it a long poll is answered at once.
+            0 turns long polls off.
 
     Attributes:
         created_keys: The ``(secret, public)`` pair made on this start, if one was
             (a new database and no keys given, or only a secret key given).
         stale_after: The server-wide stale limit in seconds (0: none).
+        changes: The change feed of long polls (``changes.waiting`` is how many wait).
 
     Raises:
         seenn.ValidationError: An option is invalid; the error names it.
@@ -160,10 +172,12 @@ class SeennServerApp:
                  max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*",
                  stale_after: float = DEFAULT_STALE_AFTER,
                  clock: Callable[[], float] | None = None,
-                 max_events: int = DEFAULT_MAX_EVENTS) -> None:
+                 max_events: int = DEFAULT_MAX_EVENTS,
+                 max_waiters: int = DEFAULT_MAX_WAITERS) -> None:
         self.stale_after = check_stale_after("stale_after", stale_after)
         self.max_events = check_int("max_events", max_events, minimum=0,
                                     maximum=MAX_EVENTS_LIMIT)
+        check_int("max_waiters", max_waiters, minimum=0, maximum=10_000)
         self.store = open_store(os.fspath(db_path))
         if clock is not None:
             self.store.clock = clock
@@ -196,6 +210,13 @@ class SeennServerApp:
         self._rate = _RateLimiter(rate_limit) if rate_limit else None
         self._stale = StalePolicy(self.stale_after, self.store.clock())
         self._sweeper = Sweeper(self.sweep, self._stale.sweep_interval)
+        # Other processes' writes: SQLite's are found by polling, PostgreSQL announces them.
+        announced = self.store.engine == "postgresql"
+        self.changes = ChangeFeed(max_waiters=max_waiters,
+                                  versions=None if announced else self.store.versions,
+                                  counter=self.store.commit_counter)
+        self.store.on_commit.append(self.changes.notify)
+        self.store.listen(self.changes.notify)
         self._health = {"status": "ok", "extensions": self.extensions()}
 
     def extensions(self) -> dict[str, dict[str, Any]]:
@@ -207,13 +228,17 @@ class SeennServerApp:
         offered: dict[str, dict[str, Any]] = {}
         if self.max_events:
             offered["events"] = {"maxEvents": self.max_events, "maxBytes": self.max_body_bytes}
+        offered["jobsByIds"] = {"maxIds": MAX_IDS}
+        if self.changes.max_waiters > 0:
+            offered["wait"] = {"maxSeconds": MAX_WAIT_SECONDS}
         offered["eta"] = {}
         offered["tokens"] = {}
         offered["staleAfter"] = {}
         return offered
 
     def close(self) -> None:
-        """Stop the sweep for silent jobs and close the database connections."""
+        """Answer the waiting long polls, stop the sweep, close the database connections."""
+        self.changes.close()
         self.stop_sweeper()
         self.store.close()
 
@@ -450,7 +475,19 @@ class SeennServerApp:
 
     def _get(self, route: tuple[str, ...], caller: _Caller,
              environ: Mapping[str, Any]) -> Response:
-        query = parse_qs(str(environ.get("QUERY_STRING", "")))
+        text = str(environ.get("QUERY_STRING", ""))
+        query = parse_qs(text)
+        # Blank values kept: "?ids=" asks for a batched read of nothing, a 400.
+        given = parse_qs(text, keep_blank_values=True)
+        if_none_match = str(environ.get("HTTP_IF_NONE_MATCH", ""))
+        if route == ("list",) and "ids" in given:
+            fields = Fields()
+            ids = fields.check("ids", lambda: _ids(given))
+            wait = fields.check("wait", lambda: _wait(given))
+            fields.raise_if_any()
+            cache = _cache(caller, wait)
+            return self._waiting(caller.app_id, ids, wait, if_none_match,
+                                 lambda: self._by_ids(caller, ids, if_none_match, cache))
         if route == ("list",):
             if caller.kind == "public":
                 # A public key ships inside apps, so anyone may hold it: it reads a job
@@ -460,34 +497,88 @@ class SeennServerApp:
                                 "(POST /v1/tokens) or a secret key")
             return self._list(caller, query)
         job_id = route[1]
-        children = None
         if route[0] == "children":
-            fields = Fields()
-            children = page(query, "c", fields)
-            fields.raise_if_any()
+            return self._family(job_id, caller, query)
+        fields = Fields()
+        wait = fields.check("wait", lambda: _wait(given))
+        fields.raise_if_any()
+        cache = _cache(caller, wait)
+        return self._waiting(caller.app_id, [job_id], wait, if_none_match,
+                             lambda: self._job(caller, job_id, if_none_match, cache))
+
+    def _waiting(self, app_id: str, job_ids: Sequence[str], wait: float | None,
+                 if_none_match: str, read: Callable[[], Response]) -> Response:
+        """``read()``, or with ``wait`` the first answer of it that is not a 304.
+
+        A long poll waits only for a client that says what it has (``If-None-Match``),
+        for at most ``wait`` seconds; turned away by the bound, it answers at once.
+        """
+        if wait is None or not if_none_match or if_none_match.strip() == "*":
+            # "*" matches whatever the job becomes: nothing to wait for.
+            return read()
+        deadline = time.monotonic() + wait
+        with self.changes.watching(app_id, job_ids) as waiter:
+            while True:
+                if waiter is not None:
+                    waiter.clear()  # before the read: a change after it wakes the wait
+                answer = read()
+                left = deadline - time.monotonic()
+                if answer[0] != 304 or waiter is None or left <= 0 or self.changes.closed:
+                    return answer
+                waiter.wait(left)
+
+    def _job(self, caller: _Caller, job_id: str, if_none_match: str,
+             cache: Mapping[str, str]) -> Response:
+        """``GET /jobs/{id}``: the job, with its ETag (304 when the client has it)."""
+
+        def read(tx: Transaction) -> tuple[Any, list[StoredJob]]:
+            stored = tx.get(job_id)
+            if stored is None or (caller.user_id is not None
+                                  and stored.data.get("userId") != caller.user_id):
+                raise HTTPError(404, "NOT_FOUND", f"job {job_id} not found")
+            return stored.data, [stored]
+
+        job = shown(self._read(caller.app_id, read), self.store.clock())
+        return _tagged(job, cache, if_none_match)
+
+    def _by_ids(self, caller: _Caller, ids: Sequence[str], if_none_match: str,
+                cache: Mapping[str, str]) -> Response:
+        """``GET /jobs?ids=``: the live jobs the caller may read, in the order asked."""
+
+        def read(tx: Transaction) -> tuple[list[Any], list[StoredJob]]:
+            found = tx.get_many(ids)
+            # A token reads its user's jobs only: another user's job is missing, as a
+            # single read of it would be a 404.
+            rows = [found[job_id] for job_id in ids if job_id in found
+                    and (caller.user_id is None
+                         or found[job_id].data.get("userId") == caller.user_id)]
+            return [row.data for row in rows], rows
+
+        jobs = self._read(caller.app_id, read)
+        now = self.store.clock()
+        present = {job["id"] for job in jobs}
+        body = {"jobs": [shown(job, now) for job in jobs],
+                "missing": [job_id for job_id in ids if job_id not in present]}
+        return _tagged(body, cache, if_none_match)
+
+    def _family(self, job_id: str, caller: _Caller, query: dict[str, list[str]]) -> Response:
+        """``GET /jobs/{id}/children``: the parent and a page of its children."""
+        fields = Fields()
+        limit, after = page(query, "c", fields)
+        fields.raise_if_any()
 
         def read(tx: Transaction) -> tuple[Response, list[StoredJob]]:
             stored = tx.get(job_id)
             if stored is None or (caller.user_id is not None
                                   and stored.data.get("userId") != caller.user_id):
                 raise HTTPError(404, "NOT_FOUND", f"job {job_id} not found")
-            if children is not None:
-                return self._children(tx, stored, caller, *children)
-            return (200, stored.data, {}), [stored]
+            return self._children(tx, stored, caller, limit, after)
 
-        status, job, headers = self._read(caller.app_id, read)
+        status, family, headers = self._read(caller.app_id, read)
         now = self.store.clock()
-        if children is not None:
-            job["parent"] = shown(job["parent"], now)
-            job["children"] = [shown(child, now) for child in job["children"]]
-            return status, job, headers
-        job = shown(job, now)
-        etag = '"' + hashlib.sha1(json.dumps(job, sort_keys=True).encode(),
-                                  usedforsecurity=False).hexdigest()[:27] + '"'
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}
-        if etag_matches(str(environ.get("HTTP_IF_NONE_MATCH", "")), etag):
-            return 304, None, headers
-        return 200, job, headers
+        family["parent"] = shown(family["parent"], now)
+        family["children"] = [shown(child, now) for child in family["children"]]
+        return status, family, headers
 
     def _list(self, caller: _Caller, query: dict[str, list[str]]) -> Response:
         raw_user = one(query, "userId")
@@ -564,6 +655,53 @@ class SeennServerApp:
         return 200, {"results": results}, {}
 
 
+def _ids(query: dict[str, list[str]]) -> list[str]:
+    """The ids of a batched read, repeats dropped, in the order first given."""
+    if any(name in query for name in ("userId", "limit", "cursor")):
+        fail("ids", "cannot be combined with userId, limit or cursor: a batched read "
+                    "answers the jobs asked for, on one page")
+    ids: list[str] = []
+    for part in ",".join(query["ids"]).split(","):
+        if not part or len(part) > 255:
+            fail("ids", "must be job ids of 1 to 255 characters, separated by commas")
+        ids.append(part)
+    distinct = list(dict.fromkeys(ids))
+    if len(distinct) > MAX_IDS:
+        fail("ids", f"at most {MAX_IDS} ids in one read, got {len(distinct)}")
+    return distinct
+
+
+def _wait(query: dict[str, list[str]]) -> float | None:
+    """The seconds of a long poll (``wait``), or ``None`` when not asked for."""
+    values = query.get("wait")
+    if values is None:
+        return None
+    text = values[0]
+    if len(values) > 1 or not _WAIT.fullmatch(text) or not 0 < float(text) <= MAX_WAIT_SECONDS:
+        fail("wait", f"must be a number of seconds above 0 and at most {MAX_WAIT_SECONDS} "
+                     "(at most 3 decimals), given once")
+    return float(text)
+
+
+def _cache(caller: _Caller, wait: float | None) -> Mapping[str, str]:
+    """The caching headers of a read: shared only for a public key's plain poll.
+
+    A long poll is never stored by a shared cache: one that answered it from storage
+    would turn every waiting client into a client polling in a loop.
+    """
+    return _SHARED if caller.kind == "public" and wait is None else _PRIVATE
+
+
+def _tagged(body: Any, cache: Mapping[str, str], if_none_match: str) -> Response:
+    """A read's answer with its ETag (a hash of the body): 304 if the client holds it."""
+    etag = '"' + hashlib.sha1(json.dumps(body, sort_keys=True).encode(),
+                              usedforsecurity=False).hexdigest()[:27] + '"'
+    headers = {"ETag": etag, **cache}
+    if etag_matches(if_none_match, etag):
+        return 304, None, headers
+    return 200, body, headers
+
+
 def _base64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
@@ -579,7 +717,8 @@ def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, cors_origin: str | None = "*",
                stale_after: float = DEFAULT_STALE_AFTER,
                clock: Callable[[], float] | None = None,
-               max_events: int = DEFAULT_MAX_EVENTS) -> SeennServerApp:
+               max_events: int = DEFAULT_MAX_EVENTS,
+               max_waiters: int = DEFAULT_MAX_WAITERS) -> SeennServerApp:
     """Create the reference backend's WSGI application on a SQLite database.
 
     Args:
@@ -595,6 +734,8 @@ def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
         clock: The time source, ``time.time`` by default (a seam for tests).
         max_events: The most events one ``POST /v1/events`` may carry (1 to 10,000);
             0 turns the extension off.
+        max_waiters: Long polls that may wait at once in this process (each holds a
+            server thread); 0 turns long polls off.
 
     Returns:
         A WSGI application; ``app.created_keys`` holds a key pair made on this start.
@@ -605,5 +746,5 @@ def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
     return SeennServerApp(db_path, api_key=api_key, public_key=public_key,
                           rate_limit=rate_limit, max_body_bytes=max_body_bytes,
                           cors_origin=cors_origin, stale_after=stale_after, clock=clock,
-                          max_events=max_events)
+                          max_events=max_events, max_waiters=max_waiters)
 

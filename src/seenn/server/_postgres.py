@@ -24,13 +24,14 @@ of ``Transaction`` is the same as on SQLite; what differs is here:
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
 from seenn._core.validation import fail
-from seenn.server._store import INDEXES, Connection, Cursor, Store
+from seenn.server._store import INDEXES, Connection, Cursor, Store, Transaction
 
 try:
     import psycopg
@@ -41,6 +42,8 @@ except ImportError:  # pragma: no cover - exercised without the extra installed
 
 SCHEMA_NAME = "seenn"
 CHANNEL = "seenn_jobs"
+# Below PostgreSQL's 8000-byte limit on a notification's payload (ids are ASCII).
+_MAX_PAYLOAD = 7900
 
 # Every schema change is a new entry, never an edit of an old one: a database records
 # the last version it ran.
@@ -169,7 +172,7 @@ class PostgresStore(Store):
         self.retry_errors = (psycopg.errors.DeadlockDetected,
                              psycopg.errors.SerializationFailure)
         self._closed = False
-        self._listeners: list[Callable[[str, str], None]] = []
+        self._listeners: list[Callable[[str, frozenset[str]], None]] = []
         self._listen_thread: threading.Thread | None = None
         self._listen_conn: Any = None
         self._url = url
@@ -233,19 +236,23 @@ class PostgresStore(Store):
     def _lock_for(self, conn: Connection, app_id: str) -> Callable[[str], None]:
         return _Locks(conn, app_id)
 
-    @contextmanager
-    def write(self, app_id: str) -> Iterator[Any]:
-        """An atomic read-modify-write; the jobs it changed are announced at commit."""
-        with super().write(app_id) as tx:
-            yield tx
-            if tx.changed:
-                tx._conn.execute("SELECT pg_notify(?, ?)",
-                                 (CHANNEL, app_id + " " + " ".join(sorted(tx.changed))))
+    def _before_commit(self, tx: Transaction) -> None:
+        """Announce the jobs the transaction changed (PostgreSQL sends it at commit)."""
+        if not tx.changed:
+            return
+        # A payload holds at most 8000 bytes: a batch of many jobs takes several.
+        payload = tx.app_id
+        for job_id in sorted(tx.changed):
+            if len(payload) + 1 + len(job_id) > _MAX_PAYLOAD:
+                tx._conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
+                payload = tx.app_id
+            payload += " " + job_id
+        tx._conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
 
     # Change hints ---------------------------------------------------------------------
 
-    def listen(self, callback: Callable[[str, str], None]) -> None:
-        """Call ``callback(app_id, job_id)`` for every job any process changes, from now on.
+    def listen(self, callback: Callable[[str, frozenset[str]], None]) -> None:
+        """Call ``callback(app_id, job_ids)`` for the jobs any process changes, from now on.
 
         One connection per process listens, on a daemon thread; a lost connection is
         opened again (changes made in between are missed: hints, not truth).
@@ -267,9 +274,13 @@ class PostgresStore(Store):
                     ready.set()
                     for note in conn.notifies():
                         app_id, _, ids = note.payload.partition(" ")
-                        for job_id in ids.split(" "):
-                            for callback in list(self._listeners):
-                                callback(app_id, job_id)
+                        changed = frozenset(ids.split(" "))
+                        for callback in list(self._listeners):
+                            try:
+                                callback(app_id, changed)
+                            except Exception:
+                                logging.getLogger("seenn.server").exception(
+                                    "seenn serve: a change listener failed")
             except Exception:  # the database went away: listen again
                 if self._closed:
                     return

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -166,6 +167,8 @@ class EtaRow:
     window: str = ""  # JSON: the recent samples; read only where asked for
 
 
+# Ids per IN (...) list: well under SQLite's oldest limit of 999 parameters.
+_IN_CHUNK = 500
 # The columns a StoredJob is read from, in the order of its fields.
 _JOB_COLUMNS = ("seq, data, start_hash, expires_at, parent_id, aggregate, idle_since, "
                 "stale_after, eta")
@@ -227,6 +230,20 @@ class Transaction:
             (self.app_id, job_id, self.now)).fetchone()
         return None if row is None else _stored(row)
 
+    def get_many(self, job_ids: Collection[str]) -> dict[str, StoredJob]:
+        """The live jobs of this app among ``job_ids`` (at most a few hundred), by id."""
+        found: dict[str, StoredJob] = {}
+        ids = list(dict.fromkeys(job_ids))
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start:start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT {_JOB_COLUMNS}, id FROM jobs WHERE app_id = ? AND expires_at > ? "
+                f"AND id IN ({marks})", (self.app_id, self.now, *chunk)).fetchall()
+            for row in rows:
+                found[str(row[-1])] = _stored(row)
+        return found
+
     def insert(self, job: dict[str, Any], *, start_hash: str, expires_at: float,
                eta: str | None = None) -> None:
         """Store a new job (with its ETA state); any expired row with the same id is replaced."""
@@ -241,6 +258,7 @@ class Transaction:
             (self.app_id, job["id"], job["userId"], parent.get("parentJobId"),
              parent.get("childIndex"), start_hash, expires_at, _dump(job),
              job.get("status") in FINISHED, _idle_since(job, self.now), _own_limit(job), eta))
+        self.changed.add(job["id"])
 
     def update(self, job: dict[str, Any], *, aggregate: dict[str, Any] | None = None,
                eta: str | None = None) -> None:
@@ -261,6 +279,7 @@ class Transaction:
             extra += (eta,)
         self._conn.execute(sql + " WHERE app_id = ? AND id = ?",
                            (*columns, *extra, self.app_id, job["id"]))
+        self.changed.add(job["id"])
 
     # ETA statistics -------------------------------------------------------------------
 
@@ -503,6 +522,9 @@ class Store:
         self._last_purge = 0.0
         # The time source of TTLs and timestamps; tests move it forward.
         self.clock: Callable[[], float] = time.time
+        # Called after each write transaction that changed jobs commits, with the app id
+        # and the ids: the change feed of long polls listens here. Must not raise or block.
+        self.on_commit: list[Callable[[str, frozenset[str]], None]] = []
 
     # The engine's part ----------------------------------------------------------------
 
@@ -545,12 +567,58 @@ class Store:
         """
         with self._connection() as conn:
             self._begin(conn, write=True)
+            tx = Transaction(conn, app_id, self.clock(), self._lock_for(conn, app_id))
             try:
-                yield Transaction(conn, app_id, self.clock(), self._lock_for(conn, app_id))
+                yield tx
+                self._before_commit(tx)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        if tx.changed:
+            changed = frozenset(tx.changed)
+            for callback in self.on_commit:
+                try:
+                    callback(app_id, changed)
+                except Exception:
+                    # The write is committed: its answer must not become an error.
+                    logging.getLogger("seenn.server").exception(
+                        "seenn serve: a commit callback failed")
+
+    def _before_commit(self, tx: Transaction) -> None:
+        """What the engine does last inside a write transaction (PostgreSQL: NOTIFY)."""
+
+    def listen(self, callback: Callable[[str, frozenset[str]], None]) -> None:
+        """Call ``callback(app_id, job_ids)`` for jobs other processes change, if the engine
+        announces them (PostgreSQL); SQLite does not, and long polls poll it instead."""
+
+    def versions(self, keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """A fingerprint of each live job among ``(app id, job id)`` keys, in any app.
+
+        Equal fingerprints mean the stored document did not change (in this process's
+        view); a job that is gone is left out. The change feed compares them to find
+        what other processes wrote.
+        """
+        by_app: dict[str, list[str]] = {}
+        for app_id, job_id in dict.fromkeys(keys):
+            by_app.setdefault(app_id, []).append(job_id)
+        found: dict[tuple[str, str], int] = {}
+        now = self.clock()
+        with self._connection() as conn:
+            # By app and id: the (app_id, id) index answers it, whatever the table's size.
+            for app_id, ids in by_app.items():
+                for start in range(0, len(ids), _IN_CHUNK):
+                    chunk = ids[start:start + _IN_CHUNK]
+                    marks = ", ".join("?" * len(chunk))
+                    for job_id, data in conn.execute(
+                            f"SELECT id, data FROM jobs WHERE app_id = ? AND expires_at > ? "
+                            f"AND id IN ({marks})", (app_id, now, *chunk)).fetchall():
+                        found[(app_id, job_id)] = hash(data)
+        return found
+
+    def commit_counter(self) -> Callable[[], int] | None:
+        """A cheap reading that changes whenever another connection commits, or ``None``."""
+        return None
 
     def transact(self, app_id: str, work: Callable[[Transaction], T], *,
                  attempts: int = 5) -> T:
@@ -711,6 +779,22 @@ class SQLiteStore(Store):
 
     def _begin(self, conn: Connection, *, write: bool) -> None:
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def commit_counter(self) -> Callable[[], int] | None:
+        """SQLite's ``data_version`` on a connection of its own: it changes whenever
+        another connection commits, and polling it reads no table.
+
+        Call the result from one thread only; it opens its connection on first use (so
+        after a fork, a new counter opens its own).
+        """
+        conn: list[sqlite3.Connection] = []
+
+        def read() -> int:
+            if not conn:
+                conn.append(self._open())
+            return int(conn[0].execute("PRAGMA data_version").fetchone()[0])
+
+        return read
 
     def close(self) -> None:
         """Close the idle connections; connections in use close when released."""
