@@ -147,3 +147,16 @@ def test_block_runs(block: Block, backend: RunningServer, tmp_path: Path) -> Non
     assert "Traceback" not in out.stderr, f"{block.id}\n{out.stderr}"
     warnings = [line for line in out.stderr.splitlines() if line.startswith("seenn:")]
     assert not warnings, f"{block.id}: seenn logged\n" + "\n".join(warnings)
+
+
+def test_readme_links_resolve() -> None:
+    """Every relative link of README.md names a file or folder of the repository.
+
+    (The pages of docs/ are checked by `mkdocs build --strict`; the README is not part
+    of the site.)
+    """
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\((?!https?://|#)([^)#\s]+)", text)
+    assert targets
+    missing = [target for target in targets if not (ROOT / target).exists()]
+    assert not missing
