@@ -1,8 +1,12 @@
 """Jobs inside OpenTelemetry traces: a span per job, events for every change.
 
-Run it::
+It needs the OpenTelemetry SDK, which seenn does not install (seenn needs only
+``opentelemetry-api``). Run it from the repository root::
 
+    python -m pip install -e ".[otel]"      # seenn and opentelemetry-sdk
     python examples/otel_tracing.py
+
+Without the SDK it stops at once with a line that says what to install.
 
 A request span starts a video job (with a child thumbnail job), and a second
 job fails. ``OTelExporter(span_per_job=True)`` gives each job a span
@@ -19,15 +23,25 @@ does nothing at all.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 import seenn
 from seenn.exporters import OTelExporter
+
+try:
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+except ImportError:
+    sys.exit('examples/otel_tracing.py needs the OpenTelemetry SDK: '
+             'python -m pip install "seenn[otel]" (or opentelemetry-sdk)')
 
 
 class TreePrinter(SpanExporter):

@@ -1,8 +1,12 @@
 """Drive a job through its whole life with the REST client.
 
-Run it against any Seenn-compatible backend:
+Run it from the repository root, after ``python -m pip install -e .``, against
+any Seenn-compatible backend; ``seenn serve`` in a second terminal is one, and
+prints the secret key to use::
 
-    SEENN_API_KEY=sk_test_... SEENN_BASE_URL=http://127.0.0.1:8080 python examples/rest_client.py
+    seenn serve --port 8080 --db /tmp/seenn.db
+    export SEENN_API_KEY=sk_test_... SEENN_BASE_URL=http://127.0.0.1:8080
+    python examples/rest_client.py
 
 It starts a video job, reports progress through four stages, completes it,
 reads it back, lists the user's jobs and makes a small batch of child jobs.

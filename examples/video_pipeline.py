@@ -1,18 +1,27 @@
 """A simulated video-generation pipeline, instrumented with seenn and shown on the console.
 
-Run it::
+Run it from the repository root, after ``python -m pip install -e .``::
 
     python examples/video_pipeline.py
 
 Every state change of every job is printed to stderr by ``ConsoleExporter``:
 on a terminal the progress of the running job is a live bar, otherwise each
-update is a line. Nothing here talks to a backend: swap the console exporter
-for the HTTP exporter (or set ``SEENN_EXPORTER``) and the same code reports to
-Seenn Cloud or ``seenn serve``.
+update is a line. Nothing talks to a backend unless the environment names one.
+To send the same jobs to ``seenn serve`` (or to Seenn Cloud, without
+``SEENN_BASE_URL``), start it in a second terminal and use the secret key it
+prints::
+
+    seenn serve --port 8080 --db /tmp/seenn.db
+    SEENN_API_KEY=sk_test_... SEENN_BASE_URL=http://127.0.0.1:8080 python examples/video_pipeline.py
+    seenn jobs list user_123 --base-url http://127.0.0.1:8080 --api-key sk_test_...
+
+With a key in the environment the HTTP exporter replaces the console;
+``SEENN_EXPORTER=http,console`` (and the key) does both.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -87,9 +96,20 @@ def encode_chunk(frame: bytes) -> bytes:
     return frame
 
 
+def configure_exporters() -> None:
+    """Print jobs on the console, unless the environment names where they go.
+
+    ``import seenn`` has already set up what ``SEENN_EXPORTER`` or
+    ``SEENN_API_KEY`` asks for; only with neither does the example pick the
+    console.
+    """
+    if "SEENN_EXPORTER" not in os.environ and "SEENN_API_KEY" not in os.environ:
+        seenn.configure(exporters=[ConsoleExporter()])
+
+
 def main() -> int:
     """Generate one video that succeeds and one that fails."""
-    seenn.configure(exporters=[ConsoleExporter()])
+    configure_exporters()
     url = generate_video(VideoRequest(user_id="user_123", prompt="a cat surfing"))
     print(f"video ready: {url}")
     try:

@@ -1,6 +1,6 @@
 """One job, two processes: a web process starts it, a queue worker finishes it.
 
-Run it::
+Run it from the repository root, after ``python -m pip install -e .``::
 
     python examples/worker_propagation.py
 
@@ -12,9 +12,16 @@ The worker process continues it with ``seenn.propagation.resume(carrier)``:
 same job id, no second ``started`` event; its progress and its end (completed,
 or failed with the exception) come from the worker.
 
-Both processes print every event on stderr with ``ConsoleExporter``; swap it
-for the HTTP exporter (``SEENN_EXPORTER=http`` and a key) and a backend shows
-one job moving from "queued" to "completed" across the two processes.
+Both processes print every event on stderr with ``ConsoleExporter``, unless
+the environment names where jobs go. With a backend (``seenn serve --port 8080
+--db /tmp/seenn.db`` in a second terminal prints a secret key)::
+
+    export SEENN_API_KEY=sk_test_... SEENN_BASE_URL=http://127.0.0.1:8080
+    python examples/worker_propagation.py
+
+both processes report to it (the key selects the HTTP exporter; add
+``SEENN_EXPORTER=http,console`` to see the events as well), and it shows each
+job moving from "queued" to its end across the two processes.
 """
 
 from __future__ import annotations
@@ -38,9 +45,20 @@ class RenderError(Exception):
     code = "RENDER_FAILED"
 
 
+def configure_exporters() -> None:
+    """Print jobs on the console, unless the environment names where they go.
+
+    ``import seenn`` has already set up what ``SEENN_EXPORTER`` or
+    ``SEENN_API_KEY`` asks for; only with neither does the example pick the
+    console.
+    """
+    if "SEENN_EXPORTER" not in os.environ and "SEENN_API_KEY" not in os.environ:
+        seenn.configure(exporters=[ConsoleExporter()])
+
+
 def worker(tasks: Any, results: Any) -> None:
     """Take tasks off the queue and finish their jobs (runs in its own process)."""
-    seenn.configure(exporters=[ConsoleExporter()])
+    configure_exporters()
     while (task := tasks.get(timeout=60)) is not None:
         try:
             with seenn.propagation.resume(task["seenn"]) as job:
@@ -75,7 +93,7 @@ def web(tasks: Any) -> list[str]:
 
 def main() -> None:
     """Run the web side here and the worker in a second process."""
-    seenn.configure(exporters=[ConsoleExporter()])
+    configure_exporters()
     context = multiprocessing.get_context("spawn")
     tasks, results = context.Queue(), context.Queue()
     process = context.Process(target=worker, args=(tasks, results))

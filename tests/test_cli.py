@@ -246,7 +246,7 @@ def test_jobs_list_pages_newest_first(backend: RunningServer, client: seenn.Seen
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["ID", "TYPE", "STATUS", "PROGRESS"]
     assert [line.split()[0] for line in lines[1:3]] == [ids[2], ids[1]]
-    assert lines[3].startswith("more: seenn jobs list bob --cursor ")
+    assert lines[3].startswith("more: seenn jobs list bob --limit 2 --cursor ")
     assert main(["jobs", "list", "bob", "--json", *_conn(backend)]) == 0
     page = json.loads(capsys.readouterr().out)
     assert [j["id"] for j in page["jobs"]] == ids[::-1]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TextIO
@@ -102,8 +104,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not page.jobs:
         out.write(f"(no jobs for {args.user_id})\n")
     if page.next_cursor:
-        out.write(f"more: seenn jobs list {args.user_id} --cursor {page.next_cursor}\n")
+        out.write(f"more: {_next_page(args, page.next_cursor)}\n")
     return 0
+
+
+def _next_page(args: argparse.Namespace, cursor: str) -> str:
+    """The command for the next page: the options given on this command line, a new cursor.
+
+    What came from the environment stays there; what was typed is typed again, so the
+    line runs as it is (each value shell-quoted).
+    """
+    words = ["seenn", "jobs", "list", args.user_id]
+    if args.limit != 20:
+        words += ["--limit", str(args.limit)]
+    words += ["--cursor", cursor]
+    if args.base_url:
+        words += ["--base-url", args.base_url]
+    if args.api_key:
+        words += ["--api-key", args.api_key]
+    return shlex.join(words)
 
 
 def _bar(job: Job, width: int = 30) -> str:
@@ -138,7 +157,8 @@ def _utc_now() -> datetime:
 
 
 def watch(client: SeennClient, job_id: str, *, interval: float, out: TextIO,
-          tty: bool, now: Callable[[], datetime] = _utc_now) -> int:
+          tty: bool, now: Callable[[], datetime] = _utc_now,
+          appear_within: float = 60.0, clock: Callable[[], float] = time.monotonic) -> int:
     """Follow a job until it ends, drawing its progress; 0 if it completed, 1 otherwise.
 
     A running job's line ends with the time left by the backend's estimate. On a
@@ -147,28 +167,44 @@ def watch(client: SeennClient, job_id: str, *, interval: float, out: TextIO,
     offers long polls answers as soon as the job changes; on a terminal a read then
     waits at most ``interval`` seconds, so the countdown still moves. Otherwise the
     job is read every ``interval`` seconds.
+
+    A job the backend does not know yet is waited for, up to ``appear_within``
+    seconds (an id is often handed out a moment before its job is created); one that
+    disappears after it was seen ends the watch at once.
     """
     last = last_bar = ""
+    seen = waiting = False
+    give_up = clock() + appear_within
     wait = min(interval, 30.0) if tty else 30.0
-    try:
-        for job in client.jobs.watch(job_id, interval=interval, wait=wait, unchanged=True):
-            bar = _bar(job)
-            left = time_left(job, now())
-            line = f"{bar}  {left}" if left else bar
-            if line != last and (tty or bar != last_bar):
-                if tty:
-                    out.write("\r\x1b[2K" + line)
-                else:
-                    out.write(line + "\n")
-                out.flush()
-                last, last_bar = line, bar
-            if job.is_terminal:
-                return _ended(job, out, tty)
-    except NotFoundError:
-        if tty and last:
-            out.write("\n")
-        raise _fail(f"job {job_id} not found (or expired)") from None
-    raise AssertionError("watch() ends with a terminal job")  # pragma: no cover
+    while True:
+        try:
+            for job in client.jobs.watch(job_id, interval=interval, wait=wait,
+                                         unchanged=True):
+                seen = True
+                bar = _bar(job)
+                left = time_left(job, now())
+                line = f"{bar}  {left}" if left else bar
+                if line != last and (tty or bar != last_bar):
+                    if tty:
+                        out.write("\r\x1b[2K" + line)
+                    else:
+                        out.write(line + "\n")
+                    out.flush()
+                    last, last_bar = line, bar
+                if job.is_terminal:
+                    return _ended(job, out, tty)
+        except NotFoundError:
+            if not seen and clock() < give_up:
+                if not waiting:
+                    out.write(f"waiting for job {job_id} to appear\n")
+                    out.flush()
+                    waiting = True
+                time.sleep(interval)
+                continue
+            if tty and last:
+                out.write("\n")
+            raise _fail(f"job {job_id} not found (or expired)") from None
+        raise AssertionError("watch() ends with a terminal job")  # pragma: no cover
 
 
 def _ended(job: Job, out: TextIO, tty: bool) -> int:
@@ -190,9 +226,11 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     if not 0 < args.interval <= 3600:
         raise _fail(f"--interval must be above 0 and at most 3600 seconds, got {args.interval}",
                     2)
+    if not 0 <= args.wait <= 86400:
+        raise _fail(f"--wait must be between 0 and 86400 seconds, got {args.wait}", 2)
     with _client(args) as client:
         return watch(client, args.job_id, interval=args.interval, out=sys.stdout,
-                     tty=sys.stdout.isatty())
+                     tty=sys.stdout.isatty(), appear_within=args.wait)
 
 
 def _cmd_conformance(args: argparse.Namespace) -> int:
@@ -236,6 +274,9 @@ def add_commands(commands: Any) -> None:
     wat.add_argument("--interval", type=float, default=1.0,
                      help="seconds between polls (default 1); a backend that offers long "
                           "polls answers as soon as the job changes")
+    wat.add_argument("--wait", type=float, default=60.0,
+                     help="seconds to wait for a job the backend does not know yet "
+                          "(default 60; 0: fail at once)")
     _add_connection(wat)
     wat.set_defaults(func=_cmd_watch)
 

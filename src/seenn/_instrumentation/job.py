@@ -290,11 +290,15 @@ class TrackedJob(JobCore):
 
         Args:
             progress: Percent done, 0 to 100 (floats are floored).
-            message: A short human-readable message (at most 1,000 characters).
-            stage: The current stage: a ``Stage``, a dict of its fields, or a
-                name (numbered from the declared ``stages``).
-            queue: The job's place in a queue; giving one marks the job queued.
-            metadata: Replaces the job's metadata (a JSON object, at most 10 KB).
+
+        Keyword Args:
+            message (str): A short human-readable message (at most 1,000 characters).
+            stage (Stage | Mapping[str, Any] | str): The current stage: a ``Stage``, a
+                dict of its fields, or a name (numbered from the declared ``stages``).
+            queue (Queue | Mapping[str, Any]): The job's place in a queue; giving one
+                marks the job queued.
+            metadata (Mapping[str, Any]): Replaces the job's metadata (a JSON object, at
+                most 10 KB).
 
         Raises:
             ValidationError: An argument is out of range; nothing was changed.

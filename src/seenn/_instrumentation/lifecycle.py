@@ -389,6 +389,8 @@ class JobCore:
         self._progress = progress
         if message is not None:
             self._message = message
+        elif stage is not None and self._message and self._new_stage(stage):
+            self._message = ""  # the previous stage's words no longer describe the work
         if stage is not None:
             self._stage = stage
             self._stage_count = stage.current
@@ -424,6 +426,10 @@ class JobCore:
     def _apply_stage(self, stage: Stage) -> bool:
         if self._state >= COMPLETED:
             return False
+        if self._message and self._new_stage(stage):
+            # An empty message, not None: the backend keeps a message that is left out,
+            # and a finished job would still read "Encoding".
+            self._message = ""
         self._stage = stage
         self._stage_count = stage.current
         if self._state == QUEUED:
@@ -432,6 +438,11 @@ class JobCore:
         if share is not None and share[0] > self._progress:
             self._progress = share[0]
         return True
+
+    def _new_stage(self, stage: Stage) -> bool:
+        """Whether ``stage`` is another stage than the job's current one."""
+        current = self._stage
+        return current is None or (current.name, current.current) != (stage.name, stage.current)
 
     def _leave_stage(self, stage: Stage) -> None:
         if self._stage is not stage:

@@ -222,15 +222,18 @@ class Tracker:
         Args:
             job_type: The kind of job (1 to 100 characters).
             user_id: Whose job it is; inherited from the parent job if not given.
-            title: A human-readable title.
-            metadata: A JSON object (at most 10 KB).
-            queue: The job's place in a queue; the job starts as ``queued``.
-            stage: The stage the job starts in.
-            stages: The job's stages: their names in order, or how many there
-                are. Stages then number themselves and advance progress.
-            job_id: Use this id instead of making one (``job_`` + ULID).
-            retryable: Whether a failure may be retried: a bool, exception
-                types, or a predicate of the exception.
+
+        Keyword Args:
+            title (str): A human-readable title.
+            metadata (Mapping[str, Any]): A JSON object (at most 10 KB).
+            queue (Queue | Mapping[str, Any]): The job's place in a queue; the job
+                starts as ``queued``.
+            stage (Stage | Mapping[str, Any] | str): The stage the job starts in.
+            stages (Sequence[str] | int): The job's stages: their names in order, or
+                how many there are. Stages then number themselves and advance progress.
+            job_id (str): Use this id instead of making one (``job_`` + ULID).
+            retryable (bool | type[BaseException] | Callable): Whether a failure may be
+                retried: a bool, exception types, or a predicate of the exception.
 
         Raises:
             ValidationError: An argument is malformed.

@@ -9,7 +9,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from seenn._core.eta import smooth_completion
 from seenn._core.eta_live import Run, describe, prior
@@ -49,6 +49,10 @@ class ConsoleExporter:
 
     Only ASCII is written in text format, so any stream encoding works.
 
+    While a live bar is on a terminal that is also ``sys.stdout``'s, what the
+    program prints goes above the bar instead of onto its line: the console
+    puts a thin wrapper on ``sys.stdout`` for as long as the bar is shown.
+
     Args:
         stream: Where to write; ``None`` means ``sys.stderr`` as it is at each
             export (so output capture in tests works).
@@ -64,13 +68,17 @@ class ConsoleExporter:
         self._stream = stream
         self._format = format
         self._live = live
-        self._lock = threading.Lock()
+        # Reentrant: a print() the stdout guard sees may come from inside a write here.
+        self._lock = threading.RLock()
         _consoles.add(self)
         self._depth: dict[str, int] = {}
         self._started_at: dict[str, float] = {}
         self._runs: dict[str, Run] = {}  # running jobs' pace
         self._shown: dict[str, float] = {}  # the completion time each job's line showed
         self._bar_shown = False
+        self._bar_text = ""  # the bar as last drawn, to draw again below printed text
+        self._bar_hidden = False  # cleared for printed text, to be drawn again
+        self._guard: _StdoutGuard | None = None
 
     def _target(self) -> TextIO:
         return self._stream if self._stream is not None else sys.stderr
@@ -91,6 +99,10 @@ class ConsoleExporter:
                     text = _ascii("".join(self._render(event, live) for event in events))
                 stream.write(text)
                 stream.flush()
+                if self._bar_shown:
+                    self._guard_stdout(stream)
+                elif not self._bar_hidden:
+                    self._unguard_stdout()
         except (OSError, ValueError):
             return ExportResult.FAILURE
         return ExportResult.SUCCESS
@@ -109,12 +121,14 @@ class ConsoleExporter:
             if left:
                 detail = f"{detail}, {left}"
             if live:
-                self._bar_shown = True
+                self._bar_shown, self._bar_hidden = True, False
                 filled = _BAR_WIDTH * event.progress // 100
                 bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
+                self._bar_text = _ascii(f"{head} [{bar}] {detail}")
                 return f"{_CLEAR_LINE}{head} [{bar}] {detail}"
             return f"{head} {detail}\n"
         prefix = ""
+        self._bar_hidden = False
         if live and self._bar_shown:
             prefix = _CLEAR_LINE
             self._bar_shown = False
@@ -197,10 +211,75 @@ class ConsoleExporter:
     def shutdown(self, timeout: float = 30.0) -> None:
         """End a live progress line, if one is shown."""
         with self._lock:
+            self._bar_hidden = False
             if self._bar_shown:
                 self._bar_shown = False
                 with contextlib.suppress(OSError, ValueError):
                     self._target().write("\n")
+            self._unguard_stdout()
+
+    # -- the program's own output while a bar is shown -----------------------------------
+
+    def _guard_stdout(self, stream: TextIO) -> None:
+        """Wrap ``sys.stdout`` if it shares the bar's terminal (the caller holds the lock)."""
+        stdout = sys.stdout
+        if self._guard is not None or isinstance(stdout, _StdoutGuard) or stdout is stream:
+            return
+        if not (_isatty(stdout) and _isatty(stream)):
+            return
+        self._guard = _StdoutGuard(stdout, self)
+        sys.stdout = self._guard
+
+    def _unguard_stdout(self) -> None:
+        guard, self._guard = self._guard, None
+        if guard is not None and sys.stdout is guard:  # not if someone replaced it since
+            sys.stdout = guard.wrapped
+
+    def _write_around_bar(self, inner: TextIO, text: str) -> int:
+        """Write the program's ``text`` above the bar: clear it, write, draw it again."""
+        with self._lock:
+            stream = self._target()
+            if self._bar_shown and text:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.write(_CLEAR_LINE)
+                    stream.flush()
+                self._bar_shown, self._bar_hidden = False, True
+            written = inner.write(text)
+            if self._bar_hidden and text.endswith("\n"):
+                with contextlib.suppress(OSError, ValueError):
+                    inner.flush()
+                    stream.write(self._bar_text)
+                    stream.flush()
+                    self._bar_shown, self._bar_hidden = True, False
+            return written
+
+
+class _StdoutGuard:
+    """``sys.stdout`` while a live bar is shown: text goes above the bar, not onto its line.
+
+    The bar sits on the terminal's last line without a newline, so a ``print()``
+    would continue that line. As rich's ``Live`` does, the console wraps
+    ``sys.stdout`` while it draws a bar; everything but ``write`` goes to the
+    wrapped stream unchanged.
+    """
+
+    def __init__(self, wrapped: TextIO, console: ConsoleExporter) -> None:
+        self.wrapped = wrapped
+        self._console = console
+
+    def write(self, text: str) -> int:
+        return self._console._write_around_bar(self.wrapped, text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
+def _isatty(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else False
+    except (OSError, ValueError):
+        return False
 
 
 _consoles: weakref.WeakSet[ConsoleExporter] = weakref.WeakSet()
@@ -209,7 +288,7 @@ _consoles: weakref.WeakSet[ConsoleExporter] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     # The parent's worker may have been writing (holding the lock) at the fork.
     for console in list(_consoles):
-        console._lock = threading.Lock()
+        console._lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):
