@@ -1,4 +1,4 @@
-"""`seenn serve` in a subprocess for the benchmarks (its CPU is not the measured process's)."""
+"""`seenn serve` or gunicorn in a subprocess for the benchmarks (not the measured process)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 _LISTENING = re.compile(r"listening on (http://([\d.]+):(\d+))")
+_GUNICORN_LISTENING = re.compile(r"Listening at: (http://([\d.]+):(\d+))")
 
 
 @dataclass
@@ -31,8 +33,11 @@ class Served:
             self.proc.wait(timeout=60)
 
 
-def start_server(db: Path, *extra: str, timeout: float = 60.0) -> Served:
+def start_server(db: Path | str, *extra: str, timeout: float = 60.0) -> Served:
     """Start `seenn serve --port 0` on ``db`` and wait for its listening line.
+
+    ``db`` is passed as it is: a SQLite file or a database URL. With several
+    ``--workers`` the line comes once every worker is ready.
 
     Raises:
         SystemExit: The server exited or printed no listening line in ``timeout``.
@@ -40,9 +45,37 @@ def start_server(db: Path, *extra: str, timeout: float = 60.0) -> Served:
     proc = subprocess.Popen([sys.executable, "-m", "seenn", "serve", "--port", "0", "--db",
                              str(db), *extra], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return _wait_listening(proc, proc.stdout, _LISTENING, timeout, "seenn serve")
+
+
+def start_gunicorn(db: Path | str, workers: int, threads: int, secret: str, public: str,
+                   timeout: float = 60.0) -> Served:
+    """Start gunicorn (gthread) serving ``seenn.server.wsgi:app`` on ``db``, on a free port.
+
+    Its workers boot after the listening line; connections wait in the backlog meanwhile.
+
+    Raises:
+        SystemExit: gunicorn exited or printed no listening line in ``timeout``.
+    """
+    import gunicorn
+
+    control = ["--no-control-socket"] if gunicorn.version_info >= (25, 1) else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", *control, "-k", "gthread", "--threads",
+         str(threads), "-w", str(workers), "-b", "127.0.0.1:0", "seenn.server.wsgi:app"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "SEENN_SERVER_DB": str(db),
+             "SEENN_SERVER_API_KEY": secret, "SEENN_SERVER_PUBLIC_KEY": public})
+    served = _wait_listening(proc, proc.stderr, _GUNICORN_LISTENING, timeout, "gunicorn")
+    served.secret = secret
+    return served
+
+
+def _wait_listening(proc: subprocess.Popen[str], stream: IO[str] | None,
+                    pattern: re.Pattern[str], timeout: float, name: str) -> Served:
     lines: queue.Queue[str | None] = queue.Queue()
-    assert proc.stdout is not None
-    out = proc.stdout
+    assert stream is not None
+    out = stream
 
     def pump() -> None:
         for line in out:
@@ -56,11 +89,11 @@ def start_server(db: Path, *extra: str, timeout: float = 60.0) -> Served:
             line = lines.get(timeout=timeout)
         except queue.Empty:
             proc.kill()
-            raise SystemExit("seenn serve printed no listening line") from None
+            raise SystemExit(f"{name} printed no listening line") from None
         if line is None:
-            raise SystemExit(f"seenn serve exited with {proc.wait()}")
+            raise SystemExit(f"{name} exited with {proc.wait()}")
         if "secret key" in line:
             secret = line.split()[-1]
-        match = _LISTENING.search(line)
+        match = pattern.search(line)
         if match:
             return Served(proc, match.group(1), match.group(2), int(match.group(3)), secret)

@@ -12,13 +12,17 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seenn._cli.errors import CLIError
+from seenn._cli.workers import MAX_WORKERS
 from seenn._core.validation import MAX_STALE_AFTER, MIN_STALE_AFTER
 from seenn._version import __version__
 from seenn.errors import SeennError
 from seenn.server._writes import DEFAULT_MAX_EVENTS, MAX_EVENTS_LIMIT
+
+if TYPE_CHECKING:
+    from seenn.server import SeennServerApp, WSGIServer
 
 
 def _env_int(name: str) -> int | None:
@@ -61,6 +65,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "SEENN_SERVER_RATE_LIMIT")
     if rate_limit is not None and rate_limit < 1:
         raise CLIError("--rate-limit must be at least 1", 2)
+    if args.workers > 1 and not hasattr(os, "fork"):
+        raise CLIError("serve: --workers needs os.fork (Linux, macOS, other Unix)", 2)
     # Bind before the database is opened: a busy port must not leave behind a new
     # database whose key pair was never shown. Requests wait until the app is set.
     try:
@@ -70,29 +76,49 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except OSError as error:
         raise CLIError(f"serve: cannot listen on {args.host}:{args.port}: "
                        f"{error.strerror or error}") from None
+
+    def open_app(api_key: str | None, public_key: str | None) -> SeennServerApp:
+        try:
+            return create_app(args.db, api_key=api_key, public_key=public_key,
+                              rate_limit=rate_limit, cors_origin=args.cors_origin or None,
+                              stale_after=args.stale_after, max_events=args.max_events)
+        except SeennError as error:
+            raise CLIError(f"serve: {error.message}", 2) from None
+        except (OSError, sqlite3.Error) as error:
+            raise CLIError(f"serve: cannot open database {args.db}: {error}") from None
+
     try:
-        app = create_app(args.db, api_key=api_key, public_key=public_key,
-                         rate_limit=rate_limit, cors_origin=args.cors_origin or None,
-                         stale_after=args.stale_after, max_events=args.max_events)
-    except SeennError as error:
+        app = open_app(api_key, public_key)
+    except CLIError:
         server.server_close()
-        raise CLIError(f"serve: {error.message}", 2) from None
-    except (OSError, sqlite3.Error) as error:
-        server.server_close()
-        raise CLIError(f"serve: cannot open database {args.db}: {error}") from None
-    server.app = app
+        raise
     out = sys.stdout
-    try:
-        if app.created_keys is not None:
-            secret, public = app.created_keys
+    if app.created_keys is not None:
+        secret, public = app.created_keys
+        try:
             out.write("Created an app with this key pair. It is shown once: store it now.\n"
                       f"  secret key (read and write): {secret}\n"
                       f"  public key (read only):      {public}\n")
-        rate = f", {rate_limit} requests/s per key" if rate_limit else ""
-        stale = (f", running jobs silent for {args.stale_after:g} s fail as WORKER_LOST"
-                 if args.stale_after else "")
-        out.write(f"seenn serve {__version__}: listening on {server.url} (the base_url for "
-                  f"clients; database {args.db}{rate}{stale}); Ctrl-C stops\n")
+            out.flush()
+        except BaseException:
+            server.server_close()
+            app.close()
+            raise
+    rate = f", {rate_limit} requests/s per key" if rate_limit else ""
+    stale = (f", running jobs silent for {args.stale_after:g} s fail as WORKER_LOST"
+             if args.stale_after else "")
+    processes = f", {args.workers} worker processes" if args.workers > 1 else ""
+    listening = (f"seenn serve {__version__}: listening on {server.url} (the base_url for "
+                 f"clients; database {args.db}{rate}{stale}{processes}); Ctrl-C stops\n")
+    if args.workers > 1:
+        # The workers open the database themselves after the fork, with the keys now
+        # registered: nothing is carried across the fork, and none makes keys of its own.
+        keys = app.created_keys or (api_key, public_key)
+        app.close()
+        return _serve_workers(args, server, lambda: open_app(*keys), listening)
+    server.app = app
+    try:
+        out.write(listening)
         out.flush()
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
@@ -103,6 +129,41 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_workers(args: argparse.Namespace, listener: WSGIServer,
+                   open_app: Callable[[], SeennServerApp], listening: str) -> int:
+    """Serve ``listener``'s socket from ``args.workers`` forked processes until stopped."""
+    from seenn._cli.workers import Supervisor, drain
+    from seenn.server import WSGIServer
+
+    sock = listener.socket
+
+    def serve(ready: Callable[[], None]) -> None:
+        app = open_app()
+        server = WSGIServer(("", 0), app, access_log=args.access_log,
+                            max_connections=args.max_connections,
+                            header_timeout=args.header_timeout,
+                            idle_timeout=args.idle_timeout, sock=sock)
+        try:
+            ready()
+            server.serve_forever(poll_interval=0.2)
+        finally:
+            # Stopped by a signal: answer what is in flight (for a moment), then close.
+            server.server_close()
+            drain(lambda: server.connections)
+            app.close()
+
+    def announce() -> None:
+        sys.stdout.write(listening)
+        sys.stdout.flush()
+
+    try:
+        status = Supervisor(args.workers, serve, announce).run()
+    finally:
+        listener.server_close()
+    sys.stdout.write("seenn serve: stopped\n")
+    return status
+
+
 def _at_least_one(text: str) -> int:
     try:
         value = int(text)
@@ -110,6 +171,13 @@ def _at_least_one(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
+def _worker_count(text: str) -> int:
+    value = _at_least_one(text)
+    if value > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_WORKERS}, got {text!r}")
     return value
 
 
@@ -175,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Access-Control-Allow-Origin for browser clients (default '*'; "
                             "'' turns CORS off)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--workers", type=_worker_count, default=1, metavar="N",
+                       help="processes serving the port, each with its own threads and "
+                            "database connections; a worker that dies is replaced "
+                            f"(1 to {MAX_WORKERS}, default: 1)")
     serve.add_argument("--max-connections", type=_at_least_one, default=256, metavar="N",
                        help="connections served at once; more wait to be accepted, and "
                             "idle kept-alive ones are closed to make room (default: 256)")

@@ -24,14 +24,22 @@ DEFAULT_LIMIT = 20
 
 def read_json(environ: Mapping[str, Any], max_body_bytes: int) -> dict[str, Any]:
     """The request body as a JSON object: 413 past ``max_body_bytes``, 400 if not JSON text."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        raise HTTPError(400, "INVALID_REQUEST", "bad Content-Length") from None
-    if length > max_body_bytes:
-        raise HTTPError(413, "PAYLOAD_TOO_LARGE",
-                        f"request bodies are limited to {max_body_bytes} bytes")
-    raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    too_large = HTTPError(413, "PAYLOAD_TOO_LARGE",
+                          f"request bodies are limited to {max_body_bytes} bytes")
+    if not environ.get("CONTENT_LENGTH") and environ.get("wsgi.input_terminated"):
+        # A chunked body under a server that ends the input stream itself (gunicorn
+        # says so with this flag): read up to one byte past the cap, never more.
+        raw = environ["wsgi.input"].read(max_body_bytes + 1)
+        if len(raw) > max_body_bytes:
+            raise too_large
+    else:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise HTTPError(400, "INVALID_REQUEST", "bad Content-Length") from None
+        if length > max_body_bytes:
+            raise too_large
+        raw = environ["wsgi.input"].read(length) if length > 0 else b""
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):

@@ -405,6 +405,11 @@ class WSGIServer(ThreadingHTTPServer):
         max_body_bytes: Larger request bodies, chunked or not, are answered 413
             without being read. Defaults to the app's ``max_body_bytes`` attribute
             when it has one (as :class:`SeennServerApp` does), else 1 MiB.
+        sock: A socket already bound and listening, to serve instead of binding
+            ``address`` (``address`` is then ignored). Several processes may serve
+            one such socket (``seenn serve --workers``); it is made non-blocking, so
+            a process that loses the race for a connection does not wait in
+            ``accept`` for the next one.
 
     Raises:
         seenn.ValidationError: An option is out of range; the error names it.
@@ -420,7 +425,8 @@ class WSGIServer(ThreadingHTTPServer):
                  header_timeout: float = DEFAULT_HEADER_TIMEOUT,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
                  body_timeout: float = DEFAULT_BODY_TIMEOUT,
-                 max_body_bytes: int | None = None) -> None:
+                 max_body_bytes: int | None = None,
+                 sock: socket.socket | None = None) -> None:
         self.max_connections = check_int("max_connections", max_connections, minimum=1)
         self.header_timeout = _seconds("header_timeout", header_timeout)
         self.idle_timeout = _seconds("idle_timeout", idle_timeout)
@@ -438,7 +444,16 @@ class WSGIServer(ThreadingHTTPServer):
         self._backoff = 0.0
         self._resume_at = 0.0
         self._warned_at = -math.inf
-        super().__init__(address, _Handler)
+        self._shared = sock is not None
+        if sock is None:
+            super().__init__(address, _Handler)
+            return
+        super().__init__(sock.getsockname()[:2], _Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_address = sock.getsockname()
+        # The flag belongs to the open file, shared by every process serving it.
+        sock.setblocking(False)
 
     @property
     def url(self) -> str:
@@ -538,6 +553,10 @@ class WSGIServer(ThreadingHTTPServer):
                                    "--max-connections", error.strerror, self.connections)
             raise
         self._backoff = 0.0
+        if self._shared:
+            # Some systems (the BSDs, macOS) give an accepted socket the listener's
+            # non-blocking flag; the handler expects a blocking one.
+            request.setblocking(True)
         return request, address
 
     def _accept(self) -> None:
