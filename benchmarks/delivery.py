@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--work-ms", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--no-batches", action="store_true",
+                        help="one call per event (max_batch_events=0), as to Seenn Cloud")
     args = parser.parse_args()
     work_s = args.work_ms / 1000
 
@@ -111,7 +113,8 @@ def main() -> None:
                 took, _ = run_tracked(baseline_tracker, args.jobs, args.updates, work_s,
                                       args.threads, "none")
                 base_time = min(base_time, took)
-                exporter = HTTPExporter(api_key=KEY, base_url=url)
+                exporter = HTTPExporter(api_key=KEY, base_url=url,
+                                        max_batch_events=0 if args.no_batches else 100)
                 tracker = seenn.Tracker(exporters=[exporter])
                 took, ids = run_tracked(tracker, args.jobs, args.updates, work_s,
                                         args.threads, "http")

@@ -1,39 +1,30 @@
-"""Throughput of `seenn serve` on loopback: polling and progress writes per second.
+"""Throughput and latency of `seenn serve`, on both storage engines, in one run.
 
-Starts ``python -m seenn serve`` in a subprocess on a free port with a fresh
-database, then drives it from N client threads (keep-alive ``http.client``
-connections, lighter than httpx so the server is what is measured) for a fixed
-time per case. ``GET /healthz`` (no database, no auth) is the baseline measured
-in the same run; the other cases are reported as requests per second and as a
-ratio to it.
+For each engine (SQLite in a temporary file; PostgreSQL in a throwaway cluster the
+benchmark starts, as the tests do, or ``--postgres-url``) it starts ``python -m seenn
+serve`` in subprocesses on free loopback ports and reports:
 
-    python benchmarks/server.py [--seconds 2] [--threads 1,2,4,8] [--db PATH_OR_URL]
+1. requests/s from ``--threads`` keep-alive client threads (``http.client``, lighter
+   than httpx, so that the server is what is measured), with ``GET /healthz`` (no
+   database, no auth) as the baseline measured in the same run: polls of one job
+   (200, and 304 with ``If-None-Match``), batched polls of 10 jobs (``GET
+   /v1/jobs?ids=``, 200 and 304), and single-event writes (``POST
+   /jobs/{id}/progress`` with an ``Idempotency-Key``, as the HTTP exporter sends them);
+2. progress events/s through ``POST /v1/events`` (batches of ``--batch`` events spread
+   over a few jobs per thread, each with its idempotency key) beside one call per
+   event measured the same way;
+3. long-poll latency: ``--long-poll`` ``set_progress()`` calls in a job tracked in
+   this process (``seenn.track`` with the HTTP exporter behind a ``BatchProcessor``
+   with ``schedule_delay=0.005`` and ``progress_interval=0``, so each update is sent
+   at once) to a watcher thread blocked in ``GET /v1/jobs/{id}?wait=30``, p50/p99,
+   with the watcher on the same server process and on another process of the same
+   database (woken by SQLite's poll, or by PostgreSQL's NOTIFY);
+4. single-event writes/s (and reads) against ``seenn serve --workers N`` for each N of
+   ``--workers`` (with ``--gunicorn``, gunicorn gthread too), the load coming from
+   ``--client-processes`` processes so that the client's GIL is not the limit.
 
-With ``--workers 1,2,4`` it measures instead how single-event writes (one
-``POST /jobs/{id}/progress`` per request, each with its own ``Idempotency-Key`` as
-the HTTP exporter sends them), and reads (``GET /jobs/{id}``) for comparison, scale
-with server processes: ``seenn serve --workers N`` for each N, and with
-``--gunicorn`` also gunicorn (gthread, ``-w N``) serving ``seenn.server.wsgi:app``.
-All processes of a run share one database: a fresh temporary SQLite file per run, or
-``--db`` (a path or a URL, passed through as it is, e.g. a PostgreSQL URL). The load
-comes from ``--client-processes`` processes (default 2) so that the client's GIL is
-not the limit.
-
-    python benchmarks/server.py --workers 1,2,4 [--gunicorn] [--threads 16] [--seconds 3]
-
-Without ``--workers`` it also measures progress events per second through ``POST
-/v1/events`` (batches of ``--batch`` progress events spread over a few jobs, each with
-its idempotency key, as ``HTTPExporter`` sends them), printed beside the single-call
-figure measured the same way (``POST /jobs/{id}/progress`` with an ``Idempotency-Key``).
-
-    python benchmarks/server.py [--seconds 2] [--threads 1,2,4,8] [--batch 200]
-    python benchmarks/server.py [--seconds 2] [--threads 1,2,4,8] [--long-poll 200]
-
-``--long-poll N`` then measures the latency of a long poll: N ``set_progress()``
-calls in a job tracked here (``seenn.track`` with the HTTP exporter behind a
-``BatchProcessor`` with ``schedule_delay=0.005`` and ``progress_interval=0``, so
-each update is sent at once) against a watcher thread blocked in
-``GET /v1/jobs/{id}?wait=30``; p50 and p99 from the call to the watcher's answer.
+    python benchmarks/server.py [--engines sqlite,postgresql] [--seconds 2]
+        [--threads 4] [--workers 1,2,4] [--long-poll 200] [--only requests,events,...]
 
 On a 2-core machine the load generator and the server share the cores, so
 absolute figures are a floor; the ratios are what to compare between changes.
@@ -43,15 +34,18 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import multiprocessing
 import os
 import random
+import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -145,50 +139,6 @@ def measure_processes(served: Served, kind: str, threads: int, processes: int,
     return sum(done) / seconds
 
 
-def _shown(db: str) -> str:
-    """A database setting fit to print: a URL's password is masked."""
-    parts = urlsplit(db)
-    if parts.password is None:
-        return db
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def compare_processes(args: argparse.Namespace) -> None:
-    """Writes (and reads) per second against N server processes, for each N of ``--workers``."""
-    counts = [int(n) for n in args.workers.split(",")]
-    threads = max(int(n) for n in args.threads.split(","))
-    servers = ["seenn serve --workers N"] + (["gunicorn -k gthread -w N"] if args.gunicorn
-                                             else [])
-    print(f"requests/s: single-event writes (POST /jobs/{{id}}/progress with "
-          f"Idempotency-Key) and reads (GET /jobs/{{id}} -> 200), "
-          f"{threads} connections from {args.client_processes} client processes, "
-          f"{args.seconds:.1f} s per cell, {os.cpu_count()} cores; database: "
-          f"{_shown(args.db) if args.db else 'a new temporary SQLite file per run'}")
-    header = f"{'server':<36}" + "".join(f"{f'N={n}':>18}" for n in counts)
-    print(header)
-    print("-" * len(header))
-    with tempfile.TemporaryDirectory() as tmp:
-        for server in servers:
-            cells: dict[str, list[str]] = {"writes": [], "reads": []}
-            first: dict[str, float] = {}
-            for n in counts:
-                db = args.db or str(Path(tmp) / f"{server.split()[0]}-{n}.db")
-                if server.startswith("gunicorn"):
-                    served = start_gunicorn(db, n, args.gunicorn_threads, SECRET, PUBLIC)
-                else:
-                    served = start_server(db, "--workers", str(n), "--api-key", SECRET,
-                                          "--public-key", PUBLIC)
-                try:
-                    for kind in ("write", "read"):
-                        rate = measure_processes(served, kind, threads, args.client_processes,
-                                                 args.seconds)
-                        first.setdefault(kind, rate)
-                        cells[kind + "s"].append(f"{rate:>9.0f} ({rate / first[kind]:.2f}x)")
-                finally:
-                    served.stop()
-            for kind, row in cells.items():
-                print(f"{server + ': ' + kind:<36}" + "".join(f"{cell:>18}" for cell in row))
 def measure_events(host: str, port: int, auth: dict[str, str], threads: int, seconds: float,
                    batch: int, jobs_per_thread: int = 4) -> tuple[float, float]:
     """Progress events per second: through ``POST /v1/events``, and one call each.
@@ -238,149 +188,238 @@ def measure_events(host: str, port: int, auth: dict[str, str], threads: int, sec
     return events, calls
 
 
+SECTIONS = ("requests", "events", "long-poll", "processes")
+
+
+def request_cases(served: Served, threads: list[int], seconds: float,
+                  figures: dict[str, str]) -> None:
+    """Section 1: polls and single writes per second, beside the healthz baseline."""
+    host, port = served.host, served.port
+    auth = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
+    setup = http.client.HTTPConnection(host, port)
+    job_ids = []
+    for i in range(max(max(threads), 10)):
+        body = json.dumps({"jobType": "bench", "userId": "u", "title": f"job {i}"})
+        setup.request("POST", "/v1/jobs", body=body, headers=auth)
+        job_ids.append(json.loads(setup.getresponse().read())["id"])
+    setup.request("GET", f"/v1/jobs/{job_ids[0]}", headers=auth)
+    response = setup.getresponse()
+    response.read()
+    etag = response.headers["ETag"]
+    batch = ",".join(job_ids[:10])
+    setup.request("GET", f"/v1/jobs?ids={batch}", headers=auth)
+    response = setup.getresponse()
+    response.read()
+    batch_etag = response.headers["ETag"]
+    setup.close()
+
+    def healthz(conn: http.client.HTTPConnection, i: int) -> None:
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+
+    def get(path: str, status: int, extra: dict[str, str]) -> Request:
+        def request(conn: http.client.HTTPConnection, i: int) -> None:
+            conn.request("GET", path.format(id=job_ids[i]), headers={**auth, **extra})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == status, response.status
+
+        return request
+
+    written = [0] * max(threads)
+
+    def progress(conn: http.client.HTTPConnection, i: int) -> None:
+        written[i] += 1
+        conn.request("POST", f"/v1/jobs/{job_ids[i]}/progress",
+                     body=json.dumps({"progress": written[i] % 100, "message": "working"}),
+                     headers={**auth, "Idempotency-Key": uuid.uuid4().hex})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+
+    cases: list[tuple[str, Request]] = [
+        ("GET /healthz (baseline)", healthz),
+        ("GET /jobs/{id} + If-None-Match -> 304",
+         get(f"/v1/jobs/{job_ids[0]}", 304, {"If-None-Match": etag})),
+        ("GET /jobs/{id} -> 200", get("/v1/jobs/{id}", 200, {})),
+        ("GET /jobs?ids= (10) + If-None-M. -> 304",
+         get(f"/v1/jobs?ids={batch}", 304, {"If-None-Match": batch_etag})),
+        ("GET /jobs?ids= (10) -> 200", get(f"/v1/jobs?ids={batch}", 200, {})),
+        ("POST /jobs/{id}/progress (writes)", progress),
+    ]
+    header = f"{'requests/s (ratio to healthz)':<40}" + "".join(
+        f"{f'{n} thr':>18}" for n in threads)
+    print(header)
+    print("-" * len(header))
+    baseline: dict[int, float] = {}
+    for name, request in cases:
+        cells = []
+        for n in threads:
+            rate = measure(host, port, n, seconds, request)
+            if request is healthz:
+                baseline[n] = rate
+            cells.append(f"{rate:>9.0f} ({rate / baseline[n]:.2f}x)")
+            if n == max(threads):
+                figures[f"{name} [{n} thr], /s"] = f"{rate:.0f}"
+        print(f"{name:<40}" + "".join(f"{cell:>18}" for cell in cells))
+
+
+def event_cases(served: Served, threads: list[int], seconds: float, batch: int,
+                jobs_per_thread: int, figures: dict[str, str]) -> None:
+    """Section 2: progress events per second through POST /v1/events and one by one."""
+    auth = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/json"}
+    print(f"\nprogress events/s, {batch} per POST /v1/events over {jobs_per_thread} jobs "
+          "per thread, beside one POST /jobs/{id}/progress per event (idempotency keys)")
+    for n in threads:
+        events, calls = measure_events(served.host, served.port, auth, n, seconds, batch,
+                                       jobs_per_thread)
+        print(f"  {n} thr: POST /v1/events {events:>8.0f} events/s; single calls "
+              f"{calls:>6.0f} events/s ({events / calls:.1f}x)")
+        if n == max(threads):
+            figures[f"POST /v1/events [{n} thr], events/s"] = f"{events:.0f}"
+
+
+def long_poll_cases(served: Served, db: str, updates: int, figures: dict[str, str]) -> None:
+    """Section 3: set_progress() to long-poll answer, same process and another process."""
+    print()
+    same = long_poll_latency(served.url, served.url, SECRET, updates)
+    second = start_server(db, "--api-key", SECRET, "--public-key", PUBLIC)
+    try:
+        other = long_poll_latency(served.url, second.url, SECRET, updates)
+    finally:
+        second.stop()
+    for where, found in (("same process", same), ("other process", other)):
+        if found is not None:
+            figures[f"long poll p50 / p99 ({where}), ms"] = f"{found[0]:.1f} / {found[1]:.1f}"
+
+
+def process_cases(new_db: Callable[[], str], workers: list[int], threads: int,
+                  client_processes: int, seconds: float, gunicorn: bool,
+                  gunicorn_threads: int, figures: dict[str, str]) -> None:
+    """Section 4: writes (and reads) per second against N server processes."""
+    servers = ["seenn serve --workers N"] + (["gunicorn -k gthread -w N"] if gunicorn else [])
+    print(f"\nrequests/s against N processes: single-event writes (POST .../progress with "
+          f"Idempotency-Key) and reads (GET /jobs/{{id}}), {threads} connections from "
+          f"{client_processes} client processes, a new database per N")
+    header = f"{'server':<36}" + "".join(f"{f'N={n}':>18}" for n in workers)
+    print(header)
+    print("-" * len(header))
+    for server in servers:
+        cells: dict[str, list[str]] = {"writes": [], "reads": []}
+        first: dict[str, float] = {}
+        for n in workers:
+            db = new_db()
+            if server.startswith("gunicorn"):
+                served = start_gunicorn(db, n, gunicorn_threads, SECRET, PUBLIC)
+            else:
+                served = start_server(db, "--workers", str(n), "--api-key", SECRET,
+                                      "--public-key", PUBLIC)
+            try:
+                for kind in ("write", "read"):
+                    rate = measure_processes(served, kind, threads, client_processes, seconds)
+                    first.setdefault(kind, rate)
+                    cells[kind + "s"].append(f"{rate:>9.0f} ({rate / first[kind]:.2f}x)")
+                    if kind == "write" and server.startswith("seenn"):
+                        figures[f"writes/s, serve --workers {n}"] = (
+                            f"{rate:.0f} ({rate / first[kind]:.2f}x)")
+            finally:
+                served.stop()
+        for kind, row in cells.items():
+            print(f"{server + ': ' + kind:<36}" + "".join(f"{cell:>18}" for cell in row))
+
+
+@contextmanager
+def databases(engine: str, tmp: Path, postgres_url: str | None) -> Iterator[Callable[[], str]]:
+    """A maker of fresh, empty databases of ``engine`` (paths or URLs)."""
+    count = itertools.count()
+    if engine == "sqlite":
+        yield lambda: str(tmp / f"bench-{next(count)}.db")
+        return
+    if postgres_url:
+        import psycopg
+
+        def fresh() -> str:
+            name = f"seenn_bench_{os.getpid()}_{next(count)}"
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {name}")
+            return urlunsplit(urlsplit(postgres_url)._replace(path="/" + name))
+
+        yield fresh
+        return
+    # The tests' throwaway cluster: fsync off, as for the tests (no crash safety needed).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.pg import PostgresServer
+
+    server = PostgresServer()
+    try:
+        yield server.new_database
+    finally:
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", default="sqlite,postgresql")
+    parser.add_argument("--postgres-url", help="a PostgreSQL server to create databases on "
+                        "(default: a throwaway cluster started here)")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"sections to run, of {','.join(SECTIONS)}")
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--threads", default="1,2,4,8")
-    parser.add_argument("--db", help="the database, a path or a URL (default: a new "
-                                     "temporary SQLite file)")
-    parser.add_argument("--workers", help="compare writes/s over server processes, e.g. 1,2,4")
-    parser.add_argument("--gunicorn", action="store_true",
-                        help="with --workers: gunicorn gthread as well")
-    parser.add_argument("--gunicorn-threads", type=int, default=8)
-    parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--threads", default="4")
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--jobs-per-thread", type=int, default=4,
                         help="jobs the batch's events are spread over, per client thread "
                              "(the exporter sends one event per job per batch)")
-    parser.add_argument("--only-events", action="store_true",
-                        help="measure POST /v1/events only (and its single-call figure)")
-    parser.add_argument("--long-poll", type=int, default=0, metavar="N",
-                        help="also measure long-poll latency over N updates (e.g. 200)")
+    parser.add_argument("--long-poll", type=int, default=200, metavar="N",
+                        help="updates for the long-poll latency (0: skip)")
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--gunicorn", action="store_true",
+                        help="in the processes section, gunicorn gthread as well")
+    parser.add_argument("--gunicorn-threads", type=int, default=8)
+    parser.add_argument("--client-processes", type=int, default=2)
     args = parser.parse_args()
-    if args.workers:
-        compare_processes(args)
-        return
-    thread_counts = [int(n) for n in args.threads.split(",")]
-
+    threads = [int(n) for n in args.threads.split(",")]
+    only = set(args.only.split(","))
+    engines = args.engines.split(",")
+    results: dict[str, dict[str, str]] = {}
+    print(f"{os.cpu_count()} cores, {args.seconds:.1f} s per cell")
     with tempfile.TemporaryDirectory() as tmp:
-        served = start_server(args.db or Path(tmp) / "bench.db")
-        host, port, secret = served.host, served.port, served.secret
-        auth = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
-        try:
-            setup = http.client.HTTPConnection(host, port)
-            job_ids = []
-            for i in range(max(thread_counts)):
-                body = json.dumps({"jobType": "bench", "userId": "u", "title": f"job {i}"})
-                setup.request("POST", "/v1/jobs", body=body, headers=auth)
-                job_ids.append(json.loads(setup.getresponse().read())["id"])
-            setup.request("GET", f"/v1/jobs/{job_ids[0]}", headers=auth)
-            response = setup.getresponse()
-            response.read()
-            etag = response.headers["ETag"]
-            setup.close()
-
-            def healthz(conn: http.client.HTTPConnection, i: int) -> None:
-                conn.request("GET", "/healthz")
-                conn.getresponse().read()
-
-            def poll_304(conn: http.client.HTTPConnection, i: int) -> None:
-                conn.request("GET", f"/v1/jobs/{job_ids[0]}",
-                             headers={**auth, "If-None-Match": etag})
-                response = conn.getresponse()
-                response.read()
-                assert response.status == 304
-
-            def poll_200(conn: http.client.HTTPConnection, i: int) -> None:
-                conn.request("GET", f"/v1/jobs/{job_ids[i]}", headers=auth)
-                conn.getresponse().read()
-
-            progress_body = json.dumps({"progress": 50, "message": "working"})
-
-            def progress(conn: http.client.HTTPConnection, i: int) -> None:
-                conn.request("POST", f"/v1/jobs/{job_ids[i]}/progress", body=progress_body,
-                             headers=auth)
-                response = conn.getresponse()
-                response.read()
-                assert response.status == 200
-
-            batch = ",".join(job_ids[:10] + [f"absent{i}" for i in range(10 - len(job_ids))])
-            setup = http.client.HTTPConnection(host, port)
-            setup.request("GET", f"/v1/jobs?ids={batch}", headers=auth)
-            response = setup.getresponse()
-            response.read()
-            batch_etag = response.headers["ETag"]
-            setup.close()
-
-            def ids_304(conn: http.client.HTTPConnection, i: int) -> None:
-                conn.request("GET", f"/v1/jobs?ids={batch}",
-                             headers={**auth, "If-None-Match": batch_etag})
-                response = conn.getresponse()
-                response.read()
-                assert response.status == 304
-
-            def ids_200(conn: http.client.HTTPConnection, i: int) -> None:
-                conn.request("GET", f"/v1/jobs?ids={batch}", headers=auth)
-                response = conn.getresponse()
-                response.read()
-                assert response.status == 200
-
-            cases = [("GET /healthz (baseline)", healthz),
-                     ("GET /jobs/{id} + If-None-Match -> 304", poll_304),
-                     ("GET /jobs/{id} -> 200", poll_200),
-                     ("GET /jobs?ids= (10) + If-None-M. -> 304", ids_304),
-                     ("GET /jobs?ids= (10) -> 200", ids_200),
-                     ("POST /jobs/{id}/progress", progress)]
-            if args.only_events:
-                cases = []
-            if cases:
-                print(f"seenn serve on {host}:{port}, {args.seconds:.1f} s per cell, "
-                  f"{os.cpu_count()} cores; requests/second (ratio to the baseline)")
-            header = f"{'case':<40}" + "".join(f"{f'{n} thr':>18}" for n in thread_counts)
-            if cases:
-                print(header)
-                print("-" * len(header))
-            baseline: dict[int, float] = {}
-            for name, request in cases:
-                cells = []
-                for n in thread_counts:
-                    rate = measure(host, port, n, args.seconds, request)
-                    if request is healthz:
-                        baseline[n] = rate
-                    cells.append(f"{rate:>9.0f} ({rate / baseline[n]:.2f}x)")
-                print(f"{name:<40}" + "".join(f"{cell:>18}" for cell in cells))
-            print(f"\nprogress events/second, {args.batch} per POST /v1/events over "
-                  f"{args.jobs_per_thread} jobs per thread, beside one "
-                  "POST /jobs/{id}/progress per event (both with idempotency keys)")
-            print(header)
-            print("-" * len(header))
-            figures = [measure_events(host, port, auth, n, args.seconds, args.batch,
-                                      args.jobs_per_thread) for n in thread_counts]
-            print(f"{'POST /v1/events (events/s)':<40}"
-                  + "".join(f"{events:>18.0f}" for events, _ in figures))
-            print(f"{'single calls (events/s)':<40}"
-                  + "".join(f"{calls:>18.0f}" for _, calls in figures))
-            print(f"{'ratio':<40}"
-                  + "".join(f"{events / calls:>17.1f}x" for events, calls in figures))
-            if args.long_poll:
-                long_poll_latency(served.url, served.url, secret, args.long_poll)
-                # The watcher on a second process of the same database: woken by its poll.
-                second = start_server(Path(tmp) / "bench.db", "--api-key", secret)
+        for engine in engines:
+            figures = results[engine] = {}
+            with databases(engine, Path(tmp), args.postgres_url) as new_db:
+                print(f"\n=== {engine} ===")
+                db = new_db()
+                served = start_server(db, "--api-key", SECRET, "--public-key", PUBLIC)
                 try:
-                    long_poll_latency(served.url, second.url, secret, args.long_poll)
+                    if "requests" in only:
+                        request_cases(served, threads, args.seconds, figures)
+                    if "events" in only:
+                        event_cases(served, threads, args.seconds, args.batch,
+                                    args.jobs_per_thread, figures)
+                    if "long-poll" in only and args.long_poll:
+                        long_poll_cases(served, db, args.long_poll, figures)
                 finally:
-                    second.stop()
-        finally:
-            served.stop()
+                    served.stop()
+                if "processes" in only:
+                    process_cases(new_db, [int(n) for n in args.workers.split(",")],
+                                  max(threads) * 4, args.client_processes, args.seconds,
+                                  args.gunicorn, args.gunicorn_threads, figures)
+    names = list(dict.fromkeys(name for figures in results.values() for name in figures))
+    print("\n=== summary ===")
+    print(f"{'figure':<52}" + "".join(f"{engine:>16}" for engine in engines))
+    for name in names:
+        print(f"{name:<52}" + "".join(f"{results[e].get(name, '-'):>16}" for e in engines))
 
 
-def long_poll_latency(url: str, watch_url: str, secret: str, updates: int) -> None:
+def long_poll_latency(url: str, watch_url: str, secret: str,
+                      updates: int) -> tuple[float, float] | None:
     """Print p50/p99 seconds from ``set_progress()`` here to a long-polling watcher's answer.
 
     Updates go to ``url``; the watcher long-polls ``watch_url`` (the same server, or
-    another process on the same database, woken by its SQLite poll). The watcher
-    re-arms its long poll after each answer; the next update is made once it has
-    (its request was sent and a moment passed for the server to park it).
+    another process on the same database, woken by SQLite's poll or PostgreSQL's
+    NOTIFY). The watcher re-arms its long poll after each answer; the next update is
+    made once it has (its request was sent and a moment passed for the server to park
+    it).
     """
     import seenn
     from seenn.exporters import BatchProcessor, HTTPExporter
@@ -440,13 +479,14 @@ def long_poll_latency(url: str, watch_url: str, secret: str, updates: int) -> No
     lat = sorted((received[i] - sent[i]) * 1000 for i in sent if i in received)
     if not lat:
         print("long poll: no update reached the watcher")
-        return
+        return None
     p50 = lat[len(lat) // 2]
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     where = "same process" if watch_url == url else "watcher on another process"
     print(f"long poll ({where}): set_progress() -> watcher answered, {len(lat)} updates "
           f"(schedule_delay 5 ms, progress_interval 0): p50 {p50:.1f} ms, "
           f"p99 {p99:.1f} ms, max {lat[-1]:.1f} ms")
+    return p50, p99
 
 
 if __name__ == "__main__":

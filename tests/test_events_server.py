@@ -230,6 +230,13 @@ def test_hostile_bodies(raw: httpx.Client) -> None:
     answer = raw.post("/events", content=raw_bytes)
     assert answer.status_code == 400
     assert answer.json()["error"]["details"]["field"] == "events.0.body.title"
+    # And as a UTF-16 code unit of a body json.loads reads as UTF-16 (whose bytes,
+    # big-endian, can even be valid UTF-8).
+    utf16 = surrogate.decode().replace("\\ud800", "\udc80").encode("utf-16-be",
+                                                                 "surrogatepass")
+    answer = raw.post("/events", content=utf16)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["details"]["field"] == "events.0.body.title"
     deep = b'{"events": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     assert raw.post("/events", content=deep).json()["error"]["code"] == "INVALID_JSON"
     assert raw.post("/events", content=b"[1, 2]").json()["error"]["code"] == "INVALID_JSON"

@@ -18,6 +18,8 @@ the same as a factory. Settings, read from the environment:
   ``WORKER_LOST`` (default 300, ``0`` turns the server-wide limit off).
 * ``SEENN_SERVER_CORS_ORIGIN``: ``Access-Control-Allow-Origin`` (default ``*``; empty
   turns CORS off).
+* ``SEENN_SERVER_MAX_EVENTS``: the most events one ``POST /v1/events`` may carry
+  (default 500, up to 10,000; ``0`` turns that extension off).
 
 A bad setting raises ``seenn.ValidationError`` naming the variable, before anything
 is served.
@@ -35,6 +37,7 @@ from typing import Any
 from seenn._core.validation import MAX_STALE_AFTER, MIN_STALE_AFTER, fail
 from seenn.server._app import SeennServerApp, StartResponse, create_app
 from seenn.server._stale import DEFAULT_STALE_AFTER
+from seenn.server._writes import MAX_EVENTS_LIMIT
 
 __all__ = ["ProcessApp", "create_app_from_env"]
 
@@ -44,6 +47,7 @@ ENV_PUBLIC_KEY = "SEENN_SERVER_PUBLIC_KEY"
 ENV_RATE_LIMIT = "SEENN_SERVER_RATE_LIMIT"
 ENV_STALE_AFTER = "SEENN_SERVER_STALE_AFTER"
 ENV_CORS_ORIGIN = "SEENN_SERVER_CORS_ORIGIN"
+ENV_MAX_EVENTS = "SEENN_SERVER_MAX_EVENTS"
 
 
 class ProcessApp:
@@ -175,6 +179,12 @@ def settings_from_env(env: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
     options["stale_after"] = DEFAULT_STALE_AFTER if stale is None else stale
     if ENV_CORS_ORIGIN in env:
         options["cors_origin"] = env[ENV_CORS_ORIGIN].strip() or None
+    events = _number(env, ENV_MAX_EVENTS)
+    if events is not None:
+        if events != int(events) or not 0 <= events <= MAX_EVENTS_LIMIT:
+            fail(ENV_MAX_EVENTS, f"must be 0 (off) or a whole number up to {MAX_EVENTS_LIMIT}, "
+                                 f"got {env[ENV_MAX_EVENTS]!r}")
+        options["max_events"] = int(events)
     return db, options
 
 
