@@ -184,4 +184,6 @@ async function follow() {
   }
 }
 
+// A new key (or token) typed into the fragment is a new page: read it from the start.
+window.addEventListener("hashchange", () => location.reload());
 follow();
