@@ -13,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,22 @@ def test_job_page_follows_a_tracked_job_from_0_to_100(served: Served, page: Page
     expect(page.locator("#error")).to_be_hidden()
     expect(page).to_have_title("100% · Generating your video · seenn")
     shot(page, "job-page-completed")
+
+
+def test_job_page_shows_the_time_left_once_there_is_an_eta(served: Served, page: Page) -> None:
+    """A running job with an estimated completion shows the time left; none before it."""
+    with served.client() as client:
+        job = client.jobs.start("render", user_id="u", title="Rendering")
+        job.set_progress(10)
+        page.goto(f"{served.url}/jobs/{job.id}#key={served.public_key}")
+        expect(page.locator("#bar")).to_have_attribute("aria-valuenow", "10")
+        expect(page.locator("#eta")).to_have_text("")
+        soon = datetime.now(timezone.utc) + timedelta(minutes=10, seconds=20)
+        job.set_progress(20, estimated_completion_at=soon)
+        expect(page.locator("#eta")).to_have_text("· about 10 min left")
+        job.complete()
+    expect(page.locator("#status")).to_have_text("completed")
+    expect(page.locator("#eta")).to_have_text("")
 
 
 class RenderError(Exception):

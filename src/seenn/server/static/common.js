@@ -51,7 +51,8 @@ export function remaining(isoTime, overdue, now = Date.now()) {
   const when = Date.parse(isoTime);
   if (!Number.isFinite(when)) return "";
   const seconds = Math.round((when - now) / 1000);
-  if (overdue || seconds <= 0) return "taking longer than usual";
+  if (overdue) return "taking longer than usual";
+  if (seconds < 5) return "a few seconds left";
   if (seconds < 60) return `about ${seconds} s left`;
   if (seconds < 3600) return `about ${Math.round(seconds / 60)} min left`;
   return `about ${(seconds / 3600).toFixed(1)} h left`;
