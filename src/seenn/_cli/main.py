@@ -203,7 +203,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # NaN fails the comparison; beyond 100 the sleeps overflow or never end.
     if not 0 <= args.pace <= 100:
         raise CLIError(f"--pace must be from 0 to 100, got {args.pace}", 2)
-    return run(sys.stdout, pace=args.pace, fail=args.fail)
+    return run(sys.stdout, pace=args.pace, fail=args.fail, open_page=args.open_page)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
