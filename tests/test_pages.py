@@ -27,6 +27,13 @@ def backend(tmp_path: Path) -> Iterator[RunningServer]:
         yield server
 
 
+@pytest.fixture
+def srv(db: str) -> Iterator[RunningServer]:
+    """The backend once per storage engine (SQLite and PostgreSQL)."""
+    with seenn.server.running(db) as server:
+        yield server
+
+
 def raw_get(server: RunningServer, target: str, accept: str = "text/html") -> tuple[int, bytes]:
     """Send a request line exactly as written (no client normalises the path)."""
     host, port = server.server.server_address[:2]
@@ -181,36 +188,36 @@ def recent(server: RunningServer, key: str, **params: str) -> httpx.Response:
                      headers={"Authorization": f"Bearer {key}"})
 
 
-def test_recent_lists_every_users_jobs_newest_first(backend: RunningServer) -> None:
+def test_recent_lists_every_users_jobs_newest_first(srv: RunningServer) -> None:
     """A secret key lists the app's jobs of all users, newest first, with filters."""
-    with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
+    with seenn.SeennClient(srv.api_key, base_url=srv.url) as client:
         a = client.jobs.start("video", user_id="ann", title="A")
         b = client.jobs.start("export", user_id="bob", title="B")
         c = client.jobs.start("video", user_id="bob", title="C")
         b.fail(error={"code": "BOOM", "message": "no"})
         c.complete()
-    ids = [job["id"] for job in recent(backend, backend.api_key).json()["jobs"]]
+    ids = [job["id"] for job in recent(srv, srv.api_key).json()["jobs"]]
     assert ids == [c.id, b.id, a.id]
-    assert [j["id"] for j in recent(backend, backend.api_key, userId="bob").json()["jobs"]] \
+    assert [j["id"] for j in recent(srv, srv.api_key, userId="bob").json()["jobs"]] \
         == [c.id, b.id]
-    assert [j["id"] for j in recent(backend, backend.api_key, jobType="video").json()["jobs"]] \
+    assert [j["id"] for j in recent(srv, srv.api_key, jobType="video").json()["jobs"]] \
         == [c.id, a.id]
-    assert [j["id"] for j in recent(backend, backend.api_key, status="failed").json()["jobs"]] \
+    assert [j["id"] for j in recent(srv, srv.api_key, status="failed").json()["jobs"]] \
         == [b.id]
-    assert recent(backend, backend.api_key, userId="bob", jobType="video",
+    assert recent(srv, srv.api_key, userId="bob", jobType="video",
                   status="completed").json()["jobs"][0]["id"] == c.id
-    assert recent(backend, backend.api_key, userId="nobody").json() == {"jobs": []}
+    assert recent(srv, srv.api_key, userId="nobody").json() == {"jobs": []}
 
 
-def test_recent_pages_with_cursors(backend: RunningServer) -> None:
+def test_recent_pages_with_cursors(srv: RunningServer) -> None:
     """limit and nextCursor page through the recent jobs without gaps or repeats."""
-    with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
+    with seenn.SeennClient(srv.api_key, base_url=srv.url) as client:
         made = [client.jobs.start("t", user_id=f"u{i % 3}", title="x").id for i in range(7)]
     seen: list[str] = []
     cursor = None
     while True:
         params = {"limit": "3", **({"cursor": cursor} if cursor else {})}
-        body = recent(backend, backend.api_key, **params).json()
+        body = recent(srv, srv.api_key, **params).json()
         seen += [job["id"] for job in body["jobs"]]
         cursor = body.get("nextCursor")
         if cursor is None:
@@ -219,11 +226,11 @@ def test_recent_pages_with_cursors(backend: RunningServer) -> None:
 
 
 def test_recent_filters_scan_a_bounded_number_of_jobs_per_page(
-        backend: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        srv: RunningServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A sparse filter answers short pages with a cursor that goes on where the scan stopped."""
     monkeypatch.setattr(_app, "_RECENT_SCAN", 4)
     monkeypatch.setattr(_app, "_RECENT_BATCH", 2)
-    with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
+    with seenn.SeennClient(srv.api_key, base_url=srv.url) as client:
         rare = [client.jobs.start("rare", user_id="u", title="r").id for _ in range(2)]
         for _ in range(9):
             client.jobs.start("common", user_id="u", title="c")
@@ -232,7 +239,7 @@ def test_recent_filters_scan_a_bounded_number_of_jobs_per_page(
     cursor = None
     while True:
         params = {"jobType": "rare", "limit": "5", **({"cursor": cursor} if cursor else {})}
-        body = recent(backend, backend.api_key, **params).json()
+        body = recent(srv, srv.api_key, **params).json()
         pages += 1
         found += [job["id"] for job in body["jobs"]]
         cursor = body.get("nextCursor")
@@ -242,17 +249,17 @@ def test_recent_filters_scan_a_bounded_number_of_jobs_per_page(
     assert pages >= 3
 
 
-def test_recent_needs_a_secret_key(backend: RunningServer) -> None:
+def test_recent_needs_a_secret_key(srv: RunningServer) -> None:
     """A public key or a user token may not list every user's jobs (403)."""
-    assert backend.public_key is not None
-    with seenn.SeennClient(backend.api_key, base_url=backend.url) as client:
+    assert srv.public_key is not None
+    with seenn.SeennClient(srv.api_key, base_url=srv.url) as client:
         client.jobs.start("t", user_id="ann", title="x")
         token = client.create_token("ann").token
-    for key in (backend.public_key, token):
-        answer = recent(backend, key)
+    for key in (srv.public_key, token):
+        answer = recent(srv, key)
         assert answer.status_code == 403
         assert answer.json()["error"]["code"] == "FORBIDDEN"
-    assert recent(backend, "sk_test_wrong").status_code == 401
+    assert recent(srv, "sk_test_wrong").status_code == 401
 
 
 @pytest.mark.parametrize(("params", "field"), [
@@ -263,10 +270,10 @@ def test_recent_needs_a_secret_key(backend: RunningServer) -> None:
     ({"limit": "0"}, "limit"),
     ({"cursor": "nope"}, "cursor"),
 ])
-def test_recent_refuses_bad_parameters_naming_them(backend: RunningServer,
+def test_recent_refuses_bad_parameters_naming_them(srv: RunningServer,
                                                    params: dict[str, str], field: str) -> None:
     """A bad filter or page parameter is 400 VALIDATION_ERROR naming the field."""
-    answer = recent(backend, backend.api_key, **params)
+    answer = recent(srv, srv.api_key, **params)
     assert answer.status_code == 400
     error = answer.json()["error"]
     assert error["code"] == "VALIDATION_ERROR"
