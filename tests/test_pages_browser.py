@@ -9,13 +9,16 @@ ever appeared in a URL the server saw or logged. Screenshots are kept in
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
@@ -38,7 +41,7 @@ expect.set_options(timeout=30_000)
 class Recorder:
     """A WSGI middleware that keeps the request target (path and query) of every request."""
 
-    def __init__(self, app: SeennServerApp) -> None:
+    def __init__(self, app: SeennServerApp | LongPoll) -> None:
         self.app = app
         self.max_body_bytes = app.max_body_bytes
         self.targets: list[str] = []
@@ -48,6 +51,45 @@ class Recorder:
         with self._lock:
             self.targets.append(str(environ.get("RAW_URI", "")))
         return self.app(environ, start_response)
+
+
+class LongPoll:
+    """The long poll of issue 13 around the app, to drive the page's long-poll path.
+
+    ``/v1/healthz`` advertises ``extensions.wait``; ``GET /v1/jobs/{id}?wait=S`` with
+    ``If-None-Match`` is answered once the job's ETag changes, or with 304 after S.
+    """
+
+    def __init__(self, app: SeennServerApp) -> None:
+        self.app = app
+        self.max_body_bytes = app.max_body_bytes
+        self.waits: list[tuple[str, str]] = []
+        self._pause = threading.Event()  # never set: a bounded pause between reads
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = str(environ.get("PATH_INFO", ""))
+        query = parse_qs(str(environ.get("QUERY_STRING", "")))
+        if path == "/v1/healthz":
+            body = json.dumps({"status": "ok", "extensions": {"wait": {"maxSeconds": 30}}})
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body.encode()]
+        etag = str(environ.get("HTTP_IF_NONE_MATCH", ""))
+        if not (path.startswith("/v1/jobs/") and "wait" in query and etag):
+            return self.app(environ, start_response)
+        self.waits.append((query["wait"][0], etag))
+        deadline = time.monotonic() + float(query["wait"][0])
+        inner = {**environ, "QUERY_STRING": "", "RAW_URI": path}
+        answer: list[Any] = []
+
+        def keep(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            answer[:] = [status, headers]
+
+        while True:
+            body = self.app(inner, keep)
+            if not answer[0].startswith("304") or time.monotonic() > deadline:
+                start_response(*answer)
+                return body
+            self._pause.wait(0.05)
 
 
 @dataclass
@@ -61,6 +103,7 @@ class Served:
     tracker: seenn.Tracker
     exporter: HTTPExporter
     keys: list[str] = field(default_factory=list)
+    long_poll: LongPoll | None = None
 
     def flush(self) -> None:
         assert self.exporter.force_flush(timeout=30)
@@ -107,10 +150,13 @@ def dialogs(page: Page) -> list[str]:
 
 
 @pytest.fixture
-def served(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> Iterator[Served]:
+def served(request: pytest.FixtureRequest, tmp_path: Path,
+           capfd: pytest.CaptureFixture[str]) -> Iterator[Served]:
+    """The backend; ``indirect`` with the param ``"long-poll"`` puts LongPoll around it."""
     api_key, public_key = "sk_test_pageoperatorsecret0001", "pk_test_pagepublickey0001"
     app = create_app(tmp_path / "pages.db", api_key=api_key, public_key=public_key)
-    recorder = Recorder(app)
+    long_poll = LongPoll(app) if getattr(request, "param", None) == "long-poll" else None
+    recorder = Recorder(long_poll or app)
     server = WSGIServer(("127.0.0.1", 0), recorder, access_log=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
@@ -119,7 +165,7 @@ def served(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> Iterator[Served
                             heartbeat_interval=None)
     tracker = seenn.Tracker(processors=[SimpleProcessor(exporter)])
     backend = Served(server.url, api_key, public_key, recorder, tracker, exporter,
-                     keys=[api_key, public_key])
+                     keys=[api_key, public_key], long_poll=long_poll)
     try:
         yield backend
     finally:
@@ -180,6 +226,29 @@ def test_job_page_follows_a_tracked_job_from_0_to_100(served: Served, page: Page
     expect(page.locator("#error")).to_be_hidden()
     expect(page).to_have_title("100% · Generating your video · seenn")
     shot(page, "job-page-completed")
+    # This server offers no long poll: the page polled with If-None-Match, no ?wait=.
+    assert not any("wait=" in target for target in served.recorder.targets)
+
+
+@pytest.mark.parametrize("served", ["long-poll"], indirect=True)
+def test_job_page_uses_the_long_poll_when_the_server_offers_it(served: Served,
+                                                                page: Page) -> None:
+    """With "wait" in /v1/healthz the page asks GET /v1/jobs/{id}?wait=25 with its ETag."""
+    assert served.long_poll is not None
+    with served.tracker.track("render", user_id="u", title="Long polled") as job:
+        job.set_progress(10)
+        served.flush()
+        page.goto(f"{served.url}/jobs/{job.id}#key={served.public_key}")
+        expect(page.locator("#bar")).to_have_attribute("aria-valuenow", "10")
+        job.set_progress(55, message="halfway")
+        served.flush()
+        expect(page.locator("#bar")).to_have_attribute("aria-valuenow", "55")
+    served.flush()
+    expect(page.locator("#bar")).to_have_attribute("aria-valuenow", "100")
+    expect(page.locator("#status")).to_have_text("completed")
+    assert f"/v1/jobs/{job.id}?wait=25" in served.recorder.targets
+    assert served.long_poll.waits
+    assert all(wait == "25" and etag.startswith('"') for wait, etag in served.long_poll.waits)
 
 
 def test_job_page_shows_the_time_left_once_there_is_an_eta(served: Served, page: Page) -> None:
