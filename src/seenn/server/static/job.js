@@ -105,23 +105,34 @@ function renderEta() {
   setText($("eta"), text ? `· ${text}` : "");
 }
 
+// One list item per child id, made once and updated in place, so bars move smoothly.
+const childItems = new Map();
+
+function childItem(id) {
+  let item = childItems.get(id);
+  if (item) return item;
+  item = make("li", "child");
+  const name = make("a", "name");
+  name.id = `child-name-${childItems.size}`;
+  const bar = makeBar(true);
+  bar.setAttribute("aria-labelledby", name.id);
+  item.append(name, bar, make("span", "pct"));
+  childItems.set(id, item);
+  return item;
+}
+
 function renderChildren(children) {
-  const list = $("child-list");
-  list.replaceChildren();
-  children.forEach((child, index) => {
-    const item = make("li", "child");
-    const nameId = `child-name-${index}`;
-    const name = make("a", "name", child.title || child.jobType || child.id);
-    name.id = nameId;
+  const items = children.map((child) => {
+    const item = childItem(String(child.id));
+    const [name, bar, pct] = item.children;
+    setText(name, child.title || child.jobType || child.id);
     name.href = encodeURIComponent(String(child.id)) + location.hash;
-    const bar = makeBar(true);
-    bar.setAttribute("aria-labelledby", nameId);
     const value = setBar(bar, child.progress, child.status);
-    const pct = make("span", "pct", child.status === "failed" ? "failed" : value + "%");
-    item.append(name, bar, pct);
-    list.appendChild(item);
+    setText(pct, child.status === "failed" ? "failed" : value + "%");
+    return item;
   });
-  $("children").hidden = children.length === 0;
+  $("child-list").replaceChildren(...items);
+  $("children").hidden = items.length === 0;
 }
 
 async function loadChildren(root, jobId, key) {

@@ -28,23 +28,49 @@ export function failuresFirst(jobs) {
   return failed.concat(jobs.filter((job) => job.status !== "failed"));
 }
 
-function row(job, index) {
-  const tr = make("tr", typeof job.status === "string" ? job.status : "");
-  const first = make("td");
-  const link = make("a", "title", job.title || job.jobType || job.id);
-  link.id = `job-title-${index}`;
-  link.href = `${prefix}jobs/${encodeURIComponent(String(job.id))}`;
-  first.append(link);
-  const progress = make("td");
+// One row per job id, made once and updated in place, so bars move rather than redraw.
+const rowsById = new Map();
+const cellsOf = new WeakMap();
+let rowCount = 0;
+
+function makeRow() {
+  const tr = make("tr");
+  const title = make("a", "title");
+  title.id = `job-title-${rowCount++}`;
   const bar = makeBar(true);
-  bar.setAttribute("aria-labelledby", link.id);
-  const value = setBar(bar, job.progress, job.status);
-  progress.append(bar, make("span", "pct", value + "%"));
+  bar.setAttribute("aria-labelledby", title.id);
+  const cells = { title, bar, pct: make("span", "pct"), status: make("span", "status"),
+                  user: make("td", "user"), type: make("td", "type"),
+                  updated: make("td", "updated-at") };
+  const first = make("td");
+  first.append(title);
   const status = make("td");
-  status.append(make("span", "status " + tr.className, job.status));
-  const updated = make("td", "updated-at", when(job.updatedAt));
-  tr.append(first, make("td", "user", job.userId), make("td", "type", job.jobType), status,
-            progress, updated);
+  status.append(cells.status);
+  const progress = make("td");
+  progress.append(bar, cells.pct);
+  tr.append(first, cells.user, cells.type, status, progress, cells.updated);
+  cellsOf.set(tr, cells);
+  return tr;
+}
+
+function row(job) {
+  const id = String(job.id);
+  let tr = rowsById.get(id);
+  if (!tr) {
+    tr = makeRow();
+    rowsById.set(id, tr);
+  }
+  const cells = cellsOf.get(tr);
+  const status = typeof job.status === "string" ? job.status : "";
+  tr.className = status;
+  setText(cells.title, job.title || job.jobType || job.id);
+  cells.title.href = `${prefix}jobs/${encodeURIComponent(id)}`;
+  setText(cells.user, job.userId);
+  setText(cells.type, job.jobType);
+  setText(cells.status, job.status);
+  cells.status.className = "status " + status;
+  setText(cells.pct, setBar(cells.bar, job.progress, job.status) + "%");
+  setText(cells.updated, when(job.updatedAt));
   return tr;
 }
 
@@ -58,7 +84,10 @@ async function refresh(key) {
     cursor = result.body.nextCursor || null;
     if (!cursor) break;
   }
-  $("rows").replaceChildren(...failuresFirst(jobs).map(row));
+  const shown = failuresFirst(jobs).map(row);
+  const keep = new Set(jobs.map((job) => String(job.id)));
+  for (const id of [...rowsById.keys()]) if (!keep.has(id)) rowsById.delete(id);
+  $("rows").replaceChildren(...shown);
   $("more").hidden = !cursor;
   setText($("list-notice"), jobs.length ? "" : "No jobs match.");
   return null;
