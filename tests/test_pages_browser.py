@@ -465,3 +465,20 @@ def test_operator_view_refuses_a_public_or_unknown_key(served: Served, page: Pag
     expect(page.locator("#login-error")).to_contain_text("not valid")
     assert page.evaluate("sessionStorage.length") == 0
     expect(page.locator("#view")).to_be_hidden()
+
+
+def test_operator_view_shows_more_with_the_cursor(served: Served, page: Page) -> None:
+    """Past one page (50 jobs) a "Show more" button follows nextCursor; then it hides."""
+    with served.client() as client:
+        for number in range(52):
+            client.jobs.start("t", user_id=f"u{number % 4}", title=f"Job {number}")
+    log_in(page, served, served.api_key)
+    rows = page.locator("#rows tr")
+    expect(rows).to_have_count(50)
+    expect(rows.nth(0).locator(".title")).to_have_text("Job 51")
+    more = page.get_by_role("button", name="Show more")
+    expect(more).to_be_visible()
+    more.click()
+    expect(rows).to_have_count(52)
+    expect(rows.nth(51).locator(".title")).to_have_text("Job 0")
+    expect(more).to_be_hidden()
