@@ -108,3 +108,41 @@ def test_demo_open_without_a_browser_only_prints_the_url(tmp_path: Path) -> None
     assert re.search(r"^job page: http://127\.0\.0\.1:\d+/jobs/job_\w+#key=pk_test_\w+$",
                      out.stdout, re.M), out.stdout
     assert "(no browser to open here: open the job page's URL yourself)" in out.stdout
+
+
+def test_demo_open_in_a_terminal_keeps_serving_the_page_until_enter(tmp_path: Path) -> None:
+    """With a terminal on stdin, --open keeps the backend up after the summary until Enter."""
+    import pty
+    import selectors
+
+    import httpx
+
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("BROWSER", "DISPLAY", "WAYLAND_DISPLAY")}
+    env["PATH"] = str(tmp_path)
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "seenn", "demo", "--pace", "0", "--open"],
+                            stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env)
+    os.close(terminal)
+    try:
+        assert proc.stdout is not None
+        text = ""
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            while "press Enter" not in text:
+                assert selector.select(timeout=120), text
+                chunk = os.read(proc.stdout.fileno(), 65536).decode()
+                assert chunk, text
+                text += chunk
+        found = re.search(r"^job page: (\S+)$", text, re.M)
+        assert found, text
+        page = httpx.get(found.group(1).partition("#")[0], headers={"Accept": "text/html"})
+        assert page.status_code == 200
+        os.write(controller, b"\n")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
