@@ -79,20 +79,24 @@ export function safeUrl(text) {
  * One API call with the key in the Authorization header (never in the URL).
  * Resolves to {status, etag, body, retryAfter}; network failures resolve to status 0.
  */
-export async function call(url, key, { etag, signal } = {}) {
+export async function call(url, key, { etag, timeoutSeconds = 30 } = {}) {
   const headers = { Authorization: "Bearer " + key, Accept: "application/json" };
   if (etag) headers["If-None-Match"] = etag;
+  // A connection that silently died must not stop the page for good.
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), timeoutSeconds * 1000);
   let response;
-  try {
-    response = await fetch(url, { headers, signal, cache: "no-store", credentials: "omit",
-                                  referrerPolicy: "no-referrer" });
-  } catch (error) {
-    if (error && error.name === "AbortError") throw error;
-    return { status: 0, etag: null, body: null, retryAfter: null };
-  }
   let body = null;
-  if (response.status !== 304) {
-    try { body = await response.json(); } catch { body = null; }
+  try {
+    response = await fetch(url, { headers, signal: controller.signal, cache: "no-store",
+                                  credentials: "omit", referrerPolicy: "no-referrer" });
+    if (response.status !== 304) {
+      try { body = await response.json(); } catch { body = null; }
+    }
+  } catch {
+    return { status: 0, etag: null, body: null, retryAfter: null };
+  } finally {
+    clearTimeout(timer);
   }
   return { status: response.status, etag: response.headers.get("ETag"), body,
            retryAfter: Number(response.headers.get("Retry-After")) || null };

@@ -162,7 +162,8 @@ async function follow() {
   for (;;) {
     const longPoll = wait > 0 && etag !== null;
     const began = Date.now();
-    const result = await call(longPoll ? `${jobUrl}?wait=${wait}` : jobUrl, key, { etag });
+    const result = await call(longPoll ? `${jobUrl}?wait=${wait}` : jobUrl, key,
+                              { etag, timeoutSeconds: longPoll ? wait + 15 : 30 });
     let delay = document.hidden ? HIDDEN_POLL_MS : POLL_MS;
     if (result.status === 200 && result.body) {
       failures = 0;
