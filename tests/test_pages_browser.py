@@ -252,12 +252,16 @@ def test_job_page_uses_the_long_poll_when_the_server_offers_it(served: Served,
 
 
 def test_job_page_shows_the_time_left_once_there_is_an_eta(served: Served, page: Page) -> None:
-    """A running job with an estimated completion shows the time left; none before it."""
+    """A queued job shows its place; running with an estimated completion, the time left."""
     with served.client() as client:
-        job = client.jobs.start("render", user_id="u", title="Rendering")
-        job.set_progress(10)
+        job = client.jobs.start("render", user_id="u", title="Rendering",
+                                queue={"position": 5, "total": 20, "queueName": "gpu"})
         page.goto(f"{served.url}/jobs/{job.id}#key={served.public_key}")
+        expect(page.locator("#status")).to_have_text("queued")
+        expect(page.locator("#queue")).to_have_text("position 5 of 20 in gpu")
+        job.set_progress(10)
         expect(page.locator("#bar")).to_have_attribute("aria-valuenow", "10")
+        expect(page.locator("#queue-row")).to_be_hidden()
         expect(page.locator("#eta")).to_have_text("")
         soon = datetime.now(timezone.utc) + timedelta(minutes=10, seconds=20)
         job.set_progress(20, estimated_completion_at=soon)
