@@ -486,3 +486,40 @@ def test_operator_view_shows_more_with_the_cursor(served: Served, page: Page) ->
     expect(rows).to_have_count(52)
     expect(rows.nth(51).locator(".title")).to_have_text("Job 0")
     expect(more).to_be_hidden()
+
+
+def test_job_page_rides_out_a_server_restart(tmp_path: Path, page: Page) -> None:
+    """While the server is down the page says so; once it is back it follows the job again."""
+    api_key, public_key = "sk_test_pagerestartsecret0001", "pk_test_pagerestartpublic0001"
+    app = create_app(tmp_path / "restart.db", api_key=api_key, public_key=public_key)
+
+    def serve(port: int) -> tuple[WSGIServer, threading.Thread]:
+        server = WSGIServer(("127.0.0.1", port), app)
+        thread = threading.Thread(target=server.serve_forever,
+                                  kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        return server, thread
+
+    def stop(server: WSGIServer, thread: threading.Thread) -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    server, thread = serve(0)
+    port = server.server_address[1]
+    try:
+        with seenn.SeennClient(api_key, base_url=server.url) as client:
+            job = client.jobs.start("render", user_id="u", title="Survives")
+            job.set_progress(20)
+            page.goto(f"{server.url}/jobs/{job.id}#key={public_key}")
+            expect(page.locator("#bar")).to_have_attribute("aria-valuenow", "20")
+            stop(server, thread)
+            expect(page.locator("#notice")).to_have_text(
+                "The server cannot be reached; trying again…")
+            server, thread = serve(port)
+            job.set_progress(70)
+            expect(page.locator("#bar")).to_have_attribute("aria-valuenow", "70")
+            expect(page.locator("#notice")).to_be_hidden()
+    finally:
+        stop(server, thread)
+        app.close()
