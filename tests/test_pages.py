@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
+import zipfile
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -179,6 +182,20 @@ def test_pages_load_no_inline_script_or_style() -> None:
         assert "innerHTML" not in text and "insertAdjacentHTML" not in text, name
         assert "eval(" not in text and "document.write" not in text, name
         assert "http://" not in text and "https://" not in text, name
+
+
+def test_the_wheel_ships_the_pages(tmp_path: Path) -> None:
+    """A wheel built from the source tree holds every static file, byte for byte."""
+    root = Path(__file__).resolve().parent.parent
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                            "--wheel-dir", str(tmp_path), str(root)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("seenn-*.whl")
+    static = resources.files("seenn.server") / "static"
+    with zipfile.ZipFile(wheel) as archive:
+        for name in ("index.html", "job.html", *ASSETS):
+            assert archive.read(f"seenn/server/static/{name}") == (static / name).read_bytes()
 
 
 # GET /v1/jobs?recent=1 --------------------------------------------------------------
