@@ -41,7 +41,7 @@ expect.set_options(timeout=30_000)
 class Recorder:
     """A WSGI middleware that keeps the request target (path and query) of every request."""
 
-    def __init__(self, app: SeennServerApp | LongPoll) -> None:
+    def __init__(self, app: SeennServerApp | LongPoll | Mount) -> None:
         self.app = app
         self.max_body_bytes = app.max_body_bytes
         self.targets: list[str] = []
@@ -90,6 +90,24 @@ class LongPoll:
                 start_response(*answer)
                 return body
             self._pause.wait(0.05)
+
+
+class Mount:
+    """The app mounted below ``/seenn``, as another WSGI server would mount it."""
+
+    prefix = "/seenn"
+
+    def __init__(self, app: SeennServerApp) -> None:
+        self.app = app
+        self.max_body_bytes = app.max_body_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = str(environ.get("PATH_INFO", ""))
+        if not path.startswith(self.prefix + "/"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not mounted here"]
+        inner = {**environ, "SCRIPT_NAME": self.prefix, "PATH_INFO": path[len(self.prefix):]}
+        return self.app(inner, start_response)
 
 
 @dataclass
@@ -152,19 +170,22 @@ def dialogs(page: Page) -> list[str]:
 @pytest.fixture
 def served(request: pytest.FixtureRequest, tmp_path: Path,
            capfd: pytest.CaptureFixture[str]) -> Iterator[Served]:
-    """The backend; ``indirect`` with the param ``"long-poll"`` puts LongPoll around it."""
+    """The backend; ``indirect`` params ``"long-poll"`` and ``"mounted"`` wrap the app."""
     api_key, public_key = "sk_test_pageoperatorsecret0001", "pk_test_pagepublickey0001"
     app = create_app(tmp_path / "pages.db", api_key=api_key, public_key=public_key)
-    long_poll = LongPoll(app) if getattr(request, "param", None) == "long-poll" else None
-    recorder = Recorder(long_poll or app)
+    kind = getattr(request, "param", None)
+    long_poll = LongPoll(app) if kind == "long-poll" else None
+    mount = Mount(app) if kind == "mounted" else None
+    recorder = Recorder(long_poll or mount or app)
     server = WSGIServer(("127.0.0.1", 0), recorder, access_log=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
-    exporter = HTTPExporter(api_key=api_key, base_url=server.url, progress_interval=0,
+    url = server.url + (Mount.prefix if mount else "")
+    exporter = HTTPExporter(api_key=api_key, base_url=url, progress_interval=0,
                             heartbeat_interval=None)
     tracker = seenn.Tracker(processors=[SimpleProcessor(exporter)])
-    backend = Served(server.url, api_key, public_key, recorder, tracker, exporter,
+    backend = Served(url, api_key, public_key, recorder, tracker, exporter,
                      keys=[api_key, public_key], long_poll=long_poll)
     try:
         yield backend
@@ -523,3 +544,19 @@ def test_job_page_rides_out_a_server_restart(tmp_path: Path, page: Page) -> None
     finally:
         stop(server, thread)
         app.close()
+
+
+@pytest.mark.parametrize("served", ["mounted"], indirect=True)
+def test_pages_work_below_a_mount_prefix(served: Served, page: Page) -> None:
+    """Mounted at /seenn by another WSGI server, both pages find their files and the API."""
+    with served.client() as client:
+        job = client.jobs.start("render", user_id="u", title="Mounted")
+        job.set_progress(45)
+    page.goto(f"{served.url}/jobs/{job.id}#key={served.public_key}")
+    expect(page.locator("#bar")).to_have_attribute("aria-valuenow", "45")
+    log_in(page, served, served.api_key)
+    expect(page.locator("#rows tr .title")).to_have_text("Mounted")
+    page.locator("#rows tr .title").click()
+    expect(page.locator("#title")).to_have_text("Mounted")
+    assert page.url.startswith(f"{served.url}/jobs/")
+    assert all(target.startswith("/seenn/") for target in served.recorder.targets)
