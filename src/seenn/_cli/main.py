@@ -92,6 +92,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                  if args.stale_after else "")
         out.write(f"seenn serve {__version__}: listening on {server.url} (the base_url for "
                   f"clients; database {args.db}{rate}{stale}); Ctrl-C stops\n")
+        out.write(f"  pages: {server.url}/ (every user's jobs, with the secret key), "
+                  f"{server.url}/jobs/ID#key=PUBLIC_KEY (a job, to send to its user)\n")
         out.flush()
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
