@@ -95,6 +95,9 @@ def test_serve_prints_a_key_pair_once_and_stops_cleanly(tmp_path: Path) -> None:
         secret = server.line(r"secret key").split()[-1]
         public = server.line(r"public key").split()[-1]
         url = server.url()
+        pages = server.line(r"pages: ")
+        assert f"{url}/ (every user's jobs, with the secret key)" in pages
+        assert f"{url}/jobs/ID#key=PUBLIC_KEY" in pages
         assert secret.startswith("sk_test_")
         assert public.startswith("pk_test_")
         assert main(["conformance", "--base-url", url, "--api-key", secret,

@@ -243,7 +243,7 @@ def test_spec_paths_and_methods_are_exactly_the_server_routes(backend: RunningSe
 
 
 @pytest.mark.parametrize("path", [
-    "/", "/v1", "/v1/job", "/v2/jobs", "/jobs", "/v1/jobs/x/cancel", "/v1/jobs/x/children/y",
+    "/v1", "/v1/job", "/v2/jobs", "/jobs", "/v1/jobs/x/cancel", "/v1/jobs/x/children/y",
     "/v1/jobs/x/progress/y", "/v1/health", "/v1/healthz/x",
 ])
 def test_paths_outside_the_spec_are_404(shared_api: Api, shared_anonymous: Api,

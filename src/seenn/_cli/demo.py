@@ -3,12 +3,16 @@
 It starts ``seenn serve`` in this process on a free loopback port with a
 temporary SQLite database, runs a small pipeline with ``track()``, stages,
 ``iterate()`` and a child job through the HTTP exporter, and meanwhile shows
-what a phone polling ``GET /jobs/{id}`` with the public key would see.
+what a phone polling ``GET /jobs/{id}`` with the public key would see. With
+``--open`` it also prints the job page's URL (the public key in its fragment) and
+opens it in a browser, where there is one.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import tempfile
 import threading
 import time
@@ -78,9 +82,41 @@ def _stop(stop: threading.Event, worker: threading.Thread) -> None:
     seenn.shutdown(timeout=_STOP_SECONDS)
 
 
+def open_in_browser(url: str) -> bool:
+    """Open ``url`` in the user's browser, if there is one that will not block; whether it did.
+
+    A browser named in ``$BROWSER`` is used as it is. Without one, Python's choice is used
+    unless it is a console browser (lynx, w3m, ``www-browser`` on a machine without a
+    display): that would take over this terminal and wait, as on a server or in CI.
+    """
+    import webbrowser
+
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        return False
+    if type(browser) is webbrowser.GenericBrowser and not os.environ.get("BROWSER"):
+        return False
+    try:
+        return bool(browser.open(url))
+    except OSError:
+        return False
+
+
+def _open_page(out: TextIO, backend: RunningServer, job_id: str, phone_key: str) -> str:
+    from urllib.parse import quote
+
+    url = f"{backend.url}/jobs/{quote(job_id, safe='')}#key={phone_key}"
+    out.write(f"job page: {url}\n")
+    out.flush()
+    if not open_in_browser(url):
+        out.write("(no browser to open here: open the job page's URL yourself)\n")
+    return url
+
+
 def _follow(out: TextIO, backend: RunningServer, started: threading.Event,
             box: dict[str, object], worker: threading.Thread, interval: float,
-            tty: bool) -> tuple[int, Job, Job | None]:
+            tty: bool, open_page: bool = False) -> tuple[int, Job, Job | None]:
     """Show the job as a phone polling it sees it; return the status and the final jobs."""
     import seenn
     from seenn._cli.jobs import watch
@@ -97,6 +133,8 @@ def _follow(out: TextIO, backend: RunningServer, started: threading.Event,
                 break
             except seenn.NotFoundError:
                 time.sleep(interval / 2)
+        if open_page:
+            box["page_url"] = _open_page(out, backend, job_id, phone_key)
         status = watch(phone, job_id, interval=interval, out=out, tty=tty)
         worker.join()
         seenn.force_flush(10.0)
@@ -105,11 +143,15 @@ def _follow(out: TextIO, backend: RunningServer, started: threading.Event,
     return status, final, child
 
 
-def run(out: TextIO, *, pace: float = 1.0, fail: bool = False, interval: float = 0.1) -> int:
+def run(out: TextIO, *, pace: float = 1.0, fail: bool = False, interval: float = 0.1,
+        open_page: bool = False) -> int:
     """Run the demo, writing to ``out``; return the exit status (0 when the job completed).
 
     Ctrl-C fails the job as interrupted, delivers that and stops the embedded backend,
-    each within a short deadline, then raises ``KeyboardInterrupt``.
+    each within a short deadline, then raises ``KeyboardInterrupt``. With ``open_page``
+    the job page's URL is printed and opened in a browser where there is one; when the
+    demo runs in a terminal, the backend then keeps serving the page until Enter or
+    Ctrl-C.
     """
     import seenn
     import seenn.server
@@ -131,7 +173,8 @@ def run(out: TextIO, *, pace: float = 1.0, fail: bool = False, interval: float =
                                   name="seenn-demo-pipeline", daemon=True)
         worker.start()
         try:
-            status, final, child = _follow(out, backend, started, box, worker, interval, tty)
+            status, final, child = _follow(out, backend, started, box, worker, interval, tty,
+                                           open_page)
         except KeyboardInterrupt:
             _stop(stop, worker)
             raise
@@ -151,7 +194,20 @@ def run(out: TextIO, *, pace: float = 1.0, fail: bool = False, interval: float =
         out.write(f"  delivery   {stats.requests} HTTP calls for {stats.accepted} events "
                   f"({stats.coalesced} progress updates coalesced), {stats.lost} lost\n")
         out.write(f"  time       {elapsed:.1f} s\n")
+        if "page_url" in box and sys.stdin is not None and sys.stdin.isatty():
+            _keep_serving(out, str(box["page_url"]))
     return status
+
+
+def _keep_serving(out: TextIO, url: str) -> None:
+    """Keep the embedded backend up for the job page until Enter or Ctrl-C (terminals only)."""
+    out.write(f"\nthe job page stays live at {url}\npress Enter (or Ctrl-C) to stop the "
+              "backend\n")
+    out.flush()
+    try:
+        sys.stdin.readline()
+    except KeyboardInterrupt:
+        out.write("\n")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -161,4 +217,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="multiply the simulated work time (default 1: a few seconds)")
     parser.add_argument("--fail", action="store_true",
                         help="make the encode stage fail, to see a failed job end to end")
+    parser.add_argument("--open", action="store_true", dest="open_page",
+                        help="print the job page's URL and open it in a browser, where "
+                             "there is one (in a terminal, the backend then keeps serving "
+                             "until Enter)")
     return parser

@@ -112,7 +112,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
              if args.stale_after else "")
     processes = f", {args.workers} worker processes" if args.workers > 1 else ""
     listening = (f"seenn serve {__version__}: listening on {server.url} (the base_url for "
-                 f"clients; database {shown_db(args.db)}{rate}{stale}{processes}); Ctrl-C stops\n")
+                 f"clients; database {shown_db(args.db)}{rate}{stale}{processes}); Ctrl-C stops\n"
+                 f"  pages: {server.url}/ (every user's jobs, with the secret key), "
+                 f"{server.url}/jobs/ID#key=PUBLIC_KEY (a job, to send to its user)\n")
     if args.workers > 1:
         # The workers open the database themselves after the fork, with the keys now
         # registered: nothing is carried across the fork, and none makes keys of its own.
@@ -324,7 +326,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # NaN fails the comparison; beyond 100 the sleeps overflow or never end.
     if not 0 <= args.pace <= 100:
         raise CLIError(f"--pace must be from 0 to 100, got {args.pace}", 2)
-    return run(sys.stdout, pace=args.pace, fail=args.fail)
+    return run(sys.stdout, pace=args.pace, fail=args.fail, open_page=args.open_page)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from seenn._core.validation import (
+    MAX_JOB_TYPE,
     MAX_TTL_SECONDS,
     MAX_USER_ID,
     MIN_TTL_SECONDS,
@@ -44,6 +45,7 @@ from seenn.server._engines import open_store
 from seenn.server._errors import HTTPError, Response
 from seenn.server._eta import eta_request, shown
 from seenn.server._jobs import Fields, end_stale, sweep
+from seenn.server._pages import page as page_answer
 from seenn.server._requests import (
     encode_cursor,
     etag_matches,
@@ -96,6 +98,11 @@ def new_key(kind: str) -> str:
     """Make a random test key of a kind (``sk`` or ``pk``)."""
     return f"{kind}_test_{base64.b32encode(os.urandom(20)).decode().lower().rstrip('=')}"
 
+
+# GET /v1/jobs?recent=1 reads at most this many jobs per page, this many at a time.
+_RECENT_SCAN = 2000
+_RECENT_BATCH = 200
+_STATUSES = frozenset({"pending", "queued", "running", "completed", "failed", "cancelled"})
 
 # The routes whose second part is a job id.
 _JOB_ROUTES = frozenset({"job", "children", "progress", "complete", "fail"})
@@ -300,6 +307,10 @@ class SeennServerApp:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         self._sweeper.start()
+        shown_page = page_answer(environ)  # the job page, the operator view, their assets
+        if shown_page is not None:
+            start_response(shown_page[0], shown_page[1])
+            return [shown_page[2]]
         try:
             status, body, headers = self.handle(environ)
         except HTTPError as error:
@@ -581,6 +592,8 @@ class SeennServerApp:
         return status, family, headers
 
     def _list(self, caller: _Caller, query: dict[str, list[str]]) -> Response:
+        if one(query, "recent") is not None:
+            return self._recent(caller, query)
         raw_user = one(query, "userId")
         if raw_user is None and caller.user_id is not None:
             raw_user = caller.user_id  # a token lists its own user's jobs by default
@@ -602,6 +615,61 @@ class SeennServerApp:
         body: dict[str, Any] = {"jobs": [shown(row.data, now) for row in rows[:limit]]}
         if len(rows) > limit:
             body["nextCursor"] = encode_cursor("s", rows[limit - 1].seq)
+        return 200, body, {}
+
+    def _recent(self, caller: _Caller, query: dict[str, list[str]]) -> Response:
+        """``GET /v1/jobs?recent=1``: the app's jobs of every user, newest first (secret key).
+
+        Optional filters ``userId``, ``jobType`` and ``status``. The filters on fields kept
+        only in the job document are applied while reading newest first, at most
+        ``_RECENT_SCAN`` jobs per page: a page may hold fewer jobs than ``limit`` and still
+        have a ``nextCursor``, which goes on from where the scan stopped.
+        """
+        if caller.kind != "secret":
+            raise HTTPError(403, "FORBIDDEN", "listing the jobs of every user needs a secret key")
+        fields = Fields()
+        recent = one(query, "recent")
+        fields.check("recent", lambda: None if recent in ("1", "true") else fail(
+            "recent", "must be 1 or true"))
+        raw_user, raw_type, status = one(query, "userId"), one(query, "jobType"), one(
+            query, "status")
+        user_id = fields.check("userId", lambda: None if raw_user is None else check_text(
+            "userId", raw_user, max_len=MAX_USER_ID))
+        job_type = fields.check("jobType", lambda: None if raw_type is None else check_text(
+            "jobType", raw_type, max_len=MAX_JOB_TYPE))
+        fields.check("status", lambda: None if status is None or status in _STATUSES else fail(
+            "status", f"must be one of {', '.join(sorted(_STATUSES))}"))
+        limit, before = page(query, "s", fields)
+        fields.raise_if_any()
+
+        def wanted(job: Mapping[str, Any]) -> bool:
+            return ((job_type is None or job.get("jobType") == job_type)
+                    and (status is None or job.get("status") == status))
+
+        def read(tx: Transaction) -> tuple[tuple[list[StoredJob], int | None],
+                                           list[StoredJob]]:
+            found: list[StoredJob] = []
+            position, scanned = before, 0
+            while len(found) <= limit and scanned < _RECENT_SCAN:
+                batch = tx.recent(before_seq=position, limit=_RECENT_BATCH, user_id=user_id)
+                for row in batch:
+                    scanned, position = scanned + 1, row.seq
+                    if wanted(row.data):
+                        found.append(row)
+                        if len(found) > limit:
+                            break
+                if len(batch) < _RECENT_BATCH:
+                    position = None  # nothing older is left
+                    break
+            return (found, position), found[:limit]
+
+        found, position = self._read(caller.app_id, read)
+        now = self.store.clock()
+        body: dict[str, Any] = {"jobs": [shown(row.data, now) for row in found[:limit]]}
+        if len(found) > limit:
+            body["nextCursor"] = encode_cursor("s", found[limit - 1].seq)
+        elif position is not None:
+            body["nextCursor"] = encode_cursor("s", position)
         return 200, body, {}
 
     def _children(self, tx: Transaction, parent: StoredJob, caller: _Caller,

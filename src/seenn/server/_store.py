@@ -400,6 +400,19 @@ class Transaction:
              self.now, limit)).fetchall()
         return [_stored(row) for row in rows]
 
+    def recent(self, *, before_seq: int | None, limit: int,
+               user_id: str | None = None) -> list[StoredJob]:
+        """Up to ``limit`` live jobs of the app (of one user if given), newest first."""
+        sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE app_id = ? AND seq < ? AND expires_at > ?"
+        params: list[Any] = [self.app_id, before_seq if before_seq is not None else 2 ** 62,
+                             self.now]
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            params.append(user_id)
+        rows = self._conn.execute(sql + " ORDER BY seq DESC LIMIT ?",
+                                  (*params, limit)).fetchall()
+        return [_stored(row) for row in rows]
+
     def idempotent(self, key: str) -> tuple[str, int, str] | None:
         """The stored (request hash, status, body) of an earlier call with this key."""
         if self._lock is not None:
