@@ -51,12 +51,15 @@ ENGINES = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(params=ENGINES)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database for ``seenn serve``, once per engine: a file or a URL."""
     if request.param == "sqlite":
-        return str(tmp_path / "seenn.db")
+        yield str(tmp_path / "seenn.db")
+        return
     server: PostgresServer = request.getfixturevalue("postgres")
-    return server.new_database()
+    url = server.new_database()
+    yield url
+    server.drop_database(url)
 
 
 @pytest.fixture

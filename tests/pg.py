@@ -93,6 +93,18 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def drop_database(self, url: str) -> None:
+        """Drop a database made by ``new_database``, closing whatever is still connected.
+
+        A test that leaves an app open would otherwise keep its connections until the
+        run ends, and enough of them exhaust ``max_connections``.
+        """
+        import psycopg
+
+        name = url.rsplit("/", 1)[1]
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
     def stop(self) -> None:
         """Stop the server (fast shutdown) and delete the cluster."""
         if self._process.poll() is None:

@@ -342,6 +342,8 @@ ENV = {"SEENN_SERVER_DB": "x.db", "SEENN_SERVER_API_KEY": SECRET,
     ({"SEENN_SERVER_MAX_EVENTS": "-1"}, "SEENN_SERVER_MAX_EVENTS"),
     ({"SEENN_SERVER_MAX_EVENTS": "10001"}, "SEENN_SERVER_MAX_EVENTS"),
     ({"SEENN_SERVER_MAX_EVENTS": "2.5"}, "SEENN_SERVER_MAX_EVENTS"),
+    ({"SEENN_SERVER_MAX_WAITERS": "-1"}, "SEENN_SERVER_MAX_WAITERS"),
+    ({"SEENN_SERVER_MAX_WAITERS": "1.5"}, "SEENN_SERVER_MAX_WAITERS"),
 ])
 def test_a_bad_setting_is_refused_naming_its_variable(change: dict[str, str],
                                                        named: str) -> None:
@@ -357,10 +359,14 @@ def test_settings_pass_the_database_through_untouched() -> None:
     db, options = settings_from_env({
         **ENV, "SEENN_SERVER_DB": "postgresql://seenn@db/seenn",
         "SEENN_SERVER_RATE_LIMIT": "50", "SEENN_SERVER_STALE_AFTER": "0",
-        "SEENN_SERVER_CORS_ORIGIN": "", "SEENN_SERVER_MAX_EVENTS": "0"})
+        "SEENN_SERVER_CORS_ORIGIN": "", "SEENN_SERVER_MAX_EVENTS": "0",
+        "SEENN_SERVER_MAX_WAITERS": "4"})
     assert db == "postgresql://seenn@db/seenn"
     assert options == {"api_key": SECRET, "public_key": PUBLIC, "rate_limit": 50,
-                       "stale_after": 0.0, "cors_origin": None, "max_events": 0}
+                       "stale_after": 0.0, "cors_origin": None, "max_events": 0,
+                       "max_waiters": 4}
+    # Long polls hold a gthread thread each: off unless the operator sizes them.
+    assert settings_from_env(ENV)[1]["max_waiters"] == 0
 
 
 def test_the_module_app_is_made_from_the_environment(tmp_path: Path,

@@ -60,6 +60,7 @@ from seenn.server._store import StoredJob, Transaction, key_hash
 from seenn.server._writes import (
     DEFAULT_MAX_EVENTS,
     MAX_EVENTS_LIMIT,
+    UnexpectedFailure,
     apply_events,
     apply_write,
     check_events,
@@ -709,8 +710,14 @@ class SeennServerApp:
         events = check_events(read_json(environ, self.max_body_bytes), self.max_events)
         # Many rows in one transaction: two batches may deadlock on an engine with row
         # locks, and the engine's choice of victim runs again from the start.
-        done = self.store.transact(app_id, lambda tx: apply_events(
-            tx, app_id, events, self._stale, self.store.retry_errors))
+        try:
+            done = self.store.transact(app_id, lambda tx: apply_events(
+                tx, app_id, events, self._stale, self.store.retry_errors, careful=False))
+        except UnexpectedFailure:
+            # Rolled back whole: again, each event in a savepoint, so the failing one is
+            # answered 500 alone and the others stand.
+            done = self.store.transact(app_id, lambda tx: apply_events(
+                tx, app_id, events, self._stale, self.store.retry_errors))
         now = self.store.clock()
         results: list[dict[str, Any]] = []
         for result in done:

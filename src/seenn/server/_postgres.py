@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 from seenn._core.validation import fail
@@ -174,7 +174,6 @@ class PostgresStore(Store):
         self._closed = False
         self._listeners: list[Callable[[str, frozenset[str]], None]] = []
         self._listen_thread: threading.Thread | None = None
-        self._listen_conn: Any = None
         self._url = url
         self._pool = ConnectionPool(url, min_size=1, max_size=pool_size, open=False,
                                     kwargs={"autocommit": True}, configure=self._configure,
@@ -269,29 +268,32 @@ class PostgresStore(Store):
         while not self._closed:
             try:
                 with psycopg.connect(self._url, autocommit=True) as conn:
-                    self._listen_conn = conn
                     conn.execute(f"LISTEN {CHANNEL}")
                     ready.set()
-                    for note in conn.notifies():
-                        app_id, _, ids = note.payload.partition(" ")
-                        changed = frozenset(ids.split(" "))
-                        for callback in list(self._listeners):
-                            try:
-                                callback(app_id, changed)
-                            except Exception:
-                                logging.getLogger("seenn.server").exception(
-                                    "seenn serve: a change listener failed")
+                    while not self._closed:
+                        # A bounded wait, so that close() ends this thread (and its
+                        # connection) within a moment: cancelling an idle LISTEN does not.
+                        for note in conn.notifies(timeout=0.1):
+                            self._heard(note.payload)
             except Exception:  # the database went away: listen again
                 if self._closed:
                     return
                 threading.Event().wait(0.5)
 
+    def _heard(self, payload: str) -> None:
+        app_id, _, ids = payload.partition(" ")
+        changed = frozenset(ids.split(" "))
+        for callback in list(self._listeners):
+            try:
+                callback(app_id, changed)
+            except Exception:
+                logging.getLogger("seenn.server").exception(
+                    "seenn serve: a change listener failed")
+
     def close(self) -> None:
-        """Close the pool and the listening connection."""
+        """Close the pool, and stop listening (its thread ends within a moment)."""
         self._closed = True
-        listener = self._listen_conn
-        if listener is not None:
-            # Ends the notifies() generator on the listening thread.
-            with suppress(Exception):  # closing anyway
-                listener.cancel_safe()
         self._pool.close()
+        listening = self._listen_thread
+        if listening is not None and listening is not threading.current_thread():
+            listening.join(5.0)

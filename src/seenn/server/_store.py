@@ -218,8 +218,11 @@ class Transaction:
         # write transaction reads before it reads it: a job, an idempotency key, the
         # statistics of an eta key. SQLite's BEGIN IMMEDIATE already serialises writers.
         self._lock = lock
-        # The ids of the jobs this transaction wrote, for whoever waits on them.
+        # The ids of the jobs this transaction wrote: told to Store.on_commit afterwards.
         self.changed: set[str] = set()
+        # The detail column of each eta key read so far: a batch of progress events of
+        # one job type reads it once. Dropped where this transaction writes the key.
+        self._eta_details: dict[str, str | None] = {}
 
     def get(self, job_id: str) -> StoredJob | None:
         """The live (unexpired) job with this id in this app."""
@@ -285,10 +288,13 @@ class Transaction:
 
     def eta_detail(self, eta_key: str) -> str | None:
         """The ``detail`` column of an eta key (its history and stages), if it has statistics."""
+        if eta_key in self._eta_details:
+            return self._eta_details[eta_key]
         row = self._conn.execute(
             "SELECT detail FROM eta_stats WHERE app_id = ? AND eta_key = ?",
             (self.app_id, eta_key)).fetchone()
-        return None if row is None else str(row[0])
+        detail = self._eta_details[eta_key] = None if row is None else str(row[0])
+        return detail
 
     def eta_row(self, eta_key: str, *, window: bool = False) -> EtaRow | None:
         """The statistics of an eta key; with ``window``, its recent samples too.
@@ -313,6 +319,7 @@ class Transaction:
 
     def put_eta_row(self, row: EtaRow) -> None:
         """Store the statistics of an eta key, replacing any before them."""
+        self._eta_details.pop(row.eta_key, None)
         self._conn.execute(
             "INSERT INTO eta_stats (app_id, eta_key, count, total, min, max, p50, "
             'p95, confidence, last_updated, detail, "window") '
@@ -326,6 +333,7 @@ class Transaction:
 
     def delete_eta_row(self, eta_key: str) -> bool:
         """Remove the statistics of an eta key; whether there were any."""
+        self._eta_details.pop(eta_key, None)
         deleted: int = self._conn.execute(
             "DELETE FROM eta_stats WHERE app_id = ? AND eta_key = ?",
             (self.app_id, eta_key)).rowcount
@@ -443,6 +451,7 @@ class Transaction:
         except BaseException:
             self._conn.execute("ROLLBACK TO SAVEPOINT seenn_event")
             self._conn.execute("RELEASE SAVEPOINT seenn_event")
+            self._eta_details.clear()  # what it read may have been written and undone
             # PostgreSQL releases the locks first taken after the savepoint with it.
             forget = getattr(outer, "forget", None)
             if forget is not None:

@@ -20,6 +20,10 @@ the same as a factory. Settings, read from the environment:
   turns CORS off).
 * ``SEENN_SERVER_MAX_EVENTS``: the most events one ``POST /v1/events`` may carry
   (default 500, up to 10,000; ``0`` turns that extension off).
+* ``SEENN_SERVER_MAX_WAITERS``: long polls (``?wait=``) that may wait at once in each
+  worker process. Default ``0``, long polls off: a waiting long poll holds one of the
+  worker's ``--threads``, and this module cannot see how many there are. Set it below
+  ``--threads`` (say 4 of 8) to offer them.
 
 A bad setting raises ``seenn.ValidationError`` naming the variable, before anything
 is served.
@@ -48,6 +52,7 @@ ENV_RATE_LIMIT = "SEENN_SERVER_RATE_LIMIT"
 ENV_STALE_AFTER = "SEENN_SERVER_STALE_AFTER"
 ENV_CORS_ORIGIN = "SEENN_SERVER_CORS_ORIGIN"
 ENV_MAX_EVENTS = "SEENN_SERVER_MAX_EVENTS"
+ENV_MAX_WAITERS = "SEENN_SERVER_MAX_WAITERS"
 
 
 class ProcessApp:
@@ -185,6 +190,11 @@ def settings_from_env(env: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
             fail(ENV_MAX_EVENTS, f"must be 0 (off) or a whole number up to {MAX_EVENTS_LIMIT}, "
                                  f"got {env[ENV_MAX_EVENTS]!r}")
         options["max_events"] = int(events)
+    waiters = _number(env, ENV_MAX_WAITERS)
+    if waiters is not None and (waiters != int(waiters) or not 0 <= waiters <= 10_000):
+        fail(ENV_MAX_WAITERS, f"must be a whole number from 0 (off) to 10000, got "
+                              f"{env[ENV_MAX_WAITERS]!r}")
+    options["max_waiters"] = 0 if waiters is None else int(waiters)
     return db, options
 
 
