@@ -179,6 +179,9 @@ class PostgresStore(Store):
                                     kwargs={"autocommit": True}, configure=self._configure,
                                     name="seenn")
         try:
+            # One connection first: a database that cannot be reached fails at once
+            # (the pool would keep trying for its whole timeout).
+            psycopg.connect(url, autocommit=True).close()
             self._pool.open(wait=True, timeout=10.0)
         except Exception as error:
             self._pool.close()
