@@ -10,9 +10,9 @@ serve`` in subprocesses on free loopback ports and reports:
    (200, and 304 with ``If-None-Match``), batched polls of 10 jobs (``GET
    /v1/jobs?ids=``, 200 and 304), and single-event writes (``POST
    /jobs/{id}/progress`` with an ``Idempotency-Key``, as the HTTP exporter sends them);
-2. progress events/s through ``POST /v1/events`` (batches of ``--batch`` events spread
-   over a few jobs per thread, each with its idempotency key) beside one call per
-   event measured the same way;
+2. progress events/s through ``POST /v1/events`` as ``HTTPExporter`` sends them
+   (batches of ``--batch`` events, one per job, each with its idempotency key,
+   ``"brief": true``) beside one call per event measured the same way;
 3. long-poll latency: ``--long-poll`` ``set_progress()`` calls in a job tracked in
    this process (``seenn.track`` with the HTTP exporter behind a ``BatchProcessor``
    with ``schedule_delay=0.005`` and ``progress_interval=0``, so each update is sent
@@ -166,7 +166,8 @@ def measure_events(host: str, port: int, auth: dict[str, str], threads: int, sec
                    "idempotencyKey": f"b{threads}.{i}.{n + k}",
                    "body": {"progress": (n + k) % 100, "message": "working"}}
                   for k in range(batch)]
-        conn.request("POST", "/v1/events", body=json.dumps({"events": events}), headers=auth)
+        conn.request("POST", "/v1/events", body=json.dumps({"events": events, "brief": True}),
+                     headers=auth)
         response = conn.getresponse()
         answer = json.loads(response.read())
         last = answer["results"][-1]
@@ -367,7 +368,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--threads", default="4")
     parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--jobs-per-thread", type=int, default=4,
+    parser.add_argument("--jobs-per-thread", type=int, default=200,
                         help="jobs the batch's events are spread over, per client thread "
                              "(the exporter sends one event per job per batch)")
     parser.add_argument("--long-poll", type=int, default=200, metavar="N",

@@ -335,3 +335,29 @@ def test_a_rolled_back_event_takes_its_locks_again(postgres: Any) -> None:
             assert tx._conn.execute(count).fetchone()[0] == 2
     finally:
         store.close()
+
+
+def test_brief_answers_leave_out_the_jobs_of_accepted_updates(raw: httpx.Client) -> None:
+    """With "brief": a start still answers its job; an accepted update only its status; a
+    refusal its error; a replay says so. The single call's replay still has the job."""
+    events = [start("b1", "b1.0"), update("progress", "b1", {"progress": 30}, "b1.1"),
+              update("progress", "nope", {"progress": 5}, "b1.2"),
+              update("complete", "b1", {}, "b1.3")]
+    first = raw.post("/events", json={"events": events, "brief": True}).json()["results"]
+    assert first[0]["status"] == 201 and first[0]["body"]["id"] == "b1"
+    assert first[1] == {"status": 200} and first[3] == {"status": 200}
+    assert first[2]["status"] == 404 and first[2]["body"]["error"]["code"] == "NOT_FOUND"
+    again = raw.post("/events", json={"events": events[1:2], "brief": True}).json()
+    assert again["results"] == [{"status": 200, "replayed": True}]
+    single = raw.post("/jobs/b1/progress", json={"progress": 30},
+                      headers={"Idempotency-Key": "b1.1"})
+    assert single.headers["Idempotent-Replayed"] == "true"
+    assert single.json()["progress"] == 30 and single.json()["id"] == "b1"
+
+
+@pytest.mark.parametrize("brief", ["yes", 1, None, []])
+def test_brief_must_be_a_boolean(raw: httpx.Client, brief: Any) -> None:
+    """Anything but true or false is a 400 naming brief, before any event is applied."""
+    answer = raw.post("/events", json={"events": [start("nb")], "brief": brief})
+    assert answer.status_code == 400 and answer.json()["error"]["details"]["field"] == "brief"
+    assert raw.get("/jobs/nb").status_code == 404

@@ -707,7 +707,14 @@ class SeennServerApp:
         The envelope is checked whole first (400 before anything is written); then each
         event is applied in the order given, as its single call would be.
         """
-        events = check_events(read_json(environ, self.max_body_bytes), self.max_events)
+        envelope = read_json(environ, self.max_body_bytes)
+        events = check_events(envelope, self.max_events)
+        # "brief": the writer needs no job back for an accepted progress, complete or
+        # fail (the exporter); a start still answers its job (the id it was given).
+        brief = envelope.get("brief", False)
+        if not isinstance(brief, bool):
+            raise HTTPError(400, "VALIDATION_ERROR", "brief: must be true or false",
+                            {"field": "brief", "reason": "must be true or false"})
         # Many rows in one transaction: two batches may deadlock on an engine with row
         # locks, and the engine's choice of victim runs again from the start.
         try:
@@ -720,7 +727,11 @@ class SeennServerApp:
                 tx, app_id, events, self._stale, self.store.retry_errors))
         now = self.store.clock()
         results: list[dict[str, Any]] = []
-        for result in done:
+        for event, result in zip(events, done, strict=True):
+            if brief and 200 <= result.status < 300 and event.route[0] != "list":
+                results.append({"status": result.status, **(
+                    {"replayed": True} if result.replayed else {})})
+                continue
             answer: dict[str, Any] = {"status": result.status, "body": result.body}
             if result.replayed:
                 answer["replayed"] = True

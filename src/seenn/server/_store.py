@@ -223,6 +223,23 @@ class Transaction:
         # The detail column of each eta key read so far: a batch of progress events of
         # one job type reads it once. Dropped where this transaction writes the key.
         self._eta_details: dict[str, str | None] = {}
+        # The JSON of the job documents this transaction wrote, by object: an answer
+        # stored for Idempotency-Key replay is the document just written.
+        self._texts: dict[int, tuple[object, str]] = {}
+
+    def _dumped_now(self, job: dict[str, Any]) -> str:
+        text = _dump(job)
+        self._texts[id(job)] = (job, text)
+        return text
+
+    def dumped(self, value: object) -> str:
+        """``value`` as JSON: the text written if it is a job document this transaction
+        wrote (the same object: the job operations answer the document they store,
+        unchanged after), else encoded now."""
+        found = self._texts.get(id(value))
+        if found is not None and found[0] is value:
+            return found[1]
+        return _dump(value)
 
     def get(self, job_id: str) -> StoredJob | None:
         """The live (unexpired) job with this id in this app."""
@@ -259,7 +276,7 @@ class Transaction:
             "expires_at, data, finished, idle_since, stale_after, eta) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.app_id, job["id"], job["userId"], parent.get("parentJobId"),
-             parent.get("childIndex"), start_hash, expires_at, _dump(job),
+             parent.get("childIndex"), start_hash, expires_at, self._dumped_now(job),
              job.get("status") in FINISHED, _idle_since(job, self.now), _own_limit(job), eta))
         self.changed.add(job["id"])
 
@@ -270,7 +287,8 @@ class Transaction:
         Every update is a write to the job: a running job's stale clock starts again.
         """
         self.changed.add(job["id"])
-        columns = (_dump(job), job.get("status") in FINISHED, _idle_since(job, self.now),
+        columns = (self._dumped_now(job), job.get("status") in FINISHED,
+                   _idle_since(job, self.now),
                    _own_limit(job))
         sql = "UPDATE jobs SET data = ?, finished = ?, idle_since = ?, stale_after = ?"
         extra: tuple[str, ...] = ()
@@ -767,6 +785,7 @@ class SQLiteStore(Store):
         self._idle: list[sqlite3.Connection] = []
         self._max_idle = max_idle
         self._lock = threading.Lock()
+        self._writer = threading.Lock()
         self._closed = False
         _create_private(path)
         with self._connection() as conn:
@@ -801,6 +820,18 @@ class SQLiteStore(Store):
 
     def _begin(self, conn: Connection, *, write: bool) -> None:
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    @contextmanager
+    def write(self, app_id: str) -> Iterator[Transaction]:
+        """An atomic read-modify-write, one at a time in this process.
+
+        SQLite lets one writer in at a time anyway. Writers of this process queue on a
+        lock instead of in SQLite's busy handler, which sleeps for growing intervals
+        (1 ms, then 2, 5, 10 ... up to 100) and so leaves the database idle while
+        writers wait; other processes still meet that handler.
+        """
+        with self._writer, super().write(app_id) as tx:
+            yield tx
 
     def commit_counter(self) -> Callable[[], int] | None:
         """SQLite's ``data_version`` on a connection of its own: it changes whenever

@@ -93,7 +93,7 @@ def apply_write(tx: Transaction, app_id: str, route: tuple[str, ...], body: dict
         failure = error
         status, answer, _ = error.response()
     if key:
-        tx.remember(key, request_hash, status, json.dumps(answer))
+        tx.remember(key, request_hash, status, tx.dumped(answer))
     return Applied(status, answer, failure=failure)
 
 

@@ -511,7 +511,7 @@ class DeliveryCore(Heartbeats, Links):
                                             job.server_id))
         http = self._client._http
         try:
-            answer = http.send_once("POST", "/events", json={"events": entries},
+            answer = http.send_once("POST", "/events", json={"events": entries, "brief": True},
                                     expect=_batch_shape)
         except SeennError as error:
             status = error.status_code
