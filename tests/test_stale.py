@@ -20,7 +20,8 @@ import pytest
 import seenn
 import seenn.server
 from seenn.server import SeennServerApp, WSGIServer
-from seenn.server._store import STALE_BY_DEFAULT, STALE_BY_OWN_LIMIT, SQLiteStore, Transaction
+from seenn.server._sqlite import SQLiteStore
+from seenn.server._store import STALE_BY_DEFAULT, STALE_BY_OWN_LIMIT, Transaction
 
 BASE = {"jobType": "render", "userId": "u", "title": "Render"}
 START = 1_800_000_000.0

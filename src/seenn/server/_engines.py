@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from seenn.server._store import SQLiteStore, Store
+from seenn.server._sqlite import SQLiteStore
+from seenn.server._store import Store
 
 
 def open_store(db: str, **options: Any) -> Store:
