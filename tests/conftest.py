@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import seenn
+import seenn.server
 from seenn._core.eta_live import clear_priors
 from tests.pg import PostgresServer, postgres_server
 from tests.server import RecordingServer
@@ -60,6 +61,14 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     url = server.new_database()
     yield url
     server.drop_database(url)
+
+
+@pytest.fixture
+def backend(db: str) -> Iterator[seenn.server.RunningServer]:
+    """`seenn serve` in this process on a free loopback port, with a fresh database of
+    each engine (a test module may define its own ``backend`` with other options)."""
+    with seenn.server.running(db) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.polling import wait_until
 
@@ -148,17 +149,7 @@ def start_serve(db: Path | str, workers: int = 3, *args: str,
          "--workers", str(workers), *key_args, *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    served = Served(proc)
-    served.pump(proc.stdout)
-    try:
-        match = re.search(r"listening on (http://\S+) ", served.line("listening"))
-        assert match is not None
-        served.url = match.group(1)
-        wait_until(lambda: len(served.workers()) == workers, what="the workers")
-    except BaseException:
-        served.kill()
-        raise
-    return served
+    return _ready(proc, proc.stdout, "listening", r"listening on (http://\S+) ", workers)
 
 
 def gunicorn_command(db: Path | str, workers: int = 3, *args: str,
@@ -185,10 +176,17 @@ def start_gunicorn(db: Path | str, workers: int = 3, *args: str,
     command, environ = gunicorn_command(db, workers, *args, env=env)
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env=environ)
+    return _ready(proc, proc.stderr, "Listening at", r"Listening at: (http://\S+) ", workers)
+
+
+def _ready(proc: subprocess.Popen[str], output: Any, marker: str, pattern: str,
+           workers: int) -> Served:
+    """Read ``output`` until the line holding ``marker`` gives the URL, then wait until
+    every worker process is up; a server that fails on the way is killed."""
     served = Served(proc)
-    served.pump(proc.stderr)
+    served.pump(output)
     try:
-        match = re.search(r"Listening at: (http://\S+) ", served.line("Listening at"))
+        match = re.search(pattern, served.line(marker))
         assert match is not None
         served.url = match.group(1)
         wait_until(lambda: len(served.workers()) == workers, what="the workers")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,6 @@ import seenn.server
 from seenn._cli import main
 from seenn.conformance import CheckResult, format_table, run_checks
 from seenn.server import RunningServer, WSGIServer
-
-
-@pytest.fixture
-def backend(db: str) -> Iterator[RunningServer]:
-    """A `seenn serve` on a free loopback port."""
-    with seenn.server.running(db) as srv:
-        yield srv
 
 
 class BrokenBackend:

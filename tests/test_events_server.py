@@ -18,13 +18,6 @@ START = {"jobType": "video", "userId": "u1", "title": "Video"}
 
 
 @pytest.fixture
-def backend(db: str) -> Iterator[RunningServer]:
-    """A `seenn serve` on a free loopback port with a fresh database, on each engine."""
-    with seenn.server.running(db) as srv:
-        yield srv
-
-
-@pytest.fixture
 def raw(backend: RunningServer) -> Iterator[httpx.Client]:
     """An httpx client with the secret key, under /v1."""
     with httpx.Client(base_url=backend.url + "/v1",

@@ -17,13 +17,6 @@ from seenn.server._postgres import PostgresStore
 
 
 @pytest.fixture
-def backend(db: str) -> Iterator[RunningServer]:
-    """A `seenn serve` on a free loopback port with a fresh database."""
-    with seenn.server.running(db) as srv:
-        yield srv
-
-
-@pytest.fixture
 def client(backend: RunningServer) -> Iterator[seenn.SeennClient]:
     """A SeennClient with the backend's secret key and no retries."""
     with seenn.SeennClient(backend.api_key, base_url=backend.url, max_retries=0) as c:
