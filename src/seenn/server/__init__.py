@@ -76,7 +76,7 @@ def running(db_path: str | os.PathLike[str], *, host: str = "127.0.0.1", port: i
         The running server: its URL and keys.
     """
     if api_key is None:
-        from seenn.server._app import new_key
+        from seenn.server._auth import new_key
 
         api_key, public_key = new_key("sk"), public_key or new_key("pk")
     app = create_app(db_path, api_key=api_key, public_key=public_key, rate_limit=rate_limit,

@@ -1,9 +1,8 @@
 """The HTTP shell of ``seenn serve``: the WSGI application around the job operations.
 
 ``SeennServerApp`` owns everything about a request that is HTTP: routing a path to a
-read or a write, the Bearer key and which app it belongs to, user read tokens (minted
-by ``POST /v1/tokens``, checked here) and what each kind of credential may read,
-per-key rate limits, CORS and its preflight, the size, JSON and text of a request
+read or a write, what each kind of credential may read (who sent it, by key or user
+token, and the per-key rate limit, are ``_auth``'s), CORS and its preflight, the size, JSON and text of a request
 body, ``GET`` with ETags, lists and children in pages with cursors,
 ``Idempotency-Key`` replay, and turning ``HTTPError`` into the JSON error answer. A
 write opens one ``Store.write`` transaction and hands the parsed body to ``_jobs``
@@ -15,31 +14,24 @@ reader ever sees it running; a background ``Sweeper`` ends the others.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from seenn._core.validation import (
     MAX_JOB_TYPE,
-    MAX_TTL_SECONDS,
     MAX_USER_ID,
-    MIN_TTL_SECONDS,
     check_int,
     check_text,
     fail,
-    format_datetime,
 )
+from seenn.server._auth import Caller, Keys, RateLimiter, new_key
 from seenn.server._changes import DEFAULT_MAX_WAITERS, MAX_WAIT_SECONDS, ChangeFeed
 from seenn.server._engines import open_store
 from seenn.server._errors import HTTPError, Response
@@ -80,24 +72,12 @@ _WAIT = re.compile(r"[0-9]{1,2}(?:\.[0-9]{1,3})?")
 # key (Vary) may answer for a second. Anything else is one caller's: browsers only.
 _SHARED = {"Cache-Control": "public, max-age=1", "Vary": "Authorization"}
 _PRIVATE = {"Cache-Control": "private, no-cache", "Vary": "Authorization"}
-TOKEN_PREFIX = "ut_"
-DEFAULT_TOKEN_TTL = 3600
-# A token is about 100 characters and its user id; far longer is not one of ours.
-_MAX_TOKEN_CHARS = 2048
-# Binds a signature to its use, should the signing key ever sign anything else.
-_TOKEN_CONTEXT = b"seenn-user-token-v1."
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 _CORS_ALLOW = "Authorization, Content-Type, Idempotency-Key, If-None-Match"
 _CORS_EXPOSE = "ETag, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, Idempotent-Replayed"
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 304: "Not Modified", 400: "Bad Request",
             401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
             429: "Too Many Requests", 500: "Internal Server Error"}
-
-
-def new_key(kind: str) -> str:
-    """Make a random test key of a kind (``sk`` or ``pk``)."""
-    return f"{kind}_test_{base64.b32encode(os.urandom(20)).decode().lower().rstrip('=')}"
 
 
 # GET /v1/jobs?recent=1 reads at most this many jobs per page, this many at a time.
@@ -107,38 +87,6 @@ _STATUSES = frozenset({"pending", "queued", "running", "completed", "failed", "c
 
 # The routes whose second part is a job id.
 _JOB_ROUTES = frozenset({"job", "children", "progress", "complete", "fail"})
-
-
-class _RateLimiter:
-    """Fixed one-second windows per key: simple, and the headers are exact."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._windows: dict[str, tuple[int, int]] = {}
-        self._lock = threading.Lock()
-
-    def hit(self, key: str, now: float) -> tuple[bool, int, float]:
-        window = int(now)
-        with self._lock:
-            start, count = self._windows.get(key, (window, 0))
-            if start != window:
-                start, count = window, 0
-            if count >= self.limit:
-                return False, 0, max(0.001, window + 1 - now)
-            self._windows[key] = (start, count + 1)
-            if len(self._windows) > 10_000:
-                self._windows = {k: v for k, v in self._windows.items() if v[0] == window}
-            return True, self.limit - count - 1, 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Caller:
-    """Who sent a request: the app, the kind of credential, and for a token its user."""
-
-    app_id: str
-    kind: str  # "secret", "public" or "token"
-    rate_key: str
-    user_id: str | None = None
 
 
 class SeennServerApp:
@@ -212,10 +160,8 @@ class SeennServerApp:
             # then its pair is the one, and this process makes none.
             if self.store.add_first_app(f"app_{key_hash(secret)[:12]}", secret, public):
                 self.created_keys = (secret, public)
-        self._keys = self.store.apps()
-        self._signing_keys = self.store.signing_keys()
-        self._keys_loaded = time.monotonic()
-        self._rate = _RateLimiter(rate_limit) if rate_limit else None
+        self._keys = Keys(self.store)
+        self._rate = RateLimiter(rate_limit) if rate_limit else None
         self._stale = StalePolicy(self.stale_after, self.store.clock())
         self._sweeper = Sweeper(self.sweep, self._stale.sweep_interval)
         # Other processes' writes: SQLite's are found by polling, PostgreSQL announces them.
@@ -352,8 +298,9 @@ class SeennServerApp:
             listed = (*allowed, "OPTIONS") if self.cors_origin is not None else allowed
             raise HTTPError(405, "METHOD_NOT_ALLOWED", f"{method} is not allowed here",
                             headers={"Allow": ", ".join(listed)})
-        caller = self._authenticate(environ)
-        rate_headers = self._rate_limit(caller.rate_key)
+        caller = self._keys.authenticate(environ)
+        rate_headers = {} if self._rate is None else self._rate.headers(caller.rate_key,
+                                                                        self.store.clock())
         if method == "POST" and caller.kind != "secret":
             what = "user tokens" if caller.kind == "token" else "public keys"
             raise HTTPError(403, "FORBIDDEN", f"{what} can only read", headers=rate_headers)
@@ -368,7 +315,8 @@ class SeennServerApp:
         self.store.purge()
         try:
             if route == ("tokens",):
-                status, body, headers = self._mint_token(caller.app_id, environ)
+                status, body, headers = self._keys.mint_token(
+                    caller.app_id, read_json(environ, self.max_body_bytes))
             elif route[0] == "eta":
                 status, body, headers = eta_request(self.store, caller.app_id, method, route)
             elif method == "GET":
@@ -383,109 +331,9 @@ class SeennServerApp:
         headers.update(rate_headers)
         return status, body, headers
 
-    # Auth and rate limits -----------------------------------------------------------
-
-    def _authenticate(self, environ: Mapping[str, Any]) -> _Caller:
-        header = str(environ.get("HTTP_AUTHORIZATION", ""))
-        scheme, _, key = header.partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or not key:
-            raise HTTPError(401, "UNAUTHORIZED", "missing API key: send Authorization: Bearer")
-        if key.startswith(TOKEN_PREFIX):
-            return self._read_token(key)
-        digest = key_hash(key)
-        found = self._keys.get(digest)
-        if found is None and self._reload_keys():
-            found = self._keys.get(digest)
-        if found is None:
-            raise HTTPError(401, "UNAUTHORIZED", "unknown API key")
-        return _Caller(found[0], found[1], digest)
-
-    def _reload_keys(self) -> bool:
-        """Read the apps again, at most once a second; whether it did."""
-        if time.monotonic() - self._keys_loaded <= 1.0:
-            return False
-        # Another process sharing the database may have registered the key.
-        self._keys, self._signing_keys = self.store.apps(), self.store.signing_keys()
-        self._keys_loaded = time.monotonic()
-        return True
-
-    def _signing_key(self, app_id: str) -> bytes | None:
-        key = self._signing_keys.get(app_id)
-        if key is None and self._reload_keys():
-            key = self._signing_keys.get(app_id)
-        return key
-
-    def _read_token(self, token: str) -> _Caller:
-        """Check a user token's signature and expiry; the token itself is never echoed."""
-        invalid = HTTPError(401, "UNAUTHORIZED", "invalid user token")
-        if len(token) > _MAX_TOKEN_CHARS:
-            raise invalid
-        payload, _, signature = token[len(TOKEN_PREFIX):].partition(".")
-        try:
-            claims = json.loads(_unbase64(payload))
-            given = _unbase64(signature)
-        except (ValueError, RecursionError):
-            raise invalid from None
-        # Only the app id is read before the signature is checked: it picks the key.
-        app_id = claims.get("app") if isinstance(claims, dict) else None
-        if not isinstance(app_id, str):
-            raise invalid
-        key = self._signing_key(app_id)
-        if key is None:
-            raise invalid
-        expected = hmac.new(key, _TOKEN_CONTEXT + payload.encode("ascii"),
-                            hashlib.sha256).digest()
-        if not hmac.compare_digest(expected, given):
-            raise invalid
-        user_id, expires = claims.get("user"), claims.get("exp")
-        if not isinstance(user_id, str) or type(expires) is not int:
-            raise invalid
-        if expires <= self.store.clock():
-            raise HTTPError(401, "TOKEN_EXPIRED",
-                            "the user token has expired: get a new one from your backend")
-        # One rate window per user, however many tokens the user was given.
-        return _Caller(app_id, "token", key_hash(f"{TOKEN_PREFIX}{app_id}:{user_id}"), user_id)
-
-    def _mint_token(self, app_id: str, environ: Mapping[str, Any]) -> Response:
-        """``POST /v1/tokens``: a user token, signed and stored nowhere."""
-        body = read_json(environ, self.max_body_bytes)
-        fields = Fields()
-        user_id = fields.check("userId", lambda: check_text(
-            "userId", body.get("userId"), max_len=MAX_USER_ID))
-        ttl = fields.check("ttlSeconds", lambda: DEFAULT_TOKEN_TTL
-                           if body.get("ttlSeconds") is None else check_int(
-                               "ttlSeconds", body.get("ttlSeconds"), minimum=MIN_TTL_SECONDS,
-                               maximum=MAX_TTL_SECONDS))
-        fields.raise_if_any()
-        key = self._signing_key(app_id)
-        if key is None:
-            raise HTTPError(500, "INTERNAL", "the app has no signing key")
-        expires = int(self.store.clock()) + ttl
-        claims = {"app": app_id, "user": user_id, "exp": expires}
-        payload = _base64(json.dumps(claims, separators=(",", ":"),
-                                     ensure_ascii=False).encode("utf-8"))
-        signature = hmac.new(key, _TOKEN_CONTEXT + payload.encode("ascii"),
-                             hashlib.sha256).digest()
-        token = f"{TOKEN_PREFIX}{payload}.{_base64(signature)}"
-        expires_at = format_datetime(datetime.fromtimestamp(expires, tz=timezone.utc))
-        return 201, {"token": token, "expiresAt": expires_at}, {"Cache-Control": "no-store"}
-
-    def _rate_limit(self, key_digest: str) -> dict[str, str]:
-        if self._rate is None:
-            return {}
-        allowed, remaining, retry_after = self._rate.hit(key_digest, self.store.clock())
-        headers = {"X-RateLimit-Limit": str(self._rate.limit),
-                   "X-RateLimit-Remaining": str(remaining)}
-        if not allowed:
-            headers["Retry-After"] = str(max(1, int(retry_after + 0.999)))
-            raise HTTPError(429, "RATE_LIMITED",
-                            f"more than {self._rate.limit} requests per second", headers=headers)
-        return headers
-
     # Reads --------------------------------------------------------------------------
 
-    def _get(self, route: tuple[str, ...], caller: _Caller,
+    def _get(self, route: tuple[str, ...], caller: Caller,
              environ: Mapping[str, Any]) -> Response:
         text = str(environ.get("QUERY_STRING", ""))
         query = parse_qs(text)
@@ -539,7 +387,7 @@ class SeennServerApp:
                     return answer
                 waiter.wait(left)
 
-    def _job(self, caller: _Caller, job_id: str, if_none_match: str,
+    def _job(self, caller: Caller, job_id: str, if_none_match: str,
              cache: Mapping[str, str]) -> Response:
         """``GET /jobs/{id}``: the job, with its ETag (304 when the client has it)."""
 
@@ -553,7 +401,7 @@ class SeennServerApp:
         job = shown(self._read(caller.app_id, read), self.store.clock())
         return _tagged(job, cache, if_none_match)
 
-    def _by_ids(self, caller: _Caller, ids: Sequence[str], if_none_match: str,
+    def _by_ids(self, caller: Caller, ids: Sequence[str], if_none_match: str,
                 cache: Mapping[str, str]) -> Response:
         """``GET /jobs?ids=``: the live jobs the caller may read, in the order asked."""
 
@@ -573,7 +421,7 @@ class SeennServerApp:
                 "missing": [job_id for job_id in ids if job_id not in present]}
         return _tagged(body, cache, if_none_match)
 
-    def _family(self, job_id: str, caller: _Caller, query: dict[str, list[str]]) -> Response:
+    def _family(self, job_id: str, caller: Caller, query: dict[str, list[str]]) -> Response:
         """``GET /jobs/{id}/children``: the parent and a page of its children."""
         fields = Fields()
         limit, after = page(query, "c", fields)
@@ -592,7 +440,7 @@ class SeennServerApp:
         family["children"] = [shown(child, now) for child in family["children"]]
         return status, family, headers
 
-    def _list(self, caller: _Caller, query: dict[str, list[str]]) -> Response:
+    def _list(self, caller: Caller, query: dict[str, list[str]]) -> Response:
         if one(query, "recent") is not None:
             return self._recent(caller, query)
         raw_user = one(query, "userId")
@@ -618,7 +466,7 @@ class SeennServerApp:
             body["nextCursor"] = encode_cursor("s", rows[limit - 1].seq)
         return 200, body, {}
 
-    def _recent(self, caller: _Caller, query: dict[str, list[str]]) -> Response:
+    def _recent(self, caller: Caller, query: dict[str, list[str]]) -> Response:
         """``GET /v1/jobs?recent=1``: the app's jobs of every user, newest first (secret key).
 
         Optional filters ``userId``, ``jobType`` and ``status``. The filters on fields kept
@@ -673,7 +521,7 @@ class SeennServerApp:
             body["nextCursor"] = encode_cursor("s", position)
         return 200, body, {}
 
-    def _children(self, tx: Transaction, parent: StoredJob, caller: _Caller,
+    def _children(self, tx: Transaction, parent: StoredJob, caller: Caller,
                   limit: int, after: int | None) -> tuple[Response, list[StoredJob]]:
         """A parent's page of children, and the jobs it shows."""
         # A token sees the children that belong to its user, as it does everywhere.
@@ -769,7 +617,7 @@ def _wait(query: dict[str, list[str]]) -> float | None:
     return float(text)
 
 
-def _cache(caller: _Caller, wait: float | None) -> Mapping[str, str]:
+def _cache(caller: Caller, wait: float | None) -> Mapping[str, str]:
     """The caching headers of a read: shared only for a public key's plain poll.
 
     A long poll is never stored by a shared cache: one that answered it from storage
@@ -786,16 +634,6 @@ def _tagged(body: Any, cache: Mapping[str, str], if_none_match: str) -> Response
     if etag_matches(if_none_match, etag):
         return 304, None, headers
     return 200, body, headers
-
-
-def _base64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def _unbase64(text: str) -> bytes:
-    if not _BASE64URL.fullmatch(text):
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def create_app(db_path: str | os.PathLike[str], *, api_key: str | None = None,
