@@ -2,8 +2,8 @@
 
 ``SeennServerApp`` owns everything about a request that is HTTP: routing a path to a
 read or a write, what each kind of credential may read (who sent it, by key or user
-token, and the per-key rate limit, are ``_auth``'s), CORS and its preflight, the size, JSON and text of a request
-body, ``GET`` with ETags, lists and children in pages with cursors,
+token, and the per-key rate limit, are ``_auth``'s), CORS and its preflight, the
+size, JSON and text of a request body, ``GET`` with ETags, lists and children in pages with cursors,
 ``Idempotency-Key`` replay, and turning ``HTTPError`` into the JSON error answer. A
 write opens one ``Store.write`` transaction and hands the parsed body to ``_jobs``
 (``start_job`` or ``update_job``), which does what happens to the jobs. A read is a
