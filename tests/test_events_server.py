@@ -135,6 +135,30 @@ def test_a_key_reused_for_another_event_is_refused_alone(raw: httpx.Client) -> N
     assert reused.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
 
 
+def test_events_see_what_earlier_events_of_the_batch_wrote(raw: httpx.Client) -> None:
+    """Jobs and keys read ahead for a batch are never answered stale.
+
+    The jobs exist before the batch, so the server reads them all ahead; each later
+    event must still see what the earlier ones wrote: to the job itself, to its parent
+    (through the child's change), and under a key used twice.
+    """
+    post(raw, start("rp"), start("rc", parentJobId="rp", childIndex=0), start("rj"))
+    results = post(raw,
+                   update("progress", "rj", {"progress": 10, "message": "first"}, "rj.1"),
+                   update("progress", "rj", {"progress": 20}, "rj.2"),
+                   update("complete", "rc", {}),
+                   update("progress", "rp", {"progress": 50, "message": "parent"}),
+                   update("progress", "rj", {"progress": 20}, "rj.2"),
+                   update("progress", "rj", {"progress": 30}, "rj.1"))
+    assert [r["status"] for r in results] == [200, 200, 200, 200, 200, 409]
+    assert results[4].get("replayed") is True
+    job = raw.get("/jobs/rj").json()
+    assert (job["progress"], job["message"]) == (20, "first")
+    parent = raw.get("/jobs/rp").json()
+    assert parent["children"]["completed"] == 1
+    assert (parent["progress"], parent["message"]) == (50, "parent")
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({}, "events"),
     ({"events": "many"}, "events"),

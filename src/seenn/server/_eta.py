@@ -28,7 +28,6 @@ do. A duration is ``completedAt - startedAt``: running time, not the wait before
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -50,6 +49,7 @@ from seenn._core.eta import (
 from seenn._core.validation import MAX_JOB_TYPE, check_text, format_datetime, parse_datetime
 from seenn.errors import ValidationError
 from seenn.server._errors import HTTPError, Response
+from seenn.server._json import dumps, loads
 from seenn.server._store import EtaRow, Store, StoredJob, Transaction
 
 RECOMPUTE_EVERY = 8
@@ -80,14 +80,13 @@ def _load(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        state = json.loads(text)
+        state = loads(text)
     except ValueError:
         return {}
     return state if isinstance(state, dict) else {}
 
 
-def _dump(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
+_dump = dumps
 
 
 def _state(stored: StoredJob) -> dict[str, Any]:

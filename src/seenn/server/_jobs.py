@@ -263,6 +263,47 @@ def _check_depth(tx: Transaction, parent: StoredJob) -> None:
                              "reason": f"jobs nest at most {MAX_DEPTH} levels deep"})
 
 
+def _estimated_completion(value: object) -> str:
+    if not isinstance(value, str):
+        _reject("estimatedCompletionAt", "must be a string")
+    return check_datetime(value, "estimatedCompletionAt")
+
+
+def _message(value: object) -> str | None:
+    return check_opt_text("message", value, max_len=MAX_MESSAGE)
+
+
+def _metadata(value: object) -> Any:
+    return check_metadata(value) if isinstance(value, dict) else _reject(
+        "metadata", "must be a JSON object")
+
+
+# The fields each update action takes, each with the rule that checks it; built once.
+_UPDATE_RULES: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "progress": {
+        "progress": check_progress,
+        "message": _message,
+        "stage": lambda v: coerce_stage(v).to_wire(),
+        "queue": lambda v: coerce_queue(v).to_wire(),
+        "metadata": _metadata,
+        "estimatedCompletionAt": _estimated_completion,
+        "staleAfterSeconds": _stale_after,
+    },
+    "complete": {
+        "result": lambda v: coerce_result(v).to_wire(),
+        "message": _message,
+    },
+    "fail": {
+        "error": lambda v: coerce_error(v).to_wire(),
+        "retryable": lambda v: check_bool(v, "retryable"),
+    },
+}
+for _rules in _UPDATE_RULES.values():
+    _rules["push"] = functools.partial(_passthrough, "push")
+    _rules["liveActivity"] = functools.partial(_passthrough, "liveActivity")
+del _rules
+
+
 def update_job(tx: Transaction, action: str, job_id: str, body: dict[str, Any], *,
                stale: StalePolicy | None = None) -> tuple[int, Any]:
     """Apply ``progress``, ``complete`` or ``fail`` to a job: ``(status, job)``.
@@ -271,33 +312,24 @@ def update_job(tx: Transaction, action: str, job_id: str, body: dict[str, Any], 
     409 however soon after the limit it comes, and whether or not anyone looked.
     """
     f = Fields()
-    if action == "progress":
-        if body.get("progress") is None:
-            f.check("progress", lambda: _reject("progress", "is required"))
-        rules: dict[str, Callable[[Any], Any]] = {
-            "progress": lambda v: check_progress(v),
-            "message": lambda v: check_opt_text("message", v, max_len=MAX_MESSAGE),
-            "stage": lambda v: coerce_stage(v).to_wire(),
-            "queue": lambda v: coerce_queue(v).to_wire(),
-            "metadata": lambda v: check_metadata(v) if isinstance(v, dict)
-            else _reject("metadata", "must be a JSON object"),
-            "estimatedCompletionAt": lambda v: check_datetime(
-                v if isinstance(v, str) else _reject("estimatedCompletionAt",
-                                                     "must be a string"),
-                "estimatedCompletionAt"),
-            "staleAfterSeconds": _stale_after,
-        }
-    elif action == "complete":
-        rules = {"result": lambda v: coerce_result(v).to_wire(),
-                 "message": lambda v: check_opt_text("message", v, max_len=MAX_MESSAGE)}
-    else:
-        if body.get("error") is None:
-            f.check("error", lambda: _reject("error", "is required"))
-        rules = {"error": lambda v: coerce_error(v).to_wire(),
-                 "retryable": lambda v: check_bool(v, "retryable")}
-    rules["push"] = functools.partial(_passthrough, "push")
-    rules["liveActivity"] = functools.partial(_passthrough, "liveActivity")
-    values = f.check_all(rules, body)
+    rules = _UPDATE_RULES[action]
+    if action != "complete":
+        required = "progress" if action == "progress" else "error"
+        if body.get(required) is None:
+            f.errors[required] = "is required"
+    # The body's own fields, looked up in the rules (most bodies carry two or three of
+    # them): absent, null and unknown fields are skipped.
+    values: dict[str, Any] = {}
+    for name, value in body.items():
+        rule = rules.get(name)
+        if rule is None or value is None:
+            continue
+        try:
+            values[name] = rule(value)
+        except ValidationError as error:
+            details = error.details or {}
+            f.errors.setdefault(str(details.get("field", name)),
+                                str(details.get("reason", error.message)))
     f.raise_if_any()
 
     stored = _get(tx, job_id, stale)

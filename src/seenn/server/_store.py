@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from seenn.server._json import dumps, dumps_sorted, loads
+
 T = TypeVar("T")
 
 # The indexes of both engines (SQLite adds them after the columns _sqlite's migration
@@ -63,8 +65,7 @@ def key_hash(key: str) -> str:
 
 def canonical_hash(value: object) -> str:
     """Hash a JSON value independently of key order."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(dumps_sorted(value).encode("utf-8")).hexdigest()
 
 
 class Cursor(Protocol):
@@ -125,8 +126,8 @@ _ETA_COLUMNS = "eta_key, count, total, min, max, p50, p95, confidence, last_upda
 
 
 def _stored(row: Any) -> StoredJob:
-    return StoredJob(row[0], json.loads(row[1]), row[2], row[3], row[4],
-                     None if row[5] is None else json.loads(row[5]), row[6], row[7], row[8])
+    return StoredJob(row[0], loads(row[1]), row[2], row[3], row[4],
+                     None if row[5] is None else loads(row[5]), row[6], row[7], row[8])
 
 
 def _idle_since(job: dict[str, Any], now: float) -> float | None:
@@ -175,6 +176,36 @@ class Transaction:
         # The JSON of the job documents this transaction wrote, by object: an answer
         # stored for Idempotency-Key replay is the document just written.
         self._texts: dict[int, tuple[object, str]] = {}
+        # What prefetch() read ahead for a batch: each entry answers one get() or
+        # idempotent() and is dropped when this transaction writes the row, so the
+        # rows read ahead are always as stored (savepoints roll back only writes).
+        self._jobs_ahead: dict[str, StoredJob | None] = {}
+        self._keys_ahead: dict[str, tuple[str, int, str] | None] = {}
+
+    def prefetch(self, job_ids: Collection[str], keys: Collection[str]) -> None:
+        """Read the jobs and idempotency keys a batch of writes will ask for, in a few queries.
+
+        Only where writers exclude each other (SQLite's ``BEGIN IMMEDIATE``): an engine
+        that locks each name before reading it (PostgreSQL) reads them one by one.
+        """
+        if self._lock is not None:
+            return
+        if job_ids:
+            found = self.get_many(job_ids)
+            self._jobs_ahead.update((job_id, found.get(job_id)) for job_id in job_ids)
+        if keys:
+            ahead = self._keys_ahead
+            wanted = list(dict.fromkeys(keys))
+            for key in wanted:
+                ahead[key] = None
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start:start + _IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                for key, request_hash, status, body in self._conn.execute(
+                        "SELECT key, request_hash, status, body FROM idempotency "
+                        f"WHERE app_id = ? AND created_at > ? AND key IN ({marks})",
+                        (self.app_id, self.now - IDEMPOTENCY_TTL, *chunk)).fetchall():
+                    ahead[key] = (request_hash, status, body)
 
     def _dumped_now(self, job: dict[str, Any]) -> str:
         text = _dump(job)
@@ -192,6 +223,8 @@ class Transaction:
 
     def get(self, job_id: str) -> StoredJob | None:
         """The live (unexpired) job with this id in this app."""
+        if job_id in self._jobs_ahead:
+            return self._jobs_ahead.pop(job_id)
         if self._lock is not None:
             self._lock("j:" + job_id)
         row = self._conn.execute(
@@ -217,6 +250,7 @@ class Transaction:
                eta: str | None = None) -> None:
         """Store a new job (with its ETA state); any expired row with the same id is replaced."""
         self.changed.add(job["id"])
+        self._jobs_ahead.pop(job["id"], None)
         self._conn.execute("DELETE FROM jobs WHERE app_id = ? AND id = ?",
                            (self.app_id, job["id"]))
         parent = job.get("parent") or {}
@@ -236,6 +270,7 @@ class Transaction:
         Every update is a write to the job: a running job's stale clock starts again.
         """
         self.changed.add(job["id"])
+        self._jobs_ahead.pop(job["id"], None)
         columns = (self._dumped_now(job), job.get("status") in FINISHED,
                    _idle_since(job, self.now),
                    _own_limit(job))
@@ -390,6 +425,8 @@ class Transaction:
 
     def idempotent(self, key: str) -> tuple[str, int, str] | None:
         """The stored (request hash, status, body) of an earlier call with this key."""
+        if key in self._keys_ahead:
+            return self._keys_ahead.pop(key)
         if self._lock is not None:
             self._lock("i:" + key)
         row = self._conn.execute(
@@ -430,6 +467,7 @@ class Transaction:
 
     def remember(self, key: str, request_hash: str, status: int, body: str) -> None:
         """Store the answer of a call made with an idempotency key."""
+        self._keys_ahead.pop(key, None)
         self._conn.execute(
             "INSERT INTO idempotency (app_id, key, request_hash, status, body, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app_id, key) DO UPDATE SET "
@@ -438,8 +476,7 @@ class Transaction:
             (self.app_id, key, request_hash, status, body, self.now))
 
 
-def _dump(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+_dump = dumps
 
 
 class Store:
