@@ -532,8 +532,46 @@ def test_eta_state_stays_out_of_the_job(http: httpx.Client, clock: Clock,
     with backend.app.store._connection() as conn:
         (state,) = conn.execute("SELECT eta FROM jobs WHERE id = ?", (job_id,)).fetchone()
     kept = json.loads(state)
-    assert kept["s"] == clock.now and kept["r"] == [0.0] * 16
+    # Times since the start in milliseconds: the curve points reached, and the last change.
+    assert kept["s"] == clock.now and kept["m"] == [0] * 16 and kept["w"] == [30, 0]
     assert kept["c"] == ["b", clock.now] and kept["t"] == {"a": 1.0}
+
+
+def test_eta_state_of_0_1_0_in_seconds_reads_as_milliseconds(
+        http: httpx.Client, clock: Clock, backend: RunningServer) -> None:
+    """A running job whose ETA state 0.1.0 wrote (seconds, "r" and "v") goes on exactly
+    as a job with today's state (milliseconds, "m" and "w")."""
+    for _ in range(MIN_SAMPLES):
+        run(http, clock, 10.0)
+    new, old = start(http), start(http)
+    for job_id in (new, old):
+        progress(http, job_id, 0)
+    clock.now += 1.25
+    for job_id in (new, old):
+        progress(http, job_id, 30)
+
+    def state_of(job_id: str) -> dict[str, Any]:
+        with backend.app.store._connection() as conn:
+            (text,) = conn.execute("SELECT eta FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return dict(json.loads(text))
+
+    kept = state_of(old)
+    assert kept["m"][-1] == 1250 and kept["w"] == [30, 1250]
+    kept["r"] = [ms / 1000 for ms in kept.pop("m")]
+    kept["v"] = [30, 1.25]
+    with backend.app.store._connection() as conn:
+        # Both engines' connections commit each statement (autocommit).
+        conn.execute("UPDATE jobs SET eta = ? WHERE id = ?", (json.dumps(kept), old))
+    clock.now += 0.5
+    answers = [progress(http, job_id, 45) for job_id in (new, old)]
+    assert answers[0]["estimatedCompletionAt"] == answers[1]["estimatedCompletionAt"]
+    assert answers[0]["etaConfidence"] == answers[1]["etaConfidence"]
+    assert state_of(old) == state_of(new)
+    clock.now += 0.5
+    for job_id in (new, old):
+        complete(http, job_id)
+    window = http.get("/eta/render").json()
+    assert window["count"] == MIN_SAMPLES + 2
 
 
 def test_a_database_of_an_older_version_gains_the_eta_column(tmp_path: Path,

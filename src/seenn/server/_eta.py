@@ -71,6 +71,9 @@ LIST_LIMIT = 1000
 # What the server sets for an automatic ETA (an explicit one is the client's own field).
 AUTOMATIC = ("estimatedCompletionAt", "etaConfidence", "etaBasedOn", "etaOverdue")
 _WITHIN = math.log(1.2)
+# Parsed histories by the text of their key's detail column (see cached_history).
+_MAX_HISTORIES = 256
+_histories: dict[str, History | None] = {}
 
 
 # Per job ----------------------------------------------------------------------------
@@ -93,7 +96,24 @@ def _state(stored: StoredJob) -> dict[str, Any]:
     if stored.eta is None:
         # A job of a version without ETA: any estimate it holds was the client's.
         return {"x": 1} if "estimatedCompletionAt" in stored.data else {}
-    return _load(stored.eta)
+    state = _load(stored.eta)
+    if "r" in state or "v" in state:
+        _upgrade(state)
+    return state
+
+
+def _upgrade(state: dict[str, Any]) -> None:
+    """Times kept in seconds by 0.1.0 ("r", "v") as the milliseconds kept now ("m", "w")."""
+    reached, last = state.pop("r", None), state.pop("v", None)
+    try:
+        if reached is not None:
+            state["m"] = [round(float(seconds) * 1000) for seconds in reached]
+        if last is not None:
+            state["w"] = [int(last[0]), round(float(last[1]) * 1000)]
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # Unreadable: the job's curve starts again from its next progress.
+        state.pop("m", None)
+        state.pop("w", None)
 
 
 def eta_key(job: Mapping[str, Any]) -> str:
@@ -150,30 +170,45 @@ def on_progress(tx: Transaction, stored: StoredJob, job: dict[str, Any],
             job.pop(name, None)
     running = job.get("status") == "running"
     if running:
-        if "s" not in state:
-            state["s"] = now if stored.eta is not None else _timestamp(job.get("startedAt"), now)
-        elapsed = max(now - state["s"], 0.0)
+        start = state.get("s")
+        if start is None:
+            start = state["s"] = (now if stored.eta is not None
+                                  else _timestamp(job.get("startedAt"), now))
+        elapsed = max(now - start, 0.0)
         progress = int(job.get("progress", 0))
-        reached: list[float] = state.setdefault("r", [])
+        # Times since the start in whole milliseconds: ints read and write as JSON at a
+        # fraction of the cost of floats, and every progress write does both.
+        reached: list[int] | None = state.get("m")
+        if reached is None:
+            reached = state["m"] = []
         point = curve_point(progress / 100)
-        while len(reached) <= point:
-            reached.append(round(elapsed, 3))
-        if state.get("v", [None])[0] != progress:
-            state["v"] = [progress, round(elapsed, 3)]
-    if state.get("x"):
+        if len(reached) <= point:
+            reached.extend([round(elapsed * 1000)] * (point + 1 - len(reached)))
+        last = state.get("w")
+        if last is None or last[0] != progress:
+            last = state["w"] = [progress, round(elapsed * 1000)]
+        if not state.get("x"):
+            _estimate(tx, job, state, elapsed, progress, reached, last[1])
         return _dump(state)
-    if not running:
+    if not state.get("x"):
         _drop(job, state)  # back in a queue: no countdown while it waits
-        return _dump(state)
-    found = estimate(elapsed, progress / 100, reached_at=state["v"][1],
-                     history=cached_history(tx, eta_key(job)),
-                     reached_times=dict(enumerate(state["r"])))
+    return _dump(state)
+
+
+def _estimate(tx: Transaction, job: dict[str, Any], state: dict[str, Any], elapsed: float,
+              progress: int, reached: list[int], reached_at: int) -> None:
+    """Put the automatic ETA of a running job on it (or take it off if there is none)."""
+    now = tx.now
+    history = cached_history(tx, eta_key(job))
+    found = estimate(elapsed, progress / 100, reached_at=reached_at / 1000, history=history,
+                     reached_times=None if history is None else
+                     {index: ms / 1000 for index, ms in enumerate(reached)})
     shown = None if found is None else smooth_completion(state.get("e"), now + found.remaining,
                                                          now)
     text = None if shown is None else _iso(shown)
     if found is None or shown is None or text is None:
         _drop(job, state)
-        return _dump(state)
+        return
     state["e"] = shown
     job.update(estimatedCompletionAt=text, etaConfidence=found.confidence,
                etaBasedOn=found.based_on)
@@ -181,7 +216,6 @@ def on_progress(tx: Transaction, stored: StoredJob, job: dict[str, Any],
         job["etaOverdue"] = True
     else:
         job.pop("etaOverdue", None)
-    return _dump(state)
 
 
 def _drop(job: dict[str, Any], state: dict[str, Any]) -> None:
@@ -197,8 +231,19 @@ def _timestamp(value: object, default: float) -> float:
 
 def cached_history(tx: Transaction, key: str) -> History | None:
     """The history of an eta key as ``GET /v1/eta/{key}`` answers it (one column read)."""
-    detail = _load(tx.eta_detail(key))
-    return History.from_wire(detail.get("history"), detail.get("stages")) if detail else None
+    text = tx.eta_detail(key)
+    if not text:
+        return None
+    # Parsed once per text: every progress write of a running job of the key asks, and
+    # the text changes only when a completion updates the key's statistics.
+    if text in _histories:
+        return _histories[text]
+    detail = _load(text)
+    history = History.from_wire(detail.get("history"), detail.get("stages")) if detail else None
+    if len(_histories) >= _MAX_HISTORIES:
+        _histories.clear()
+    _histories[text] = history
+    return history
 
 
 def on_end(tx: Transaction, stored: StoredJob, job: dict[str, Any]) -> None:
@@ -216,7 +261,7 @@ def on_end(tx: Transaction, stored: StoredJob, job: dict[str, Any]) -> None:
     duration = tx.now - start
     if not duration > 0:
         return
-    reached: list[float | None] = [*state.get("r", [])][:CURVE_POINTS]
+    reached: list[float | None] = [ms / 1000 for ms in state.get("m", [])[:CURVE_POINTS]]
     reached += [None] * (CURVE_POINTS - len(reached))
     stages = dict(state.get("t", {}))
     current = state.get("c")
