@@ -159,6 +159,19 @@ def test_events_see_what_earlier_events_of_the_batch_wrote(raw: httpx.Client) ->
     assert (parent["progress"], parent["message"]) == (50, "parent")
 
 
+def test_keys_are_trimmed_as_the_single_calls_header_is(raw: httpx.Client) -> None:
+    """A key with spaces around it (even past 255 characters with them) is the trimmed key."""
+    long_key = "k" * 255
+    post(raw, start("t1"))
+    results = post(raw, update("progress", "t1", {"progress": 5}, "  short  "),
+                   update("progress", "t1", {"progress": 6}, f" {long_key}  "))
+    assert [r["status"] for r in results] == [200, 200]
+    for key, value in (("short", 5), (long_key, 6)):
+        again = raw.post("/jobs/t1/progress", json={"progress": value},
+                         headers={"Idempotency-Key": key})
+        assert again.headers["Idempotent-Replayed"] == "true"
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({}, "events"),
     ({"events": "many"}, "events"),

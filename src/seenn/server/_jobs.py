@@ -345,7 +345,8 @@ def _apply(tx: Transaction, stored: StoredJob, action: str, values: dict[str, An
            stale: StalePolicy | None) -> dict[str, Any]:
     """Write checked ``values`` of an action to an unfinished job, and carry it up."""
     job = stored.data
-    before = _share(job)
+    # What the job added to its parent's sums, to carry the difference up.
+    before = _share(job) if stored.parent_id is not None else None
     now_iso = _now_iso(tx.now)
     if action == "progress":
         if "metadata" in values:

@@ -85,9 +85,11 @@ class Connection(Protocol):
     def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though never changed after it is made: a frozen dataclass's __init__
+# costs four times as much, and a batch of events makes one of these per event.
+@dataclass(slots=True)
 class StoredJob:
-    """A job row: its document and the columns around it."""
+    """A job row: its document and the columns around it (read-only by convention)."""
 
     seq: int
     data: dict[str, Any]

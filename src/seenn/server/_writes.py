@@ -35,9 +35,14 @@ MAX_KEY_CHARS = 255
 EVENT_TYPES = {"start": "list", "progress": "progress", "complete": "complete",
                "fail": "fail"}
 _MAX_FIELD_ERRORS = 20
+# The event types whose events name their job (all but start).
+_UPDATES = frozenset(kind for kind in EVENT_TYPES if kind != "start")
 
 
-@dataclass(frozen=True, slots=True)
+# Applied and Event are not frozen, though never changed after they are made: a
+# frozen dataclass's __init__ costs four times as much, and a batch makes one of each
+# per event.
+@dataclass(slots=True)
 class Applied:
     """The outcome of one write: its answer, and whether it was replayed or refused."""
 
@@ -47,7 +52,7 @@ class Applied:
     failure: HTTPError | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """One checked event of a batch: the single call's route, its body and its key."""
 
@@ -112,36 +117,60 @@ def check_events(body: Mapping[str, Any], max_events: int) -> list[Event]:
     errors: dict[str, str] = {}
     events: list[Event] = []
     for index, item in enumerate(raw):
-        where = f"events.{index}"
-        if not isinstance(item, dict):
-            errors[where] = "must be an object"
-            continue
-        kind = item.get("type")
-        if not isinstance(kind, str) or kind not in EVENT_TYPES:
-            errors[f"{where}.type"] = "must be one of start, progress, complete, fail"
-        event_body = item.get("body")
-        if not isinstance(event_body, dict):
-            errors[f"{where}.body"] = "is required: the JSON object the single call takes"
-        job_id = item.get("jobId")
-        if kind == "start":
-            if job_id is not None:
-                errors[f"{where}.jobId"] = "is not used by start: give the id as body.id"
-        elif not (isinstance(job_id, str) and 1 <= len(job_id) <= 255):
-            errors[f"{where}.jobId"] = "is required: a string of 1 to 255 characters"
-        raw_key = item.get("idempotencyKey")
-        key = raw_key.strip() if isinstance(raw_key, str) else ""
-        if raw_key is not None and not isinstance(raw_key, str):
-            errors[f"{where}.idempotencyKey"] = "must be a string"
-        elif len(key) > MAX_KEY_CHARS or "\x00" in key:
-            errors[f"{where}.idempotencyKey"] = f"at most {MAX_KEY_CHARS} characters, no NUL"
-        if len(errors) >= _MAX_FIELD_ERRORS:
+        if type(item) is dict:
+            kind = item.get("type")
+            event_body = item.get("body")
+            job_id = item.get("jobId")
+            raw_key = item.get("idempotencyKey")
+            # The common event, checked in one expression; anything else is looked at
+            # field by field below, to name each fault.
+            if (type(kind) is str and kind in _UPDATES and type(event_body) is dict
+                    and type(job_id) is str and 1 <= len(job_id) <= 255
+                    and (raw_key is None or (type(raw_key) is str
+                                             and len(raw_key) <= MAX_KEY_CHARS
+                                             and "\x00" not in raw_key))):
+                if not errors:
+                    events.append(Event((EVENT_TYPES[kind], job_id), event_body,
+                                        raw_key.strip() if raw_key else ""))
+                continue
+        if not _check_event(index, item, errors, events):
             break
-        if not errors and isinstance(kind, str) and isinstance(event_body, dict):
-            route = ("list",) if kind == "start" else (EVENT_TYPES[kind], str(job_id))
-            events.append(Event(route, event_body, key))
     if errors:
         _refuse(errors)
     return events
+
+
+def _check_event(index: int, item: object, errors: dict[str, str],
+                 events: list[Event]) -> bool:
+    """Check one event field by field, naming each fault in ``errors``; ``False``: stop."""
+    where = f"events.{index}"
+    if not isinstance(item, dict):
+        errors[where] = "must be an object"
+        return True
+    kind = item.get("type")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        errors[f"{where}.type"] = "must be one of start, progress, complete, fail"
+    event_body = item.get("body")
+    if not isinstance(event_body, dict):
+        errors[f"{where}.body"] = "is required: the JSON object the single call takes"
+    job_id = item.get("jobId")
+    if kind == "start":
+        if job_id is not None:
+            errors[f"{where}.jobId"] = "is not used by start: give the id as body.id"
+    elif not (isinstance(job_id, str) and 1 <= len(job_id) <= 255):
+        errors[f"{where}.jobId"] = "is required: a string of 1 to 255 characters"
+    raw_key = item.get("idempotencyKey")
+    key = raw_key.strip() if isinstance(raw_key, str) else ""
+    if raw_key is not None and not isinstance(raw_key, str):
+        errors[f"{where}.idempotencyKey"] = "must be a string"
+    elif len(key) > MAX_KEY_CHARS or "\x00" in key:
+        errors[f"{where}.idempotencyKey"] = f"at most {MAX_KEY_CHARS} characters, no NUL"
+    if len(errors) >= _MAX_FIELD_ERRORS:
+        return False
+    if not errors and isinstance(kind, str) and isinstance(event_body, dict):
+        route = ("list",) if kind == "start" else (EVENT_TYPES[kind], str(job_id))
+        events.append(Event(route, event_body, key))
+    return True
 
 
 class UnexpectedFailure(Exception):
