@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from seenn._core.eta import (
 )
 from seenn._core.validation import format_datetime
 from seenn.server import RunningServer
-from seenn.server._eta import MAX_STAGES, RECOMPUTE_AFTER, RECOMPUTE_EVERY, WINDOW
+from seenn.server._eta import MAX_STAGES, RECOMPUTE_AFTER, RECOMPUTE_EVERY, WINDOW, _iso
 
 T0 = 1_800_000_000.0
 
@@ -117,15 +118,18 @@ class Model:
     shown: float | None = None
 
     def write(self, now: float, value: int, history: History | None) -> Any:
-        elapsed = now - self.started
+        # The server keeps times to the millisecond.
+        started = round(self.started * 1000) / 1000
+        elapsed = now - started
         while len(self.reached) <= curve_point(value / 100):
-            self.reached.append(elapsed)
+            self.reached.append(round(elapsed * 1000) / 1000)
         if self.value[0] != value:
-            self.value = (value, elapsed)
+            self.value = (value, round(elapsed * 1000) / 1000)
         found = estimate(elapsed, value / 100, reached_at=self.value[1], history=history,
                          reached_times=dict(enumerate(self.reached)))
         if found is not None:
-            self.shown = smooth_completion(self.shown, now + found.remaining, now)
+            shown = smooth_completion(self.shown, now + found.remaining, now)
+            self.shown = round(shown * 1000) / 1000
         return found
 
 
@@ -533,14 +537,15 @@ def test_eta_state_stays_out_of_the_job(http: httpx.Client, clock: Clock,
         (state,) = conn.execute("SELECT eta FROM jobs WHERE id = ?", (job_id,)).fetchone()
     kept = json.loads(state)
     # Times since the start in milliseconds: the curve points reached, and the last change.
-    assert kept["s"] == clock.now and kept["m"] == [0] * 16 and kept["w"] == [30, 0]
+    assert kept["b"] == round(clock.now * 1000) and kept["m"] == [0] * 16
+    assert kept["w"] == [30, 0]
     assert kept["c"] == ["b", clock.now] and kept["t"] == {"a": 1.0}
 
 
 def test_eta_state_of_0_1_0_in_seconds_reads_as_milliseconds(
         http: httpx.Client, clock: Clock, backend: RunningServer) -> None:
-    """A running job whose ETA state 0.1.0 wrote (seconds, "r" and "v") goes on exactly
-    as a job with today's state (milliseconds, "m" and "w")."""
+    """A running job whose ETA state 0.1.0 wrote (times in seconds: "s", "r", "v", "e")
+    goes on exactly as a job with today's state (milliseconds: "b", "m", "w", "f")."""
     for _ in range(MIN_SAMPLES):
         run(http, clock, 10.0)
     new, old = start(http), start(http)
@@ -556,9 +561,11 @@ def test_eta_state_of_0_1_0_in_seconds_reads_as_milliseconds(
         return dict(json.loads(text))
 
     kept = state_of(old)
-    assert kept["m"][-1] == 1250 and kept["w"] == [30, 1250]
+    assert kept["m"][-1] == 1250 and kept["w"] == [30, 1250] and "f" in kept
+    kept["s"] = kept.pop("b") / 1000
     kept["r"] = [ms / 1000 for ms in kept.pop("m")]
     kept["v"] = [30, 1.25]
+    kept["e"] = kept.pop("f") / 1000
     with backend.app.store._connection() as conn:
         # Both engines' connections commit each statement (autocommit).
         conn.execute("UPDATE jobs SET eta = ? WHERE id = ?", (json.dumps(kept), old))
@@ -599,3 +606,19 @@ def test_a_database_of_an_older_version_gains_the_eta_column(tmp_path: Path,
         clock.now += 3
         complete(http, plain)
         assert stats(http)["count"] == 1
+
+
+def test_eta_times_format_as_datetime_formats_them() -> None:
+    """The fast formatting of a shown ETA gives datetime's text to the millisecond."""
+    rng = random.Random(7)
+    values = [0.0, 0.0005, 0.9999995, 0.9999996, 1796212778.043, 1796212778.9995,
+              1796212778.9999995, 253402300799.999, 253402300800.0, -1.5, 1e20]
+    values += [rng.uniform(0, 253402300799) for _ in range(20_000)]
+    values += [rng.randrange(0, 253402300799000) / 1000 for _ in range(20_000)]
+    for value in values:
+        try:
+            expected: str | None = format_datetime(
+                datetime.fromtimestamp(value, tz=timezone.utc))
+        except (OverflowError, OSError, ValueError):
+            expected = None
+        assert _iso(value) == expected, value
