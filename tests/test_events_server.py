@@ -321,6 +321,50 @@ def test_an_internal_failure_rolls_back_its_event_only(
     assert retried[0]["status"] == 200 and "replayed" not in retried[0]
 
 
+def test_reads_in_a_batch_see_its_held_back_writes(raw: httpx.Client) -> None:
+    """A sequential parent's progress reads its first open child's row, written earlier in
+    the same batch: the batch's held-back writes run before any read."""
+    parent = {"type": "start", "body": {**START, "id": "sp", "totalChildren": 3,
+                                        "childProgressMode": "sequential"}}
+    post(raw, parent, *(start(f"sc{i}", parentJobId="sp", childIndex=i) for i in range(3)))
+    results = post(raw, update("progress", "sc0", {"progress": 40}, "sc0.1"),
+                   update("complete", "sc0", {}, "sc0.2"),
+                   update("progress", "sc1", {"progress": 60}, "sc1.1"),
+                   update("progress", "sc2", {"progress": 10}, "sc2.1"))
+    assert [r["status"] for r in results] == [200, 200, 200, 200]
+    # One child done, the first open one (sc1) at 60 %: (100 + 60) / 3.
+    assert raw.get("/jobs/sp").json()["progress"] == (100 + 60) // 3
+    assert raw.get("/jobs/sc1").json()["progress"] == 60
+
+
+def test_a_failing_held_back_write_runs_the_batch_again_carefully(
+        raw: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the batch's held-back writes fail when they run, nothing of the first attempt
+    stays: the batch runs again writing as it goes, and every event is applied once."""
+    from seenn.server._store import Transaction
+
+    real = Transaction.flush
+    failures: list[int] = []
+
+    def failing_once(self: Transaction) -> None:
+        if self._deferred and not failures:
+            failures.append(1)
+            raise RuntimeError("disk hiccup")
+        real(self)
+
+    post(raw, start("hb"))
+    monkeypatch.setattr(Transaction, "flush", failing_once)
+    results = post(raw, update("progress", "hb", {"progress": 10}, "hb.1"),
+                   update("progress", "hb", {"progress": 20, "message": "m"}, "hb.2"))
+    assert failures == [1]
+    assert [r["status"] for r in results] == [200, 200]
+    assert "replayed" not in results[1]
+    job = raw.get("/jobs/hb").json()
+    assert (job["progress"], job["message"]) == (20, "m")
+    again = post(raw, update("progress", "hb", {"progress": 10}, "hb.1"))
+    assert again[0]["replayed"] is True
+
+
 def test_the_extension_can_be_switched_off(db: str) -> None:
     """With max_events=0, /v1/events is 404 and /healthz does not offer it."""
     with seenn.server.running(db, max_events=0) as backend:

@@ -114,14 +114,25 @@ class _PgConnection:
         self._conn = conn
         self._sql: dict[str, str] = {}
 
-    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+    def _query(self, sql: str) -> str:
         query = self._sql.get(sql)
         if query is None:
             # No SQL of the store holds a literal "?" or "%": parameters are the only ones.
             query = self._sql[sql] = sql.replace("%", "%%").replace("?", "%s")
+        return query
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
         values = tuple(int(v) if isinstance(v, bool) else v for v in parameters)
-        cursor: Cursor = self._conn.execute(query, values)
+        cursor: Cursor = self._conn.execute(self._query(sql), values)
         return cursor
+
+    def executemany(self, sql: str, parameters: Any, /) -> Cursor:
+        # psycopg sends the statements in pipeline mode: one round trip for all.
+        rows = [tuple(int(v) if isinstance(v, bool) else v for v in row) for row in parameters]
+        cursor = self._conn.cursor()
+        cursor.executemany(self._query(sql), rows)
+        result: Cursor = cursor
+        return result
 
     def executescript(self, sql: str) -> None:
         self._conn.execute(sql)
@@ -141,6 +152,23 @@ class _Locks:
             self._held.add(name)
             self._conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
                                (f"{self._app_id}/{name}",))
+
+    def many(self, names: Iterable[str]) -> None:
+        """Take several locks in one round trip, in the order of their keys.
+
+        A batch of writes takes the locks of every job and key it will read at once,
+        then reads them all in a few queries. Two batches taking overlapping sets
+        queue in key order; a deadlock with a writer taking its locks one by one is
+        ended by PostgreSQL and the transaction runs again.
+        """
+        fresh = {name for name in names if name not in self._held}
+        if not fresh:
+            return
+        self._held.update(fresh)
+        wanted = [f"{self._app_id}/{name}" for name in fresh]
+        self._conn.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(n, 0) AS k "
+            "FROM unnest(?::text[]) AS n ORDER BY k) AS keys", (wanted,))
 
     def forget(self, names: Iterable[str]) -> None:
         """Take these again when next asked: a rolled-back savepoint released them."""

@@ -84,6 +84,8 @@ class Connection(Protocol):
 
     def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
 
+    def executemany(self, sql: str, parameters: Any, /) -> Cursor: ...
+
 
 # Not frozen, though never changed after it is made: a frozen dataclass's __init__
 # costs four times as much, and a batch of events makes one of these per event.
@@ -183,15 +185,59 @@ class Transaction:
         # rows read ahead are always as stored (savepoints roll back only writes).
         self._jobs_ahead: dict[str, StoredJob | None] = {}
         self._keys_ahead: dict[str, tuple[str, int, str] | None] = {}
+        # Writes held back by defer_writes(), by statement, each in order, and the rows
+        # they write; None: every write runs at once.
+        self._deferred: dict[str, list[tuple[Any, ...]]] | None = None
+        self._deferred_rows: set[str] = set()
+        self._raw = conn
+
+    def defer_writes(self) -> None:
+        """Hold back job updates and idempotency records, to run them many at a time.
+
+        A batch's writes then run as one ``executemany`` per statement (on PostgreSQL,
+        one round trip for all of them). Any other statement of this transaction, a
+        read included, runs the held writes first, and so does a second write of the
+        same row, so every statement sees exactly what it would have seen; ``flush``
+        runs what is left, and ``Store.write`` flushes before it commits. A failing
+        held write raises where it runs, so a caller that defers must be able to run
+        its whole transaction again without deferring (``POST /v1/events`` does).
+        """
+        if self._deferred is None:
+            self._deferred = {}
+            self._conn = _Flushing(self)
+
+    def flush(self) -> None:
+        """Run the writes ``defer_writes`` held back."""
+        deferred = self._deferred
+        if not deferred:
+            return
+        self._deferred = {}
+        self._deferred_rows.clear()
+        for sql, rows in deferred.items():
+            self._raw.executemany(sql, rows)
+
+    def _write(self, row: str, sql: str, parameters: tuple[Any, ...]) -> None:
+        deferred = self._deferred
+        if deferred is None:
+            self._raw.execute(sql, parameters)
+            return
+        if row in self._deferred_rows:
+            self.flush()  # two writes of one row keep their order
+        self._deferred_rows.add(row)
+        deferred.setdefault(sql, []).append(parameters)
 
     def prefetch(self, job_ids: Collection[str], keys: Collection[str]) -> None:
         """Read the jobs and idempotency keys a batch of writes will ask for, in a few queries.
 
-        Only where writers exclude each other (SQLite's ``BEGIN IMMEDIATE``): an engine
-        that locks each name before reading it (PostgreSQL) reads them one by one.
+        Where writers do not exclude each other (PostgreSQL) the names are locked first,
+        all at once (an engine's lock function may offer ``many``; without it, nothing
+        is read ahead).
         """
         if self._lock is not None:
-            return
+            lock_many = getattr(self._lock, "many", None)
+            if lock_many is None:
+                return
+            lock_many([*("j:" + job_id for job_id in job_ids), *("i:" + key for key in keys)])
         if job_ids:
             found = self.get_many(job_ids)
             self._jobs_ahead.update((job_id, found.get(job_id)) for job_id in job_ids)
@@ -284,8 +330,8 @@ class Transaction:
         if eta is not None:
             sql += ", eta = ?"
             extra += (eta,)
-        self._conn.execute(sql + " WHERE app_id = ? AND id = ?",
-                           (*columns, *extra, self.app_id, job["id"]))
+        self._write("j:" + job["id"], sql + " WHERE app_id = ? AND id = ?",
+                    (*columns, *extra, self.app_id, job["id"]))
         self.changed.add(job["id"])
 
     # ETA statistics -------------------------------------------------------------------
@@ -470,12 +516,29 @@ class Transaction:
     def remember(self, key: str, request_hash: str, status: int, body: str) -> None:
         """Store the answer of a call made with an idempotency key."""
         self._keys_ahead.pop(key, None)
-        self._conn.execute(
-            "INSERT INTO idempotency (app_id, key, request_hash, status, body, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app_id, key) DO UPDATE SET "
-            "request_hash = excluded.request_hash, status = excluded.status, "
-            "body = excluded.body, created_at = excluded.created_at",
-            (self.app_id, key, request_hash, status, body, self.now))
+        self._write("i:" + key, _REMEMBER,
+                    (self.app_id, key, request_hash, status, body, self.now))
+
+
+_REMEMBER = ("INSERT INTO idempotency (app_id, key, request_hash, status, body, created_at) "
+             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (app_id, key) DO UPDATE SET "
+             "request_hash = excluded.request_hash, status = excluded.status, "
+             "body = excluded.body, created_at = excluded.created_at")
+
+
+class _Flushing:
+    """A transaction's connection while its writes are deferred: runs them first."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor:
+        self._tx.flush()
+        return self._tx._raw.execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> Cursor:
+        self._tx.flush()
+        return self._tx._raw.executemany(sql, parameters)
 
 
 _dump = dumps
@@ -549,6 +612,7 @@ class Store:
             tx = Transaction(conn, app_id, self.clock(), self._lock_for(conn, app_id))
             try:
                 yield tx
+                tx.flush()
                 self._before_commit(tx)
             except BaseException:
                 conn.execute("ROLLBACK")

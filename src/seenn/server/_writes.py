@@ -193,8 +193,14 @@ def apply_events(tx: Transaction, app_id: str, events: Sequence[Event],
     """
     results: list[Applied] = []
     # Read ahead what the events will ask for, in a few queries instead of two each.
-    tx.prefetch([event.route[1] for event in events if len(event.route) > 1],
+    # (A job id with NUL is answered 404 below, unread: PostgreSQL cannot even look it up.)
+    tx.prefetch([event.route[1] for event in events
+                 if len(event.route) > 1 and "\x00" not in event.route[1]],
                 [event.key for event in events if event.key])
+    if not careful:
+        # Job updates and idempotency records run many at a time; a failing one raises
+        # below, and the caller runs the batch again carefully, writing as it goes.
+        tx.defer_writes()
     for event in events:
         if len(event.route) > 1 and "\x00" in event.route[1]:
             # As a single call's path: no job id holds NUL, and PostgreSQL could not even
@@ -224,6 +230,13 @@ def apply_events(tx: Transaction, app_id: str, events: Sequence[Event],
                 "seenn serve: internal error on an event of POST /v1/events")
             error = HTTPError(500, "INTERNAL", "internal server error")
             results.append(Applied(500, error.response()[1], failure=error))
+    if not careful:
+        try:
+            tx.flush()
+        except retry:
+            raise
+        except Exception as failed:
+            raise UnexpectedFailure from failed
     return results
 
 
