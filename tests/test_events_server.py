@@ -341,7 +341,7 @@ def test_a_failing_held_back_write_runs_the_batch_again_carefully(
         raw: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """If the batch's held-back writes fail when they run, nothing of the first attempt
     stays: the batch runs again writing as it goes, and every event is applied once."""
-    from seenn.server._store import Transaction
+    from seenn.server._transaction import Transaction
 
     real = Transaction.flush
     failures: list[int] = []

@@ -21,7 +21,8 @@ import seenn
 import seenn.server
 from seenn.server import SeennServerApp, WSGIServer
 from seenn.server._sqlite import SQLiteStore
-from seenn.server._store import STALE_BY_DEFAULT, STALE_BY_OWN_LIMIT, Transaction
+from seenn.server._store import STALE_BY_DEFAULT, STALE_BY_OWN_LIMIT
+from seenn.server._transaction import Transaction
 
 BASE = {"jobType": "render", "userId": "u", "title": "Render"}
 START = 1_800_000_000.0

@@ -15,7 +15,8 @@ import pytest
 import seenn.server
 from seenn.server._jobs import start_job, update_job
 from seenn.server._sqlite import SQLiteStore
-from seenn.server._store import Store, Transaction
+from seenn.server._store import Store
+from seenn.server._transaction import Transaction
 from tests.adversarial.conftest import Served, start_server, stop_server
 
 START = '"jobType": "t", "userId": "u", "title": "t"'

@@ -48,7 +48,8 @@ from seenn.server._requests import (
 )
 from seenn.server._requests import route as match_route
 from seenn.server._stale import DEFAULT_STALE_AFTER, StalePolicy, Sweeper, check_stale_after
-from seenn.server._store import StoredJob, Transaction, key_hash
+from seenn.server._store import key_hash
+from seenn.server._transaction import StoredJob, Transaction
 from seenn.server._writes import (
     DEFAULT_MAX_EVENTS,
     MAX_EVENTS_LIMIT,

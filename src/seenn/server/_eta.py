@@ -51,7 +51,8 @@ from seenn._core.validation import MAX_JOB_TYPE, check_text, format_datetime, pa
 from seenn.errors import ValidationError
 from seenn.server._errors import HTTPError, Response
 from seenn.server._json import dumps, loads
-from seenn.server._store import EtaRow, Store, StoredJob, Transaction
+from seenn.server._store import Store
+from seenn.server._transaction import EtaRow, StoredJob, Transaction
 
 RECOMPUTE_EVERY = 8
 """With a full window, the summary of a key is recomputed every this many completions..."""

@@ -57,7 +57,8 @@ from seenn.errors import ValidationError
 from seenn.server._errors import HTTPError
 from seenn.server._eta import on_end, on_progress, start_state
 from seenn.server._stale import StalePolicy
-from seenn.server._store import FINISHED, Store, StoredJob, Transaction, canonical_hash
+from seenn.server._store import Store
+from seenn.server._transaction import FINISHED, StoredJob, Transaction, canonical_hash
 
 TERMINAL = FINISHED
 # A deeper tree is a mistake or an attack: every child change walks up all its ancestors.

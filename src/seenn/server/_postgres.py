@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from seenn._core.validation import fail
-from seenn.server._store import INDEXES, Connection, Cursor, Store, Transaction
+from seenn.server._store import INDEXES, Store
+from seenn.server._transaction import Connection, Cursor, Transaction
 
 try:
     import psycopg

@@ -16,11 +16,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-from seenn.server._store import (
+from seenn.server._store import INDEXES, Store
+from seenn.server._transaction import (
     FINISHED,
-    INDEXES,
     Connection,
-    Store,
     Transaction,
     _idle_since,
     _last_write,

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from seenn._core.validation import MAX_STALE_AFTER, MIN_STALE_AFTER, fail, format_datetime
-from seenn.server._store import StoredJob
+from seenn.server._transaction import StoredJob
 
 logger = logging.getLogger("seenn.server")
 

@@ -21,7 +21,7 @@ from seenn.server._errors import HTTPError
 from seenn.server._jobs import start_job, update_job
 from seenn.server._json import loads
 from seenn.server._stale import StalePolicy
-from seenn.server._store import Transaction, canonical_hash
+from seenn.server._transaction import Transaction, canonical_hash
 
 logger = logging.getLogger("seenn.server")
 
