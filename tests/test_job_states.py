@@ -203,6 +203,21 @@ def test_the_cache_of_checked_user_ids_is_bounded(monkeypatch: pytest.MonkeyPatc
     assert len(cache) == 3
 
 
+def test_what_a_job_was_given_before_it_started_is_in_each_of_its_events() -> None:
+    """Title, message, metadata, result and parent set before the block reach every event."""
+    with tracker_in("configured") as (tracker, exporter), tracker.track("parent") as parent:
+        child = tracker.track("child", title="T", metadata={"a": 1})
+        child.set_progress(5, message="m")
+        child.set_result({"type": "x"})
+        with child:
+            child.set_progress(6)
+    events = [e for e in exporter.events if e.job_type == "child"]
+    assert [(e.kind, e.title, e.message, e.metadata, e.parent_id, e.child_index)
+            for e in events] == [(kind, "T", "m", {"a": 1}, parent.id, 0)
+                                 for kind in ("started", "progress", "completed")]
+    assert [e.result.type if e.result else None for e in events] == [None, None, "x"]
+
+
 def test_an_option_given_as_none_is_no_option() -> None:
     """set_progress(p, message=None) repeating the progress emits nothing, like set_progress(p)."""
     with tracker_in("configured") as (tracker, exporter), tracker.track("t") as job:
