@@ -218,6 +218,29 @@ def test_what_a_job_was_given_before_it_started_is_in_each_of_its_events() -> No
     assert [e.result.type if e.result else None for e in events] == [None, None, "x"]
 
 
+def test_only_the_terminal_event_carries_result_error_and_retryable() -> None:
+    """Started and progress events carry no result, error or retryable, even once they are set."""
+    with tracker_in("configured") as (tracker, exporter):
+        with tracker.track("done") as job:
+            job.set_result({"type": "x"})
+            job.set_progress(50)
+        broken = tracker.track("broken", retryable=True)
+
+        def fail_inside() -> None:
+            with broken:
+                broken.set_progress(50)
+                raise KeyError("k")
+
+        with pytest.raises(KeyError):
+            fail_inside()
+    assert [(e.job_type, e.kind, e.result.type if e.result else None,
+             e.error.code if e.error else None, e.retryable) for e in exporter.events] == [
+        ("done", "started", None, None, None), ("done", "progress", None, None, None),
+        ("done", "completed", "x", None, None),
+        ("broken", "started", None, None, None), ("broken", "progress", None, None, None),
+        ("broken", "failed", None, "KeyError", True)]
+
+
 def test_an_option_given_as_none_is_no_option() -> None:
     """set_progress(p, message=None) repeating the progress emits nothing, like set_progress(p)."""
     with tracker_in("configured") as (tracker, exporter), tracker.track("t") as job:
