@@ -161,6 +161,86 @@ def test_a_bad_user_id_is_refused_for_a_known_job_type(user_id: object) -> None:
             tracker.track("known", user_id=user_id)  # type: ignore[arg-type]
 
 
+def test_a_user_id_equal_to_a_checked_one_but_no_str_is_refused() -> None:
+    """The cache of checked user ids compares types too: a UserString is still refused."""
+    with tracker_in("unconfigured") as (tracker, _):
+        with tracker.track("known", user_id="ok"):
+            pass
+        with pytest.raises(ValidationError, match="user_id"):
+            tracker.track("known", user_id=UserString("ok"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("user_id", ["", "u" * 256, 42, "bad \udc80"])
+def test_a_bad_user_id_is_refused_after_good_ones_were_remembered(user_id: object) -> None:
+    """Remembered user ids never let another, bad one through the fast path."""
+    with tracker_in("unconfigured") as (tracker, _):
+        for good in ("ok", "u" * 255, "caf\u00e9"):
+            for _ in range(2):  # the second time, from the cache
+                with tracker.track("known", user_id=good) as job:
+                    pass
+                assert job.user_id == good
+        with pytest.raises(ValidationError, match="user_id"):
+            tracker.track("known", user_id=user_id)  # type: ignore[arg-type]
+
+
+def test_the_cache_of_checked_user_ids_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the cache is full, new user ids are checked every time but no longer remembered."""
+    from seenn._instrumentation import tracker as tracker_module
+
+    cache: dict[str, None] = {}
+    monkeypatch.setattr(tracker_module, "_checked_users", cache)
+    monkeypatch.setattr(tracker_module, "_MAX_CHECKED_USERS", 3)
+    with tracker_in("unconfigured") as (tracker, _):
+        with tracker.track("known"):  # the job type is known: later calls take the fast path
+            pass
+        for index in range(10):
+            with tracker.track("known", user_id=f"user-{index}") as job:
+                pass
+            assert job.status == "completed"
+        assert list(cache) == ["user-0", "user-1", "user-2"]
+        with pytest.raises(ValidationError, match="user_id"):
+            tracker.track("known", user_id="u" * 256)
+    assert len(cache) == 3
+
+
+def test_what_a_job_was_given_before_it_started_is_in_each_of_its_events() -> None:
+    """Title, message, metadata, result and parent set before the block reach every event."""
+    with tracker_in("configured") as (tracker, exporter), tracker.track("parent") as parent:
+        child = tracker.track("child", title="T", metadata={"a": 1})
+        child.set_progress(5, message="m")
+        child.set_result({"type": "x"})
+        with child:
+            child.set_progress(6)
+    events = [e for e in exporter.events if e.job_type == "child"]
+    assert [(e.kind, e.title, e.message, e.metadata, e.parent_id, e.child_index)
+            for e in events] == [(kind, "T", "m", {"a": 1}, parent.id, 0)
+                                 for kind in ("started", "progress", "completed")]
+    assert [e.result.type if e.result else None for e in events] == [None, None, "x"]
+
+
+def test_only_the_terminal_event_carries_result_error_and_retryable() -> None:
+    """Started and progress events carry no result, error or retryable, even once they are set."""
+    with tracker_in("configured") as (tracker, exporter):
+        with tracker.track("done") as job:
+            job.set_result({"type": "x"})
+            job.set_progress(50)
+        broken = tracker.track("broken", retryable=True)
+
+        def fail_inside() -> None:
+            with broken:
+                broken.set_progress(50)
+                raise KeyError("k")
+
+        with pytest.raises(KeyError):
+            fail_inside()
+    assert [(e.job_type, e.kind, e.result.type if e.result else None,
+             e.error.code if e.error else None, e.retryable) for e in exporter.events] == [
+        ("done", "started", None, None, None), ("done", "progress", None, None, None),
+        ("done", "completed", "x", None, None),
+        ("broken", "started", None, None, None), ("broken", "progress", None, None, None),
+        ("broken", "failed", None, "KeyError", True)]
+
+
 def test_an_option_given_as_none_is_no_option() -> None:
     """set_progress(p, message=None) repeating the progress emits nothing, like set_progress(p)."""
     with tracker_in("configured") as (tracker, exporter), tracker.track("t") as job:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import threading
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -66,6 +68,49 @@ def test_job_ids_are_job_prefixed_ulids_and_unique() -> None:
             ids.add(job.id)
     assert len(ids) == 2000
     assert all(ULID_ID.match(job_id) for job_id in ids)
+
+
+def test_job_ids_made_on_many_threads_at_once_are_all_different() -> None:
+    """Threads taking ids from the shared random blocks never get the same one."""
+    from seenn._instrumentation.ids import new_job_id
+
+    made: list[list[str]] = [[] for _ in range(4)]
+
+    def make(ids: list[str]) -> None:
+        for _ in range(3000):
+            ids.append(new_job_id())
+
+    threads = [threading.Thread(target=make, args=(ids,)) for ids in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [job_id for ids in made for job_id in ids]
+    assert len(set(every)) == len(every) == 12000
+    assert all(ULID_ID.match(job_id) for job_id in every)
+
+
+def test_a_forked_child_makes_other_job_ids_than_its_parent() -> None:
+    """After os.fork() the child draws fresh random bytes: its ids are not the parent's next."""
+    from seenn._instrumentation.ids import new_job_id
+
+    new_job_id()  # the parent holds a block of random parts
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: forking with threads
+        pid = os.fork()
+    if pid == 0:  # the child: report through the pipe only
+        try:
+            os.write(write_end, " ".join(new_job_id() for _ in range(5)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [new_job_id() for _ in range(5)]
+    assert len(child) == 5
+    assert not {job_id[-16:] for job_id in child} & {job_id[-16:] for job_id in parent}
 
 
 def test_given_job_id_is_used() -> None:

@@ -11,7 +11,6 @@ are cached for the current millisecond.
 
 from __future__ import annotations
 
-import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -24,12 +23,14 @@ _RANDOM_CHARS = bytes(_ALPHABET[b & 31] for b in range(256))
 _POOL_BYTES = 4096  # 256 ids per refill
 _RANDOM_LEN = 16
 
-# (pool, counter): the pool is random characters, already mapped to the
-# alphabet; each counter value (a multiple of 16) hands out one 16-character
-# slice of it exactly once, so threads need no lock; a pool used up is
-# replaced whole (two threads may both replace it, which only wastes bytes).
-_state: tuple[str, Iterator[int]] = ("", itertools.count(0, _RANDOM_LEN))
+# The random parts of the next ids: 16-character strings already mapped to the
+# alphabet, cut in blocks from one os.urandom() read. Each is handed out once (a
+# list iterator's next() is atomic, so threads need no lock); an exhausted
+# iterator is replaced whole (two threads may both replace it, which only wastes
+# bytes). Cutting a block at once costs less than slicing the pool per id.
+_chunks: Iterator[str] = iter(())
 _time_cache: tuple[int, str] = (-1, "")  # (ms, "job_" + its 10 characters)
+_time_ns = time.time_ns
 
 
 def _encode_time(ms: int) -> str:
@@ -40,30 +41,30 @@ def _encode_time(ms: int) -> str:
     return chars.decode("ascii")
 
 
-def _random_pool() -> str:
-    return os.urandom(_POOL_BYTES).translate(_RANDOM_CHARS).decode("ascii")
+def _random_chunks() -> Iterator[str]:
+    pool = os.urandom(_POOL_BYTES).translate(_RANDOM_CHARS).decode("ascii")
+    return iter([pool[start:start + _RANDOM_LEN] for start in range(0, _POOL_BYTES, _RANDOM_LEN)])
 
 
 def new_job_id() -> str:
     """Return a new ``job_`` + ULID id."""
-    global _state, _time_cache
-    ms = time.time_ns() // 1_000_000
+    global _chunks, _time_cache
+    ms = _time_ns() // 1_000_000
     cached_ms, prefix = _time_cache
     if ms != cached_ms:
         prefix = "job_" + _encode_time(ms)
         _time_cache = (ms, prefix)
-    pool, counter = _state
-    start = next(counter)
-    if start + _RANDOM_LEN > len(pool):
-        pool, counter = _state = (_random_pool(), itertools.count(_RANDOM_LEN, _RANDOM_LEN))
-        start = 0
-    return prefix + pool[start:start + _RANDOM_LEN]
+    chunk = next(_chunks, None)
+    if chunk is None:
+        chunks = _chunks = _random_chunks()
+        chunk = next(chunks)
+    return prefix + chunk
 
 
 def _after_fork_in_child() -> None:
     # A child must not hand out the random bytes its parent also holds.
-    global _state
-    _state = ("", itertools.count(0, _RANDOM_LEN))
+    global _chunks
+    _chunks = iter(())
 
 
 if hasattr(os, "register_at_fork"):

@@ -182,6 +182,14 @@ class JobCore:
             self._eta_next = 0
             # No other thread can reach the job before it is entered: no locking yet.
             self._lock = _Lock()
+            # _own_event_fields(), inlined.
+            self._title = self._title
+            self._message = self._message
+            self._stage = self._stage
+            self._metadata = self._metadata
+            self._result = self._result
+            self._parent = self._parent
+            self._child_index = self._child_index
             self._emit("started")
         self._token = _set(self)
         return self
@@ -220,6 +228,22 @@ class JobCore:
                         tb: TracebackType | None) -> None:
         self.__exit__(exc_type, exc, tb)
 
+    def _own_event_fields(self) -> None:
+        """Give the job its own copy of the class defaults that ``_emit()`` reads.
+
+        Called once, when the job gets processors. In CPython 3.11 reading an
+        attribute through the instance that finds only the class default is not
+        specialised (several times the cost of reading the job's own value), and
+        every event reads these. Copying the value changes nothing else.
+        """
+        self._title = self._title
+        self._message = self._message
+        self._stage = self._stage
+        self._metadata = self._metadata
+        self._result = self._result
+        self._parent = self._parent
+        self._child_index = self._child_index
+
     def _start(self) -> None:
         parent = _get()
         if parent is not None:
@@ -232,6 +256,7 @@ class JobCore:
             self._eta_next = 0
             # No other thread can reach the job before it starts: no locking yet.
             self._lock = _Lock()
+            self._own_event_fields()
             self._emit("started")
 
     def _adopt(self, parent: JobCore) -> None:
@@ -310,6 +335,7 @@ class JobCore:
             self._eta_p = -1
             self._eta_next = 0
             lock = self._lock = _Lock()
+            self._own_event_fields()
             if announce:
                 with lock:
                     self._emit("progress")
@@ -524,36 +550,43 @@ class JobCore:
             event.stage = self._stage
             event.queue = self._queue
             event.metadata = self._metadata
-            event.result = self._result if kind == "completed" else None
-            event.error = self._error if kind == "failed" else None
-            event.retryable = self._retryable if kind == "failed" else None
             event.parent_id = parent.id if parent is not None else None
             event.child_index = self._child_index
             event.sequence = seq
             now = event.timestamp = _time()
             event.trace_id = trace_id
             event.span_id = span_id
+            if kind == "completed":
+                event.result = self._result
+                event.error = event.retryable = None
+            elif kind == "failed":
+                event.result = None
+                event.error = self._error
+                event.retryable = self._retryable
+            else:
+                event.result = event.error = event.retryable = None
+                if progress != self._eta_p:
+                    # For eta (a running job's, so not on the terminal events): a
+                    # comparison per event, two stores per change, two appends per new
+                    # curve point (every 2 %). Until the job runs here, _eta_next is 0
+                    # and every change looks whether it does now.
+                    self._eta_p = progress
+                    self._eta_at = now
+                    next_mark = self._eta_next
+                    if progress >= next_mark:
+                        if next_mark:
+                            marks = self._eta_marks
+                            marks.append(progress)
+                            marks.append(now)
+                            self._eta_next = progress - progress % 2 + 2
+                        elif self._state == 1 or self._state == 3:  # RUNNING, HANDED
+                            self._eta_began = now
+                            self._eta_base = progress
+                            self._eta_marks = []
+                            self._eta_next = progress - progress % 2 + 2
+                        else:
+                            self._eta_p = -1  # not running yet: look again at the next event
             event.__class__ = JobEvent
-            if progress != self._eta_p:
-                # For eta: a comparison per event, two stores per change, two appends
-                # per new curve point (every 2 %). Until the job runs here, _eta_next
-                # is 0 and every change looks whether it does now.
-                self._eta_p = progress
-                self._eta_at = now
-                next_mark = self._eta_next
-                if progress >= next_mark:
-                    if next_mark:
-                        marks = self._eta_marks
-                        marks.append(progress)
-                        marks.append(now)
-                        self._eta_next = progress - progress % 2 + 2
-                    elif self._state == 1 or self._state == 3:  # RUNNING, HANDED
-                        self._eta_began = now
-                        self._eta_base = progress
-                        self._eta_marks = []
-                        self._eta_next = progress - progress % 2 + 2
-                    else:
-                        self._eta_p = -1  # not running yet: look again at the next event
         except Exception as exc:
             # A bug here must not break the tracked code any more than a failing
             # exporter would.

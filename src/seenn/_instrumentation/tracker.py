@@ -38,6 +38,11 @@ _REPLACED_SHUTDOWN_TIMEOUT = 5.0
 # are made per call.
 _checked_types: dict[str, None] = {}  # a dict: str-keyed lookups are its fast path
 _MAX_CHECKED_TYPES = 1024
+# User ids that passed TrackedJob()'s check, likewise: a known id costs one
+# lookup instead of a length and isascii(). Bounded: once full, an id not seen
+# yet is still checked on the fast path, just not remembered.
+_checked_users: dict[str, None] = {}
+_MAX_CHECKED_USERS = 1024
 _TRACK_OPTIONS = frozenset({"title", "metadata", "queue", "stage", "stages", "job_id",
                             "retryable"})
 
@@ -238,12 +243,19 @@ class Tracker:
         Raises:
             ValidationError: An argument is malformed.
         """
-        if (not options and type(job_type) is str and job_type in _checked_types
-                and (user_id is None or (type(user_id) is str and user_id
-                                         and len(user_id) <= MAX_USER_ID
-                                         and user_id.isascii()))):
-            # The common call, checked above in full: build the job without
-            # the general constructor's frame (most of the unconfigured cost).
+        if not options and type(job_type) is str and job_type in _checked_types:
+            # The common call: build the job without the general constructor's
+            # frame (most of the unconfigured cost), once the user id is checked.
+            if user_id is not None:
+                if type(user_id) is not str:
+                    check_text("user_id", user_id, max_len=MAX_USER_ID)
+                elif user_id not in _checked_users:
+                    # Not seen yet: TrackedJob()'s check, written out (no call).
+                    if user_id and len(user_id) <= MAX_USER_ID and user_id.isascii():
+                        if len(_checked_users) < _MAX_CHECKED_USERS:
+                            _checked_users[user_id] = None
+                    else:
+                        check_text("user_id", user_id, max_len=MAX_USER_ID)
             job = _new_job(TrackedJob)
             # The stores of plain_job(), inlined: one frame less on the hot path.
             job._tracker = self

@@ -202,7 +202,8 @@ class BatchProcessor:
 
     def on_event(self, event: JobEvent) -> None:
         """Queue ``event`` for export; never blocks on the exporter, nor on other threads."""
-        if event.kind != "progress" and self._persist is not None and not self._closed:
+        # The exporter's kind first: most have no persist(), and then one test suffices.
+        if self._persist is not None and event.kind != "progress" and not self._closed:
             self._persist_now(event)
         lock = self._lock
         if not lock.acquire(False):
@@ -260,7 +261,7 @@ class BatchProcessor:
                 held[job_id] = event
                 self._coalesced += 1
                 return
-            if job_id in self._refused:
+            if self._refused and job_id in self._refused:  # a job dropped whole: rare
                 self._dropped += 1
                 return
             now = _monotonic()
@@ -287,7 +288,7 @@ class BatchProcessor:
             if self._unsaved:
                 self._unsaved.discard(job_id)
         else:
-            if job_id in self._refused:
+            if self._refused and job_id in self._refused:
                 self._refused.discard(job_id)
                 self._dropped += 1
                 return
