@@ -141,7 +141,8 @@ def test_unknown_options_are_type_errors_naming_the_call() -> None:
             assert job.progress == 0
 
 
-@pytest.mark.parametrize("job_type", [["a", "list"], {"a": "dict"}, "", "x" * 101, 7])
+@pytest.mark.parametrize("job_type", [["a", "list"], {"a": "dict"}, "", "x" * 101, 7,
+                                      "nul\x00"])
 def test_a_bad_job_type_is_a_validation_error_even_after_good_ones(job_type: object) -> None:
     """The cache of checked job types never lets a bad (or unhashable) type through."""
     with tracker_in("unconfigured") as (tracker, _):
@@ -151,7 +152,7 @@ def test_a_bad_job_type_is_a_validation_error_even_after_good_ones(job_type: obj
             tracker.track(job_type)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("user_id", ["", "u" * 256, 42])
+@pytest.mark.parametrize("user_id", ["", "u" * 256, 42, "nul\x00"])
 def test_a_bad_user_id_is_refused_for_a_known_job_type(user_id: object) -> None:
     """The fast path for a known job type still checks the user id."""
     with tracker_in("unconfigured") as (tracker, _):
@@ -159,6 +160,16 @@ def test_a_bad_user_id_is_refused_for_a_known_job_type(user_id: object) -> None:
             pass
         with pytest.raises(ValidationError, match="user_id"):
             tracker.track("known", user_id=user_id)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("job_type", "user_id", "field"), [
+    ("nul\x00type", None, "job_type"), ("new-type", "nul\x00user", "user_id")])
+def test_nul_is_refused_in_a_new_job_type_or_user_id(job_type: str, user_id: str | None,
+                                                     field: str) -> None:
+    """NUL (which no backend stores) is refused on first sight, as check_text refuses it."""
+    with tracker_in("unconfigured") as (tracker, _), \
+            pytest.raises(ValidationError, match=field):
+        tracker.track(job_type, user_id=user_id)
 
 
 def test_a_user_id_equal_to_a_checked_one_but_no_str_is_refused() -> None:
@@ -170,7 +181,7 @@ def test_a_user_id_equal_to_a_checked_one_but_no_str_is_refused() -> None:
             tracker.track("known", user_id=UserString("ok"))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("user_id", ["", "u" * 256, 42, "bad \udc80"])
+@pytest.mark.parametrize("user_id", ["", "u" * 256, 42, "bad \udc80", "nul\x00"])
 def test_a_bad_user_id_is_refused_after_good_ones_were_remembered(user_id: object) -> None:
     """Remembered user ids never let another, bad one through the fast path."""
     with tracker_in("unconfigured") as (tracker, _):

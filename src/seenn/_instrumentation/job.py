@@ -116,13 +116,13 @@ class TrackedJob(JobCore):
         # The common call passes only job_type (and maybe user_id): keep that path
         # to a few type tests and stores.
         # Non-ASCII text takes the full check: it may hold a lone surrogate,
-        # which could never be sent.
+        # which could never be sent; so does text with NUL, which no backend stores.
         if type(job_type) is not str or not 0 < len(job_type) <= MAX_JOB_TYPE \
-                or not job_type.isascii():
+                or not job_type.isascii() or "\x00" in job_type:
             check_text("job_type", job_type, max_len=MAX_JOB_TYPE)
         if user_id is not None and (type(user_id) is not str
                                     or not 0 < len(user_id) <= MAX_USER_ID
-                                    or not user_id.isascii()):
+                                    or not user_id.isascii() or "\x00" in user_id):
             check_text("user_id", user_id, max_len=MAX_USER_ID)
         # Keep these stores in step with plain_job() and Tracker.track().
         self._tracker = tracker

@@ -251,7 +251,8 @@ class Tracker:
                     check_text("user_id", user_id, max_len=MAX_USER_ID)
                 elif user_id not in _checked_users:
                     # Not seen yet: TrackedJob()'s check, written out (no call).
-                    if user_id and len(user_id) <= MAX_USER_ID and user_id.isascii():
+                    if (user_id and len(user_id) <= MAX_USER_ID and user_id.isascii()
+                            and "\x00" not in user_id):
                         if len(_checked_users) < _MAX_CHECKED_USERS:
                             _checked_users[user_id] = None
                     else:
