@@ -632,3 +632,31 @@ def test_parents_finished_by_their_children_have_started_at(client: seenn.SeennC
     assert parent.status == "completed"
     assert parent.started_at is not None
     assert parent.completed_at is not None
+
+
+def test_stores_opened_together_on_a_new_sqlite_file_all_open(tmp_path: Path) -> None:
+    """Openers switching a new file to WAL at the same moment wait for each other.
+
+    SQLite may answer "database is locked" at once, without its busy handler, to one
+    of several connections switching a new file to WAL together (before the fix, about
+    one opener in forty failed so). Forty new files, three openers each at a barrier.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from seenn.server._sqlite import SQLiteStore
+
+    for round_ in range(40):
+        path = str(tmp_path / f"new-{round_}.db")
+        together = threading.Barrier(3)
+
+        def open_store(_: int, path: str = path, together: threading.Barrier = together
+                       ) -> SQLiteStore:
+            together.wait(30)
+            return SQLiteStore(path)
+
+        with ThreadPoolExecutor(3) as pool:
+            stores = [future.result() for future in
+                      [pool.submit(open_store, index) for index in range(3)]]
+        for store in stores:
+            assert store.apps() == {}
+            store.close()

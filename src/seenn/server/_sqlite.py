@@ -13,6 +13,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
@@ -125,6 +126,26 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
+def _use_wal(conn: sqlite3.Connection, *, within: float = 30.0) -> None:
+    """Put the database in WAL mode (a no-op once it is), waiting out another opener.
+
+    Connections switching a new file to WAL at the same moment (server processes or
+    threads starting together) can make SQLite answer "database is locked" at once,
+    without waiting in its busy handler: then try again, for up to ``within`` seconds.
+    """
+    deadline = time.monotonic() + within
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
 class SQLiteStore(Store):
     """The SQLite engine: one file, WAL mode, writers serialised by ``BEGIN IMMEDIATE``.
 
@@ -156,9 +177,9 @@ class SQLiteStore(Store):
         # isolation_level=None: transactions are begun explicitly, never implicitly.
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
                                check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
+        _use_wal(conn)
+        conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
     @contextmanager
