@@ -22,14 +22,23 @@ from seenn._core.eta import (
     MIN_SAMPLES,
     MIN_SPREAD,
     History,
+    Sample,
     curve_point,
     estimate,
+    history_of,
     percentile,
     smooth_completion,
 )
 from seenn._core.validation import format_datetime
 from seenn.server import RunningServer
-from seenn.server._eta import MAX_STAGES, RECOMPUTE_AFTER, RECOMPUTE_EVERY, WINDOW, _iso
+from seenn.server._eta import (
+    MAX_STAGES,
+    RECOMPUTE_AFTER,
+    RECOMPUTE_EVERY,
+    WINDOW,
+    _iso,
+    _Seconds,
+)
 
 T0 = 1_800_000_000.0
 
@@ -622,3 +631,29 @@ def test_eta_times_format_as_datetime_formats_them() -> None:
         except (OverflowError, OSError, ValueError):
             expected = None
         assert _iso(value) == expected, value
+
+
+def test_curve_point_times_read_from_milliseconds_estimate_as_a_dict_of_seconds() -> None:
+    """The view of a job's kept milliseconds that a progress write hands to ``estimate``
+    answers exactly as the dict of seconds it replaces, over jobs with history."""
+    rng = random.Random(11)
+    history = history_of([Sample(rng.uniform(50, 150),
+                                 (0.0, *sorted(rng.random() for _ in range(49)), 1.0))
+                          for _ in range(40)])
+    assert history.usable
+    looked_up = 0
+    for _ in range(2_000):
+        progress = rng.randrange(1, 100)
+        reached = sorted(rng.randrange(0, 120_000) for _ in range(curve_point(progress / 100) + 1))
+        elapsed = reached[-1] / 1000 + rng.uniform(0, 30)
+        view = _Seconds(reached)
+        as_dict = {index: ms / 1000 for index, ms in enumerate(reached)}
+        assert dict(view) == as_dict and len(view) == len(as_dict)
+        assert view.get(len(reached)) is None and view.get(-1) is None
+        found = estimate(elapsed, progress / 100, reached_at=reached[-1] / 1000,
+                         history=history, reached_times=view)
+        assert found == estimate(elapsed, progress / 100, reached_at=reached[-1] / 1000,
+                                 history=history, reached_times=as_dict)
+        looked_up += found != estimate(elapsed, progress / 100, reached_at=reached[-1] / 1000,
+                                       history=history)
+    assert looked_up > 1_000  # the times were used, not only passed

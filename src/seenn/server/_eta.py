@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -222,8 +222,7 @@ def _estimate(tx: Transaction, job: dict[str, Any], state: dict[str, Any], elaps
     now = tx.now
     history = cached_history(tx, eta_key(job))
     found = estimate(elapsed, progress / 100, reached_at=reached_at / 1000, history=history,
-                     reached_times=None if history is None else
-                     {index: ms / 1000 for index, ms in enumerate(reached)})
+                     reached_times=None if history is None else _Seconds(reached))
     previous = state.get("f")
     shown = None if found is None else smooth_completion(
         None if previous is None else previous / 1000, now + found.remaining, now)
@@ -241,6 +240,30 @@ def _estimate(tx: Transaction, job: dict[str, Any], state: dict[str, Any], elaps
         job["etaOverdue"] = True
     else:
         job.pop("etaOverdue", None)
+
+
+class _Seconds(Mapping[int, float]):
+    """A job's curve-point times in seconds, by point, read from the milliseconds kept.
+
+    ``estimate`` looks up one point of the 51; converting them all into a dict on
+    every progress write of a key with history cost more than the estimate itself.
+    """
+
+    __slots__ = ("_ms",)
+
+    def __init__(self, ms: list[int]) -> None:
+        self._ms = ms
+
+    def __getitem__(self, index: int) -> float:
+        if type(index) is int and 0 <= index < len(self._ms):
+            return self._ms[index] / 1000
+        raise KeyError(index)
+
+    def __len__(self) -> int:
+        return len(self._ms)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(len(self._ms)))
 
 
 def _drop(job: dict[str, Any], state: dict[str, Any]) -> None:
