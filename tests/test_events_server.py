@@ -435,3 +435,44 @@ def test_brief_must_be_a_boolean(raw: httpx.Client, brief: Any) -> None:
     answer = raw.post("/events", json={"events": [start("nb")], "brief": brief})
     assert answer.status_code == 400 and answer.json()["error"]["details"]["field"] == "brief"
     assert raw.get("/jobs/nb").status_code == 404
+
+
+def test_rows_keep_their_finished_column_and_other_apps_rows_stay_untouched(
+        backend: RunningServer, raw: httpx.Client, tmp_path: Path) -> None:
+    """Updates find their row by its rowid and write ``finished`` only when a job ends:
+    every row's column still says whether its job is finished, a sequential parent
+    still finds its first open child by it, and the job of the same id in another
+    app is never written."""
+    from seenn.server._jobs import start_job
+    from seenn.server._transaction import FINISHED
+
+    store = backend.app.store
+    with store.write("app_other") as tx:  # the same ids in another app of the database
+        for job_id in ("p", "c0", "c1", "c2", "solo", "gone"):
+            start_job(tx, "app_other", {**START, "id": job_id})
+    with store.read("app_other") as tx:
+        others = tx._conn.execute("SELECT id, data, finished FROM jobs WHERE app_id = ?",
+                                  ("app_other",)).fetchall()
+    post(raw, start("p", totalChildren=3, childProgressMode="sequential"),
+         *(start(f"c{i}", parentJobId="p", childIndex=i) for i in range(3)),
+         start("solo"), start("gone"))
+    results = post(raw, update("progress", "c0", {"progress": 50}),
+                   update("complete", "c0", {}),
+                   update("progress", "c1", {"progress": 30}),
+                   update("progress", "solo", {"progress": 10}),
+                   update("fail", "gone", {"error": {"code": "E", "message": "no"}}),
+                   update("progress", "solo", {"progress": 20}))
+    assert [r["status"] for r in results] == [200] * 6
+    # Sequential: one child done (100) and the first open child at 30, of three.
+    assert raw.get("/jobs/p").json()["progress"] == (100 + 30) // 3
+    app_id = raw.get("/jobs/p").json()["appId"]
+    with store.read(app_id) as tx:
+        rows = tx._conn.execute("SELECT id, data, finished FROM jobs WHERE app_id = ?",
+                                (app_id,)).fetchall()
+    with store.read("app_other") as tx:
+        assert tx._conn.execute("SELECT id, data, finished FROM jobs WHERE app_id = ?",
+                                ("app_other",)).fetchall() == others
+    assert len(rows) == 6
+    for job_id, data, finished in rows:
+        assert bool(finished) == (json.loads(data)["status"] in FINISHED), job_id
+    assert {job_id for job_id, _, finished in rows if finished} == {"c0", "gone"}

@@ -382,7 +382,7 @@ def _apply(tx: Transaction, stored: StoredJob, action: str, values: dict[str, An
         eta = on_progress(tx, stored, job, values)
     else:
         on_end(tx, stored, job)
-    tx.update(job, eta=eta)
+    tx.update(job, seq=stored.seq, eta=eta)
     if stored.parent_id is not None:
         _carry(tx, stored.parent_id, before, _share(job), None, stale)
     return job
@@ -522,7 +522,7 @@ def _carry(tx: Transaction, parent_id: str, before: tuple[str, int, int] | None,
             _count(aggregate, before, -1)
             _count(aggregate, after, 1)
         _follow_children(tx, parent_id, parent, aggregate)
-        tx.update(parent, aggregate=aggregate)
+        tx.update(parent, seq=stored.seq, aggregate=aggregate)
         if stored.parent_id is None:
             return
         parent_id, before, after, expires_at = (stored.parent_id, parent_before,
