@@ -316,7 +316,7 @@ def test_two_writes_that_deadlock_both_land(postgres: PostgresServer) -> None:
             other = tx.get(second)
             for stored in (held, other):
                 stored.data["n"] += 1
-                tx.update(stored.data)
+                tx.update(stored.data, seq=stored.seq)
         store.transact("app", work)
 
     try:

@@ -274,23 +274,22 @@ class Transaction:
              job.get("status") in FINISHED, _idle_since(job, self.now), _own_limit(job), eta))
         self.changed.add(job["id"])
 
-    def update(self, job: dict[str, Any], *, seq: int | None = None,
+    def update(self, job: dict[str, Any], *, seq: int,
                aggregate: dict[str, Any] | None = None, eta: str | None = None) -> None:
         """Save a changed job document, and a parent's aggregate or the ETA state when given.
 
         Every update is a write to the job: a running job's stale clock starts again.
-        ``seq`` (the row's, as read in this transaction) finds the row by its rowid
-        rather than through the index of app and id.
+        ``seq`` is the row's, as read in this transaction (``StoredJob.seq``): the row
+        is found by its rowid rather than through the index of app and id.
         """
         self.changed.add(job["id"])
         self._jobs_ahead.pop(job["id"], None)
         # A job never leaves a finished status, so an unfinished one was stored
         # unfinished: leaving the column out spares the write an index entry.
-        finished = job.get("status") in FINISHED
         sql = "UPDATE jobs SET data = ?, idle_since = ?, stale_after = ?"
         parameters: tuple[Any, ...] = (self._dumped_now(job), _idle_since(job, self.now),
                                        _own_limit(job))
-        if finished:
+        if job.get("status") in FINISHED:
             sql += ", finished = 1"
         if aggregate is not None:
             sql += ", aggregate = ?"
@@ -298,14 +297,7 @@ class Transaction:
         if eta is not None:
             sql += ", eta = ?"
             parameters += (eta,)
-        if seq is None:
-            sql += " WHERE app_id = ? AND id = ?"
-            parameters += (self.app_id, job["id"])
-        else:
-            sql += " WHERE seq = ?"
-            parameters += (seq,)
-        self._write("j:" + job["id"], sql, parameters)
-        self.changed.add(job["id"])
+        self._write("j:" + job["id"], sql + " WHERE seq = ?", (*parameters, seq))
 
     # ETA statistics -------------------------------------------------------------------
 
