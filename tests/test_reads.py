@@ -166,7 +166,9 @@ def test_transaction_get_many_and_changed(db: str) -> None:
         tx.insert({**job, "id": "j2"}, start_hash="h", expires_at=tx.now - 1)
         assert tx.changed == {"j1", "j2"}
     with store.write("app") as tx:
-        tx.update({**job, "status": "running"})
+        stored = tx.get("j1")
+        assert stored is not None
+        tx.update({**job, "status": "running"}, seq=stored.seq)
     with store.write("app") as tx:
         assert tx.get("j1") is not None  # a read-only write transaction tells nobody
     assert seen == [("app", frozenset({"j1", "j2"})), ("app", frozenset({"j1"}))]
