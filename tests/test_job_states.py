@@ -48,6 +48,26 @@ def test_a_queued_job_completes_when_its_block_ends(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_a_job_made_with_a_queue_is_a_child_of_the_ambient_job_and_entered_once(
+        mode: str) -> None:
+    """Entering a job made with a queue (not the plain path) adopts the parent as usual."""
+    with tracker_in(mode) as (tracker, exporter):
+        with tracker.track("parent") as parent:
+            job = tracker.track("t", queue={"position": 1})
+            with job:
+                assert (job.status, seenn.current_job()) == ("queued", job)
+                assert (job.parent_id, job.child_index) == (parent.id, 0)
+            assert seenn.current_job() is parent
+            with pytest.raises(RuntimeError, match="entered only once"), job:
+                pass
+        assert job.status == "completed"
+    if mode == "configured":
+        started = [e for e in exporter.events if e.job_id == job.id][0]
+        assert (started.kind, started.status, started.parent_id) == (
+            "started", "queued", parent.id)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_progress_without_a_queue_moves_a_queued_job_to_running(mode: str) -> None:
     """set_progress() without a queue, or a stage, takes a queued job out of the queue."""
     with tracker_in(mode) as (tracker, _), \

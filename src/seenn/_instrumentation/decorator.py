@@ -23,7 +23,7 @@ from seenn._core.validation import (
     coerce_result,
     fail,
 )
-from seenn._instrumentation.job import TrackedJob, plain_job
+from seenn._instrumentation.job import TrackedJob, new_job, plain_job
 from seenn._instrumentation.lifecycle import CURRENT_JOB, ProcessorSource
 from seenn._instrumentation.outcomes import RetryRule, check_retry_rule
 from seenn._instrumentation.plan import StagePlan, check_plan
@@ -81,11 +81,11 @@ class JobSpec:
 
     def new_job(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TrackedJob:
         if self.simple:
-            return TrackedJob(self.tracker, self.job_type, self.user_id)
+            return new_job(self.tracker, self.job_type, self.user_id)
         user_id = self.user_id if self.user_id_fn is None else self.user_id_fn(*args, **kwargs)
         title = self.title if self.title_fn is None else self.title_fn(*args, **kwargs)
         metadata = None if self.metadata_fn is None else self.metadata_fn(*args, **kwargs)
-        job = TrackedJob(self.tracker, self.job_type, user_id, title, metadata)
+        job = new_job(self.tracker, self.job_type, user_id, title, metadata)
         # Checked once at decoration, not again per call; only what differs
         # from the defaults is stored.
         if metadata is None and self.metadata is not None:

@@ -33,6 +33,7 @@ from seenn._instrumentation.lifecycle import (
     CURRENT_JOB,
     HANDED,
     NEW,
+    NEW_WITH_QUEUE,
     QUEUED,
     RUNNING,
     STATUS,
@@ -48,7 +49,8 @@ if TYPE_CHECKING:
 
     from seenn._core.eta import Eta
 
-__all__ = ["StageScope", "TrackedJob", "current_job", "plain_job", "set_hand_off_codec", "stage"]
+__all__ = ["StageScope", "TrackedJob", "current_job", "new_job", "plain_job", "set_hand_off_codec",
+           "stage"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,46 +99,10 @@ class TrackedJob(JobCore):
     ``status``, ``progress``, ``message``, ``current_stage``, ``queue``,
     ``metadata``, ``result``, ``error``, ``retryable``, ``parent_id``,
     ``child_index``, ``is_done``, ``eta``.
+
+    Jobs are made by ``track()`` and ``@job``, not by calling the class.
     """
     __slots__ = ()
-
-    def __init__(
-        self,
-        tracker: ProcessorSource,
-        job_type: str,
-        user_id: str | None = None,
-        title: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        queue: Queue | Mapping[str, Any] | None = None,
-        stage: Stage | Mapping[str, Any] | str | None = None,
-        stages: StagePlan = None,
-        job_id: str | None = None,
-        retryable: RetryRule = None,
-    ) -> None:
-        # The common call passes only job_type (and maybe user_id): keep that path
-        # to a few type tests and stores.
-        # Non-ASCII text takes the full check: it may hold a lone surrogate,
-        # which could never be sent; so does text with NUL, which no backend stores.
-        if type(job_type) is not str or not 0 < len(job_type) <= MAX_JOB_TYPE \
-                or not job_type.isascii() or "\x00" in job_type:
-            check_text("job_type", job_type, max_len=MAX_JOB_TYPE)
-        if user_id is not None and (type(user_id) is not str
-                                    or not 0 < len(user_id) <= MAX_USER_ID
-                                    or not user_id.isascii() or "\x00" in user_id):
-            check_text("user_id", user_id, max_len=MAX_USER_ID)
-        # Keep these stores in step with plain_job() and Tracker.track().
-        self._tracker = tracker
-        self._job_type = job_type
-        self._user_id = user_id
-        self._queue = None
-        self._progress = 0
-        self._lock = None
-        self._state = NEW
-        self._id = None
-        if title is not None or metadata is not None or queue is not None or \
-                stage is not None or stages is not None or job_id is not None or \
-                retryable is not None:
-            self._init_options(title, metadata, queue, stage, stages, job_id, retryable)
 
     def _init_options(self, title: str | None, metadata: Mapping[str, Any] | None,
                       queue: Queue | Mapping[str, Any] | None,
@@ -158,6 +124,8 @@ class TrackedJob(JobCore):
         self._title = title
         self._metadata = metadata
         self._queue = checked_queue
+        if checked_queue is not None:
+            self._state = NEW_WITH_QUEUE
         if job_id is not None:
             self._id = job_id
         self._retry_rule = retryable
@@ -313,7 +281,8 @@ class TrackedJob(JobCore):
         if self._lock is None:
             if self._state == 1:  # RUNNING
                 self._progress = progress
-            elif self._state >= COMPLETED:
+                return
+            if self._state >= COMPLETED:
                 self._ignored("set_progress")
             else:
                 self._progress = progress
@@ -490,16 +459,58 @@ class TrackedJob(JobCore):
         return codec[1](value, self)
 
 
-_new_object = object.__new__
+def new_job(
+    tracker: ProcessorSource,
+    job_type: str,
+    user_id: str | None = None,
+    title: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    queue: Queue | Mapping[str, Any] | None = None,
+    stage: Stage | Mapping[str, Any] | str | None = None,
+    stages: StagePlan = None,
+    job_id: str | None = None,
+    retryable: RetryRule = None,
+) -> TrackedJob:
+    """Make a job from checked arguments (what ``track()`` and ``@job`` call).
+
+    Raises:
+        ValidationError: An argument is malformed.
+    """
+    # The common call passes only job_type (and maybe user_id): keep that path
+    # to a few type tests and stores.
+    # Non-ASCII text takes the full check: it may hold a lone surrogate,
+    # which could never be sent; so does text with NUL, which no backend stores.
+    if type(job_type) is not str or not 0 < len(job_type) <= MAX_JOB_TYPE \
+            or not job_type.isascii() or "\x00" in job_type:
+        check_text("job_type", job_type, max_len=MAX_JOB_TYPE)
+    if user_id is not None and (type(user_id) is not str
+                                or not 0 < len(user_id) <= MAX_USER_ID
+                                or not user_id.isascii() or "\x00" in user_id):
+        check_text("user_id", user_id, max_len=MAX_USER_ID)
+    # Keep these stores in step with plain_job() and Tracker.track().
+    job = TrackedJob()
+    job._tracker = tracker
+    job._job_type = job_type
+    job._user_id = user_id
+    job._queue = None
+    job._progress = 0
+    job._lock = None
+    job._state = NEW
+    job._id = None
+    if title is not None or metadata is not None or queue is not None or \
+            stage is not None or stages is not None or job_id is not None or \
+            retryable is not None:
+        job._init_options(title, metadata, queue, stage, stages, job_id, retryable)
+    return job
 
 
 def plain_job(tracker: ProcessorSource, job_type: str, user_id: str | None) -> TrackedJob:
-    """Make a job whose type and user id are already checked, without ``__init__``.
+    """Make a job whose type and user id are already checked (no checks, no options).
 
     The per-call path of a ``@job`` with static options.
     """
-    job: TrackedJob = _new_object(TrackedJob)
-    # Keep these stores in step with TrackedJob.__init__.
+    job = TrackedJob()
+    # Keep these stores in step with new_job().
     job._tracker = tracker
     job._job_type = job_type
     job._user_id = user_id

@@ -40,14 +40,15 @@ if TYPE_CHECKING:
     from seenn._core.eta import Eta
     from seenn._core.pipeline import Processor
 
-__all__ = ["CURRENT_JOB", "STATUS", "JobCore", "ProcessorSource"]
+__all__ = ["CURRENT_JOB", "NEW_WITH_QUEUE", "STATUS", "JobCore", "ProcessorSource"]
 
 # A job's state is one small int, and its status is read off it (STATUS): the
 # unconfigured path then stores one attribute per transition, not two. The
 # numbering makes each question one comparison:
 #   not started: state <= 0   live here: 0 < state < 3   handed off: 2 < state < 5
 #   ended: state >= 5
-NEW = 0  # made, not started: "pending"
+# and a job that is not NEW has a queue or has started (the one test __enter__ makes).
+NEW = 0  # made without a queue, not started: "pending"
 RUNNING = 1
 QUEUED = 2  # started, and the last update gave a queue
 HANDED = 3  # running, but continued elsewhere: leaving the block does not complete it
@@ -55,9 +56,11 @@ HANDED_QUEUED = 4
 COMPLETED = 5
 FAILED = 6
 NEW_QUEUED = -1  # not started, but set_progress(queue=...) said it waits in a queue
+NEW_WITH_QUEUE = -2  # made with a queue (track(queue=...)), not started: "pending"
 
 STATUS: tuple[JobStatus, ...] = (
     "pending", "running", "queued", "running", "queued", "completed", "failed",
+    "pending",  # STATUS[-2]: NEW_WITH_QUEUE
     "queued",  # STATUS[-1]: NEW_QUEUED
 )
 """The status of each state, by index."""
@@ -168,13 +171,13 @@ class JobCore:
     # -- lifecycle (used by track(), @job, stages and resume()) ------------------------
 
     def __enter__(self) -> Self:
-        # _start(), inlined: this is the hot path of every job.
-        if self._state > 0:
-            raise RuntimeError("a TrackedJob can be entered only once")
+        if self._state:  # made with a queue, or entered already: not the hot path
+            return self._enter_other()
+        # _start() for a NEW job (no queue), inlined: this is the hot path of every job.
         parent = _get()
         if parent is not None:
             self._adopt(parent)
-        self._state = 2 if self._queue is not None else 1  # QUEUED, RUNNING
+        self._state = 1  # RUNNING
         if self._tracker._processors:
             self._procs = self._tracker._processors
             self._seq = 0
@@ -220,6 +223,13 @@ class JobCore:
         except ValueError:
             _restore(self._token)
         self._token = None
+
+    def _enter_other(self) -> Self:
+        if self._state > 0:
+            raise RuntimeError("a TrackedJob can be entered only once")
+        self._start()
+        self._token = _set(self)
+        return self
 
     async def __aenter__(self) -> Self:
         return self.__enter__()

@@ -17,7 +17,7 @@ from seenn._instrumentation.context import current_job as _current_job
 from seenn._instrumentation.context import with_current_job as _with_current_job
 from seenn._instrumentation.decorator import ResultMapper, job_decorator
 from seenn._instrumentation.iteration import iterate as _iterate
-from seenn._instrumentation.job import StageScope, TrackedJob
+from seenn._instrumentation.job import StageScope, TrackedJob, new_job
 from seenn._instrumentation.outcomes import RetryRule
 from seenn._instrumentation.plan import StagePlan
 
@@ -31,14 +31,13 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_new_job = object.__new__
 _REPLACED_SHUTDOWN_TIMEOUT = 5.0
 # Job types that passed check_text(): a program uses a handful, and one set
 # lookup is cheaper than the type and length checks. Bounded, in case types
 # are made per call.
 _checked_types: dict[str, None] = {}  # a dict: str-keyed lookups are its fast path
 _MAX_CHECKED_TYPES = 1024
-# User ids that passed TrackedJob()'s check, likewise: a known id costs one
+# User ids that passed new_job()'s check, likewise: a known id costs one
 # lookup instead of a length and isascii(). Bounded: once full, an id not seen
 # yet is still checked on the fast path, just not remembered.
 _checked_users: dict[str, None] = {}
@@ -250,14 +249,16 @@ class Tracker:
                 if type(user_id) is not str:
                     check_text("user_id", user_id, max_len=MAX_USER_ID)
                 elif user_id not in _checked_users:
-                    # Not seen yet: TrackedJob()'s check, written out (no call).
+                    # Not seen yet: new_job()'s check, written out (no call).
                     if (user_id and len(user_id) <= MAX_USER_ID and user_id.isascii()
                             and "\x00" not in user_id):
                         if len(_checked_users) < _MAX_CHECKED_USERS:
                             _checked_users[user_id] = None
                     else:
                         check_text("user_id", user_id, max_len=MAX_USER_ID)
-            job = _new_job(TrackedJob)
+            # A class call: TrackedJob has no __init__ (new_job() is the checked
+            # constructor), so this is a bare allocation.
+            job = TrackedJob()
             # The stores of plain_job(), inlined: one frame less on the hot path.
             job._tracker = self
             job._job_type = job_type
@@ -269,7 +270,7 @@ class Tracker:
             job._id = None
             return job
         check_option_names("track", options, _TRACK_OPTIONS)
-        job = TrackedJob(self, job_type, user_id, **options)
+        job = new_job(self, job_type, user_id, **options)
         if type(job_type) is str and len(_checked_types) < _MAX_CHECKED_TYPES:
             # Checked by the constructor: the next track() of this type skips the checks.
             _checked_types[job_type] = None

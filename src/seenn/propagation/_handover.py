@@ -27,7 +27,7 @@ from seenn._core.models import JobError, Queue
 from seenn._core.validation import MAX_JOB_TYPE, MAX_MESSAGE, check_text
 from seenn._instrumentation.decorator import JobSpec, job_spec
 from seenn._instrumentation.job import TrackedJob, plain_job
-from seenn._instrumentation.lifecycle import HANDED
+from seenn._instrumentation.lifecycle import HANDED, NEW_WITH_QUEUE
 from seenn.propagation._carrier import CARRIER_KEY, JobContext, encode_job, extract
 from seenn.propagation._resume import ResumeScope, resumed_job, resumed_sequence
 
@@ -78,6 +78,8 @@ def prepare(spec: JobSpec, args: tuple[Any, ...], kwargs: Mapping[str, Any], *,
         check_text("job_id", job_id, max_len=MAX_JOB_TYPE)
         job._id = job_id
     job._queue = queue
+    if queue is not None:
+        job._state = NEW_WITH_QUEUE  # as track(queue=...) makes it
     return job
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from seenn._core.events import RESUMED_SEQUENCE_UNIT
 from seenn._core.pipeline import logger
-from seenn._instrumentation.job import TrackedJob, plain_job, set_hand_off_codec
+from seenn._instrumentation.job import TrackedJob, new_job, plain_job, set_hand_off_codec
 from seenn._instrumentation.lifecycle import ProcessorSource
 from seenn._instrumentation.outcomes import RetryRule
 from seenn._instrumentation.tracker import Tracker, default_tracker
@@ -65,8 +65,8 @@ def resumed_job(context: JobContext, tracker: ProcessorSource,
     Raises:
         ValidationError: ``retryable`` is malformed.
     """
-    job = TrackedJob(tracker, context.job_type, context.user_id, context.title, None, None,
-                     context.stage, context.stages, context.job_id, retryable)
+    job = new_job(tracker, context.job_type, context.user_id, context.title, None, None,
+                  context.stage, context.stages, context.job_id, retryable)
     job._progress = context.progress
     if context.parent_id is not None:
         parent = plain_job(tracker, "remote-parent", None)
