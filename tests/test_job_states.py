@@ -62,7 +62,7 @@ def test_a_job_made_with_a_queue_is_a_child_of_the_ambient_job_and_entered_once(
                 pass
         assert job.status == "completed"
     if mode == "configured":
-        started = [e for e in exporter.events if e.job_id == job.id][0]
+        started = next(e for e in exporter.events if e.job_id == job.id)
         assert (started.kind, started.status, started.parent_id) == (
             "started", "queued", parent.id)
 

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import given, settings
@@ -588,3 +588,54 @@ def test_processors_pass_a_hand_off_on_to_their_exporter(make: type) -> None:
     tracker.shutdown(timeout=10)
     processor.on_hand_off("job_after_shutdown")
     assert exporter.hand_offs == [job.id]
+
+
+def _wait_for(predicate: Callable[[], bool]) -> bool:
+    """Bounded polling: whether ``predicate`` holds within 30 seconds."""
+    waited = threading.Event()
+    for _ in range(600):
+        if predicate():
+            return True
+        waited.wait(0.05)
+    return predicate()
+
+
+def test_one_event_wakes_an_idle_worker_without_a_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event alone in the inbox reaches the exporter: handing it over wakes the idle worker.
+
+    The worker's idle poll is made an hour long, so only the wake can deliver it.
+    """
+    monkeypatch.setattr("seenn.exporters._processors._IDLE_POLL", 3600.0)
+    exporter = ListExporter()
+    processor = BatchProcessor(exporter, schedule_delay=0.01)
+    tracker = seenn.Tracker(processors=[processor])
+    with tracker.track("first"):
+        pass
+    assert processor.force_flush(timeout=10)
+    # The worker has exported everything: it goes idle, then waits for a wake.
+    assert _wait_for(lambda: processor._worker_idle)
+    with tracker.track("second") as job:
+        assert _wait_for(lambda: [e.kind for e in exporter.events if e.job_id == job.id]
+                         == ["started"])
+    assert _wait_for(lambda: [e.kind for e in exporter.events if e.job_id == job.id]
+                     == ["started", "completed"])
+    tracker.shutdown(timeout=10)
+
+
+def test_counters_count_events_still_in_the_inbox() -> None:
+    """dropped and coalesced include events handed over and not yet queued by anyone."""
+    exporter = ListExporter()
+    processor = BatchProcessor(exporter, progress_interval=3600, schedule_delay=3600)
+    tracker = seenn.Tracker(processors=[processor])
+    with tracker.track("t") as job:
+        for value in range(1, 5):
+            job.set_progress(value)  # the first is released, the rest wait in one slot
+        assert processor.coalesced == 2
+    assert processor.coalesced == 3  # the completion replaced the waiting progress
+    assert processor.force_flush(timeout=10)
+    processor.shutdown(timeout=10)
+    assert [e.kind for e in exporter.events] == ["started", "progress", "completed"]
+    late = exporter.events[0]
+    processor.on_event(late)  # after shutdown: dropped, and counted at once
+    assert processor.dropped == 1
+    assert not processor.force_flush(timeout=10)

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 
@@ -68,6 +69,29 @@ def test_job_ids_are_job_prefixed_ulids_and_unique() -> None:
             ids.add(job.id)
     assert len(ids) == 2000
     assert all(ULID_ID.match(job_id) for job_id in ids)
+
+
+def _ulid_ms(job_id: str) -> int:
+    ms = 0
+    for char in job_id[4:14]:
+        ms = ms * 32 + "0123456789ABCDEFGHJKMNPQRSTVWXYZ".index(char)
+    return ms
+
+
+def test_a_job_id_carries_the_millisecond_of_its_first_event() -> None:
+    """The id made for the first event is stamped with that event's own clock reading."""
+    with memory_tracker() as (tracker, exporter):
+        for _ in range(50):
+            with tracker.track("t"):
+                pass
+    started = [e for e in exporter.events if e.kind == "started"]
+    assert len(started) == 50
+    assert all(_ulid_ms(e.job_id) == int(e.timestamp * 1000) for e in started)
+    from seenn._instrumentation.ids import new_job_id
+    assert _ulid_ms(new_job_id(1_700_000_000.1239)) == 1_700_000_000_123
+    before = time.time_ns() // 1_000_000
+    made = _ulid_ms(new_job_id())
+    assert before <= made <= time.time_ns() // 1_000_000
 
 
 def test_job_ids_made_on_many_threads_at_once_are_all_different() -> None:

@@ -23,11 +23,12 @@ _RANDOM_CHARS = bytes(_ALPHABET[b & 31] for b in range(256))
 _POOL_BYTES = 4096  # 256 ids per refill
 _RANDOM_LEN = 16
 
-# The random parts of the next ids: 16-character strings already mapped to the
-# alphabet, cut in blocks from one os.urandom() read. Each is handed out once (a
-# list iterator's next() is atomic, so threads need no lock); an exhausted
-# iterator is replaced whole (two threads may both replace it, which only wastes
-# bytes). Cutting a block at once costs less than slicing the pool per id.
+# The random parts of the next ids: 16-character strings cut from one os.urandom()
+# read already mapped to the alphabet, one slice per id. Each is handed out once
+# (next() of a map of a C method over a list is atomic: threads need no lock); an
+# exhausted iterator is replaced whole (two threads may both replace it, which
+# only wastes bytes).
+_SLICES = [slice(start, start + _RANDOM_LEN) for start in range(0, _POOL_BYTES, _RANDOM_LEN)]
 _chunks: Iterator[str] = iter(())
 _time_cache: tuple[int, str] = (-1, "")  # (ms, "job_" + its 10 characters)
 _time_ns = time.time_ns
@@ -43,13 +44,18 @@ def _encode_time(ms: int) -> str:
 
 def _random_chunks() -> Iterator[str]:
     pool = os.urandom(_POOL_BYTES).translate(_RANDOM_CHARS).decode("ascii")
-    return iter([pool[start:start + _RANDOM_LEN] for start in range(0, _POOL_BYTES, _RANDOM_LEN)])
+    return map(pool.__getitem__, _SLICES)
 
 
-def new_job_id() -> str:
-    """Return a new ``job_`` + ULID id."""
+def new_job_id(now: float | None = None) -> str:
+    """Return a new ``job_`` + ULID id.
+
+    Args:
+        now: The time to stamp it with, from ``time.time()``, if the caller has
+            read the clock already (an event's timestamp); else the clock is read.
+    """
     global _chunks, _time_cache
-    ms = _time_ns() // 1_000_000
+    ms = _time_ns() // 1_000_000 if now is None else int(now * 1000)
     cached_ms, prefix = _time_cache
     if ms != cached_ms:
         prefix = "job_" + _encode_time(ms)

@@ -534,9 +534,10 @@ class JobCore:
         try:
             seq = self._seq
             self._seq = seq + 1
+            now = _time()
             job_id = self._id
             if job_id is None:
-                job_id = self._id = new_job_id()
+                job_id = self._id = new_job_id(now)  # one clock read for both
             parent = self._parent
             # The active span: with none, this is two lookups (see current_context).
             span = current_context().get(SPAN_KEY)
@@ -563,7 +564,7 @@ class JobCore:
             event.parent_id = parent.id if parent is not None else None
             event.child_index = self._child_index
             event.sequence = seq
-            now = event.timestamp = _time()
+            event.timestamp = now
             event.trace_id = trace_id
             event.span_id = span_id
             if kind == "completed":

@@ -31,6 +31,7 @@ __all__ = ["BatchProcessor"]
 
 _monotonic = time.monotonic
 _IDLE_POLL = 0.5  # seconds: the longest a deferred event can wait for the worker
+_TAKE_AT = 64  # events in the inbox that make a producer queue them
 LIFECYCLE_FACTOR = 32  # started events may fill this many times max_queue_size
 
 
@@ -124,7 +125,12 @@ class BatchProcessor:
 
     def _reset_state(self) -> None:
         self._lock = threading.Lock()
-        self._deferred: deque[JobEvent] = deque()  # events that found the lock taken
+        # Events handed over and not queued yet (see on_event), in order.
+        self._deferred: deque[JobEvent] = deque()
+        # Queue the inbox once it holds this many events: a batch fills promptly,
+        # and the inbox holds at most this many events (plus what arrives while
+        # another thread holds the lock) on top of the queue's own bound.
+        self._take_at = min(_TAKE_AT, self._max_batch)
         self._wake = threading.Condition(self._lock)  # the worker waits on this
         self._progressed = threading.Condition(self._lock)  # flushers wait on this
         self._ready: deque[JobEvent] = deque()
@@ -141,6 +147,9 @@ class BatchProcessor:
         self._worker: threading.Thread | None = None
         self._stopping = False
         self._worker_idle = False  # waiting for anything to do
+        # on_event must take the lock at once: no worker yet, the worker is idle, or
+        # the processor is closed (its events are dropped, and counted, at once).
+        self._needs_poke = True
         self._collecting = False  # waiting for a batch to fill
         self._urgent = 0  # flushes in progress: export without waiting
         self._enqueued = 0  # events ever put in _ready
@@ -169,6 +178,7 @@ class BatchProcessor:
     @property
     def coalesced(self) -> int:
         """Progress events replaced by a newer event of the same job before export."""
+        self._settle()
         return self._coalesced
 
     @property
@@ -177,12 +187,20 @@ class BatchProcessor:
 
         A drop makes the next ``force_flush()`` return ``False``.
         """
+        self._settle()
         return self._dropped
 
     @property
     def spilled(self) -> int:
         """Jobs the queue had no room for, left to the exporter's outbox (not lost)."""
+        self._settle()
         return self._spilled_jobs
+
+    def _settle(self) -> None:
+        """Queue the inbox, so that the counters include every event handed over."""
+        if self._deferred:
+            with self._lock:
+                self._take_deferred()
 
     @property
     def queued(self) -> int:
@@ -205,37 +223,21 @@ class BatchProcessor:
         # The exporter's kind first: most have no persist(), and then one test suffices.
         if self._persist is not None and event.kind != "progress" and not self._closed:
             self._persist_now(event)
-        lock = self._lock
-        if not lock.acquire(False):
-            # Never wait for the lock: its holder may itself be waiting for the GIL,
-            # and blocking here would queue every tracked thread up behind it (a
-            # convoy that cost 4 CPU-bound threads ~30 us per call). The event is
-            # left for whoever holds the lock, who takes deferred events first.
-            self._deferred.append(event)
-            if not lock.acquire(False):
-                return
-            try:
-                self._take_deferred()
-            finally:
-                lock.release()
-        else:
-            try:
-                if self._deferred:
-                    self._take_deferred()
-                self._take(event)
-            finally:
-                lock.release()
-        if self._deferred:
+        # The event joins the inbox without the lock (a deque append is atomic), and
+        # whoever next holds the lock queues the inbox in order: this thread once per
+        # _take_at events, or at once when the worker must be started or woken, or
+        # the processor is closed. Taking the lock for every event cost more than
+        # all the rest of queueing it. Never wait for the lock: its holder may itself
+        # be waiting for the GIL, and blocking here would queue every tracked thread
+        # up behind it (a convoy that cost 4 CPU-bound threads ~30 us per call).
+        inbox = self._deferred
+        inbox.append(event)
+        if self._needs_poke or len(inbox) >= self._take_at:
             self._retake_deferred()
 
-    def _take_deferred(self) -> None:
-        deferred = self._deferred
-        while deferred:
-            self._take(deferred.popleft())
-
     def _retake_deferred(self) -> None:
-        # An event deferred while we held the lock: take it now (if another thread
-        # holds the lock again, that thread checks after it releases).
+        # Queue the inbox if the lock is free (if another thread holds it, that
+        # thread takes the inbox before it lets go: see _release()).
         lock = self._lock
         while self._deferred and lock.acquire(False):
             try:
@@ -243,62 +245,76 @@ class BatchProcessor:
             finally:
                 lock.release()
 
-    def _take(self, event: JobEvent) -> None:
-        """Queue ``event``; the caller holds the lock."""
-        # Called for every state change of every job: the common paths are
-        # written out in full rather than split into helper methods.
-        job_id = event.job_id
-        kind = event.kind
+    def _take_deferred(self) -> None:
+        """Queue the inbox's events, in order; the caller holds the lock."""
+        # Every state change of every job passes here: the common paths are written
+        # out in the loop rather than split into helper methods.
+        inbox = self._deferred
+        if not inbox:
+            return
         if self._closed:
-            self._dropped += 1
+            while inbox:
+                inbox.popleft()
+                self._dropped += 1
             return
         if self._worker is None:
             self._start_worker()
         ready = self._ready
-        if kind == "progress":
-            held = self._held
-            if job_id in held:
-                held[job_id] = event
-                self._coalesced += 1
-                return
-            if self._refused and job_id in self._refused:  # a job dropped whole: rare
-                self._dropped += 1
-                return
-            now = _monotonic()
-            last = self._last_sent.get(job_id)
-            if len(ready) + len(held) >= self._max_queue:
-                # Full: wait in the job's slot (the newest wins) rather than be dropped;
-                # slots are one per running job, like the terminal events to come.
-                due = now if last is None else max(now, last + self._interval)
-                heappush(self._slots, (due, job_id))
-                held[job_id] = event
-                return
-            if last is None or now - last >= self._interval:
-                self._last_sent[job_id] = now
-            else:
-                heappush(self._slots, (last + self._interval, job_id))
-                held[job_id] = event
-                if self._worker_idle:
-                    self._wake_worker()
-                return
-        elif kind == "started":
-            if len(ready) + len(self._held) >= self._max_lifecycle:
-                self._overflow(job_id)
-                return
-            if self._unsaved:
-                self._unsaved.discard(job_id)
-        else:
-            if self._refused and job_id in self._refused:
-                self._refused.discard(job_id)
-                self._dropped += 1
-                return
-            # The terminal event carries the job's final state, so a progress
-            # event still waiting has nothing left to say.
-            if self._held.pop(job_id, None) is not None:
-                self._coalesced += 1
-            self._last_sent.pop(job_id, None)
-        ready.append(event)
-        self._enqueued += 1
+        held = self._held
+        last_sent = self._last_sent
+        interval = self._interval
+        popleft = inbox.popleft
+        append = ready.append
+        taken = 0
+        try:
+            while inbox:
+                event = popleft()
+                kind = event.kind
+                job_id = event.job_id
+                if kind == "progress":
+                    if job_id in held:
+                        held[job_id] = event
+                        self._coalesced += 1
+                        continue
+                    if self._refused and job_id in self._refused:  # a job dropped whole
+                        self._dropped += 1
+                        continue
+                    now = _monotonic()
+                    last = last_sent.get(job_id)
+                    if len(ready) + len(held) >= self._max_queue:
+                        # Full: wait in the job's slot (the newest wins) rather than be
+                        # dropped; slots are one per running job, like the terminal
+                        # events to come.
+                        due = now if last is None else max(now, last + interval)
+                        heappush(self._slots, (due, job_id))
+                        held[job_id] = event
+                        continue
+                    if last is None or now - last >= interval:
+                        last_sent[job_id] = now
+                    else:
+                        heappush(self._slots, (last + interval, job_id))
+                        held[job_id] = event  # an idle worker is woken below
+                        continue
+                elif kind == "started":
+                    if len(ready) + len(held) >= self._max_lifecycle:
+                        self._overflow(job_id)
+                        continue
+                    if self._unsaved:
+                        self._unsaved.discard(job_id)
+                else:
+                    if self._refused and job_id in self._refused:
+                        self._refused.discard(job_id)
+                        self._dropped += 1
+                        continue
+                    # The terminal event carries the job's final state, so a progress
+                    # event still waiting has nothing left to say.
+                    if held.pop(job_id, None) is not None:
+                        self._coalesced += 1
+                    last_sent.pop(job_id, None)
+                append(event)
+                taken += 1
+        finally:
+            self._enqueued += taken
         if self._worker_idle or (self._collecting and len(ready) >= self._max_batch):
             self._wake_worker()
 
@@ -331,6 +347,7 @@ class BatchProcessor:
         heartbeats); it is called on this thread, so it must not block.
         """
         with self._lock:
+            self._take_deferred()  # its events so far first: they may set what is forgotten
             self._refused.discard(job_id)
             if job_id not in self._held:
                 self._last_sent.pop(job_id, None)
@@ -363,6 +380,7 @@ class BatchProcessor:
         # every further event would call notify() (a Python-level call) again.
         # The worker raises the flags again before it next waits.
         self._worker_idle = self._collecting = False
+        self._needs_poke = self._closed
         self._wake.notify()
 
     def _release(self, job_id: str, event: JobEvent, now: float) -> None:
@@ -393,6 +411,7 @@ class BatchProcessor:
     def _start_worker(self) -> None:
         worker = threading.Thread(target=self._run, name="seenn-batch-processor", daemon=True)
         self._worker = worker
+        self._needs_poke = self._closed
         worker.start()
 
     # -- the worker --------------------------------------------------------------------
@@ -404,14 +423,22 @@ class BatchProcessor:
             with lock:
                 self._take_deferred()
                 while not (self._ready or self._held or self._stopping or self._urgent):
-                    self._worker_idle = True
-                    # A timeout, not a bare wait: an event deferred while this thread
-                    # held the lock has no one else to take it.
+                    self._worker_idle = self._needs_poke = True
+                    if self._deferred:  # handed over before producers could see the flag
+                        self._worker_idle = False
+                        self._needs_poke = self._closed
+                        self._take_deferred()
+                        continue
+                    # A timeout, not a bare wait: an event handed over between the test
+                    # above and the wait found the lock taken, and has no one else to
+                    # take it.
                     self._wake.wait(_IDLE_POLL)
                     self._worker_idle = False
+                    self._needs_poke = self._closed
                     self._take_deferred()
                 if not backlog:
                     self._collect()
+                    self._take_deferred()  # what arrived meanwhile belongs in this batch
                 self._release_due(_monotonic())
                 # Handed over before the batch: it may hold later events of those jobs.
                 spilled = self._spilled
@@ -539,7 +566,7 @@ class BatchProcessor:
             if self._closed:
                 return
             self._take_deferred()
-            self._closed = True
+            self._closed = self._needs_poke = True
         deadline = _monotonic() + timeout
         self._wait_handled(deadline)
         with self._lock:
