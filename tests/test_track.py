@@ -588,6 +588,26 @@ def test_job_event_is_frozen_and_serialisable() -> None:
     assert event == dataclasses.replace(event)
 
 
+def test_job_events_survive_pickling_and_copying_as_frozen_job_events() -> None:
+    """An event pickled or copied comes back equal, a JobEvent, and still frozen."""
+    import copy
+    import dataclasses
+    import pickle
+
+    with memory_tracker() as (tracker, exporter), \
+            tracker.track("t", user_id="u", metadata={"k": [1]}) as job:
+        job.set_progress(5, message="m")
+    for event in exporter.events:
+        for again in (pickle.loads(pickle.dumps(event)), copy.copy(event),
+                      copy.deepcopy(event)):
+            assert type(again) is seenn.JobEvent
+            assert again == event
+            assert [getattr(again, f.name) for f in dataclasses.fields(again)] == [
+                getattr(event, f.name) for f in dataclasses.fields(event)]
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                again.kind = "failed"  # type: ignore[misc]
+
+
 def test_leaving_a_block_in_another_context_restores_without_error() -> None:
     """A block entered in one context and left in another (a resumed generator) ends cleanly."""
     import contextvars

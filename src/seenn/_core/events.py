@@ -38,8 +38,25 @@ an exporter that the job was started elsewhere.
 """
 
 
-@dataclass(frozen=True, slots=True)
-class JobEvent:
+# The field names of JobEvent, in order (checked against the dataclass below).
+_FIELDS = ("kind", "job_id", "job_type", "user_id", "title", "status", "progress", "message",
+           "stage", "queue", "metadata", "result", "error", "retryable", "parent_id",
+           "child_index", "sequence", "timestamp", "trace_id", "span_id")
+
+
+class _EventSlots:
+    """The storage of an event: one slot per field, shared by JobEvent and EventBuilder.
+
+    Both classes add no slots of their own, so giving a builder its real class
+    (see ``EventBuilder``) finds the two layouts identical by their common base
+    instead of comparing their twenty slot names.
+    """
+
+    __slots__ = _FIELDS
+
+
+@dataclass(frozen=True)
+class JobEvent(_EventSlots):
     """A snapshot of a job taken when it changed, handed to processors and exporters.
 
     Every event carries the job's whole current state, so the latest event of a
@@ -70,6 +87,8 @@ class JobEvent:
         span_id: The active OpenTelemetry span id (16 lowercase hex digits), or ``None``.
     """
 
+    __slots__ = ()
+
     kind: EventKind
     job_id: str
     job_type: str
@@ -95,6 +114,15 @@ class JobEvent:
     def is_terminal(self) -> bool:
         """Whether this event ends its job (``"completed"`` or ``"failed"``)."""
         return self.kind == "completed" or self.kind == "failed"
+
+    def __getstate__(self) -> list[Any]:
+        """The field values, in order: what pickling and copying keep."""
+        return [getattr(self, name) for name in _FIELDS]
+
+    def __setstate__(self, state: list[Any]) -> None:
+        """Restore the field values (the event is frozen: through ``object.__setattr__``)."""
+        for name, value in zip(_FIELDS, state, strict=True):
+            object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict; nested models use their wire (camelCase) form."""
@@ -122,9 +150,10 @@ class JobEvent:
         }
 
 
-_FIELDS = tuple(field.name for field in fields(JobEvent))
+if tuple(field.name for field in fields(JobEvent)) != _FIELDS:  # pragma: no cover
+    raise AssertionError("_FIELDS must list JobEvent's fields in order")
 
-EventBuilder = type("EventBuilder", (), {"__slots__": _FIELDS, "__module__": __name__})
+EventBuilder = type("EventBuilder", (_EventSlots,), {"__slots__": (), "__module__": __name__})
 """A :class:`JobEvent` under construction: an unfrozen twin with the very same slots.
 
 A frozen dataclass's ``__init__`` sets each field through
@@ -132,9 +161,11 @@ A frozen dataclass's ``__init__`` sets each field through
 argument tuple and an ``__init__`` frame: together more than all the rest of a
 state change. The job's state machine makes an empty builder, stores the
 twenty fields (specialised slot stores: the builder has no ``__setattr__`` of
-its own), then gives the object its real class, which the identical slots
-allow. Measured: ~350 ns an event, against ~500 ns for a twenty-argument call
-and ~2 us for stores on a subclass of ``JobEvent``.
+its own), then gives the object its real class, which the shared slots allow.
+Measured: ~230 ns an event, against ~500 ns for a twenty-argument call and
+~2 us for stores on a subclass of ``JobEvent``. (With the slots declared on
+each class rather than on a common base, giving the class compared the two
+lists of slot names: ~100 ns more.)
 """
 
 
