@@ -612,8 +612,9 @@ def test_one_event_wakes_an_idle_worker_without_a_flush(monkeypatch: pytest.Monk
     with tracker.track("first"):
         pass
     assert processor.force_flush(timeout=10)
-    # The worker has exported everything: it goes idle, then waits for a wake.
-    assert _wait_for(lambda: processor._worker_idle)
+    # The worker has exported everything: it goes idle, then waits for a wake (in
+    # the wait, it does not hold the lock).
+    assert _wait_for(lambda: processor._worker_idle and not processor._lock.locked())
     with tracker.track("second") as job:
         assert _wait_for(lambda: [e.kind for e in exporter.events if e.job_id == job.id]
                          == ["started"])
@@ -628,6 +629,9 @@ def test_counters_count_events_still_in_the_inbox() -> None:
     processor = BatchProcessor(exporter, progress_interval=3600, schedule_delay=3600)
     tracker = seenn.Tracker(processors=[processor])
     with tracker.track("t") as job:
+        # The worker waits for a batch to fill (an hour), not holding the lock: the
+        # counters below can always take the inbox.
+        assert _wait_for(lambda: processor._collecting and not processor._lock.locked())
         for value in range(1, 5):
             job.set_progress(value)  # the first is released, the rest wait in one slot
         assert processor.coalesced == 2
@@ -639,3 +643,45 @@ def test_counters_count_events_still_in_the_inbox() -> None:
     processor.on_event(late)  # after shutdown: dropped, and counted at once
     assert processor.dropped == 1
     assert not processor.force_flush(timeout=10)
+
+
+def test_reading_a_counter_under_the_processors_own_warning_never_deadlocks() -> None:
+    """A logging handler that reads dropped while the full-queue warning is logged (under
+    the processor's lock) gets an answer, and the processor goes on exporting."""
+    from seenn.exporters import _processors
+
+    exporter = ListExporter(block=True)
+    processor = BatchProcessor(exporter, max_queue_size=1)  # room for 32 started events
+    seen: list[int] = []
+
+    class CountingHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(processor.dropped)
+
+    handler = CountingHandler()
+    logger = logging.getLogger("seenn")
+    logger.addHandler(handler)
+    tracker = seenn.Tracker(processors=[processor])
+
+    def produce() -> None:
+        for _ in range(40):
+            with tracker.track("t"):
+                pass
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    producer.join(30)
+    exporter.release.set()
+    flusher = threading.Thread(target=processor.force_flush, args=(10,), daemon=True)
+    flusher.start()
+    flusher.join(30)
+    logger.removeHandler(handler)
+    stuck = producer.is_alive() or flusher.is_alive()
+    if stuck:  # a deadlocked processor would hang shutdown, and the exit flush
+        _processors._live.discard(processor)
+    else:
+        tracker.shutdown(timeout=10)
+    assert not stuck  # the worker was not stuck on its own lock
+    assert seen  # the handler ran, and returned
+    assert processor.dropped > 0
+    assert {e.kind for e in exporter.events} == {"started", "completed"}

@@ -114,6 +114,19 @@ def test_job_ids_made_on_many_threads_at_once_are_all_different() -> None:
     assert all(ULID_ID.match(job_id) for job_id in every)
 
 
+def test_a_new_block_of_random_parts_emptied_by_other_threads_is_drawn_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """If other threads take every part of a fresh block first, the id draws another block."""
+    from seenn._instrumentation import ids
+
+    blocks = [iter(()), iter(["ABCDEFGHJKMNPQRS"])]  # the first comes back empty
+    monkeypatch.setattr(ids, "_random_chunks", lambda: blocks.pop(0))
+    monkeypatch.setattr(ids, "_chunks", iter(()))
+    job_id = ids.new_job_id()
+    assert job_id.endswith("ABCDEFGHJKMNPQRS") and ULID_ID.match(job_id)
+    assert blocks == []
+
+
 def test_a_forked_child_makes_other_job_ids_than_its_parent() -> None:
     """After os.fork() the child draws fresh random bytes: its ids are not the parent's next."""
     from seenn._instrumentation.ids import new_job_id

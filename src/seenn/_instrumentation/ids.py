@@ -61,9 +61,9 @@ def new_job_id(now: float | None = None) -> str:
         prefix = "job_" + _encode_time(ms)
         _time_cache = (ms, prefix)
     chunk = next(_chunks, None)
-    if chunk is None:
+    while chunk is None:  # (other threads may empty a new block before this one draws)
         chunks = _chunks = _random_chunks()
-        chunk = next(chunks)
+        chunk = next(chunks, None)
     return prefix + chunk
 
 

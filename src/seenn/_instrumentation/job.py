@@ -492,11 +492,9 @@ def new_job(
     job._tracker = tracker
     job._job_type = job_type
     job._user_id = user_id
-    job._queue = None
     job._progress = 0
     job._lock = None
     job._state = NEW
-    job._id = None
     if title is not None or metadata is not None or queue is not None or \
             stage is not None or stages is not None or job_id is not None or \
             retryable is not None:
@@ -514,11 +512,9 @@ def plain_job(tracker: ProcessorSource, job_type: str, user_id: str | None) -> T
     job._tracker = tracker
     job._job_type = job_type
     job._user_id = user_id
-    job._queue = None
     job._progress = 0
     job._lock = None
     job._state = NEW
-    job._id = None
     return job
 
 

@@ -115,18 +115,16 @@ class JobCore:
     # making a job stores only what the caller gave: the unconfigured path is
     # mostly the cost of making the job.
     __slots__ = ("__dict__", "__weakref__", "_eta_at", "_eta_base", "_eta_began", "_eta_marks",
-                 "_eta_next", "_eta_p", "_id", "_job_type", "_lock", "_procs", "_progress",
-                 "_queue", "_seq", "_state", "_token", "_tracker", "_user_id")
+                 "_eta_next", "_eta_p", "_job_type", "_lock", "_procs", "_progress", "_seq",
+                 "_state", "_token", "_tracker", "_user_id")
 
     _tracker: ProcessorSource
     _job_type: str
     _token: Any
     _user_id: str | None
-    _queue: Queue | None
     _progress: int
     _lock: threading.Lock | None
     _state: int
-    _id: str | None
     # Set when the job gets processors, and only read after that.
     _procs: tuple[Processor, ...]
     _seq: int
@@ -141,6 +139,9 @@ class JobCore:
     _eta_began: float
     _eta_base: int
     _eta_marks: list[float]
+    # Read on the unconfigured path only by properties (and the id made on first use).
+    _id: str | None = None
+    _queue: Queue | None = None
     _title: str | None = None
     _metadata: Mapping[str, Any] | None = None
     _plan: Plan = None
@@ -186,6 +187,8 @@ class JobCore:
             # No other thread can reach the job before it is entered: no locking yet.
             self._lock = _Lock()
             # _own_event_fields(), inlined.
+            self._id = self._id
+            self._queue = self._queue
             self._title = self._title
             self._message = self._message
             self._stage = self._stage
@@ -205,19 +208,27 @@ class JobCore:
         if exc is None and self._lock is None:
             # Nothing configured: completing is one assignment (the progress
             # property reads 100 for a completed job). Entered, so not NEW:
-            # below HANDED means RUNNING or QUEUED.
+            # below HANDED means RUNNING or QUEUED. Written out to the return,
+            # without a jump.
             if self._state < 3:
                 self._state = 5  # COMPLETED
-        else:
             try:
-                if exc is None:
-                    self._succeed(None)
-                else:
-                    self._fail_with(exc)
-            except BaseException:
+                _reset(self._token)
+                self._token = None
+                return
+            except ValueError:
                 _restore(self._token)
                 self._token = None
-                raise
+                return
+        try:
+            if exc is None:
+                self._succeed(None)
+            else:
+                self._fail_with(exc)
+        except BaseException:
+            _restore(self._token)
+            self._token = None
+            raise
         try:
             _reset(self._token)
         except ValueError:
@@ -246,6 +257,8 @@ class JobCore:
         specialised (several times the cost of reading the job's own value), and
         every event reads these. Copying the value changes nothing else.
         """
+        self._id = self._id
+        self._queue = self._queue
         self._title = self._title
         self._message = self._message
         self._stage = self._stage

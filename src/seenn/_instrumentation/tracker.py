@@ -242,33 +242,36 @@ class Tracker:
         Raises:
             ValidationError: An argument is malformed.
         """
-        if not options and type(job_type) is str and job_type in _checked_types:
-            # The common call: build the job without the general constructor's
-            # frame (most of the unconfigured cost), once the user id is checked.
-            if user_id is not None:
-                if type(user_id) is not str:
+        if options or type(job_type) is not str or job_type not in _checked_types:
+            return self._track_checked(job_type, user_id, options)
+        # The common call: build the job without the general constructor's frame
+        # (most of the unconfigured cost), once the user id is checked.
+        if user_id is not None:
+            if type(user_id) is not str:
+                check_text("user_id", user_id, max_len=MAX_USER_ID)
+            elif user_id not in _checked_users:
+                # Not seen yet: new_job()'s check, written out (no call).
+                if (user_id and len(user_id) <= MAX_USER_ID and user_id.isascii()
+                        and "\x00" not in user_id):
+                    if len(_checked_users) < _MAX_CHECKED_USERS:
+                        _checked_users[user_id] = None
+                else:
                     check_text("user_id", user_id, max_len=MAX_USER_ID)
-                elif user_id not in _checked_users:
-                    # Not seen yet: new_job()'s check, written out (no call).
-                    if (user_id and len(user_id) <= MAX_USER_ID and user_id.isascii()
-                            and "\x00" not in user_id):
-                        if len(_checked_users) < _MAX_CHECKED_USERS:
-                            _checked_users[user_id] = None
-                    else:
-                        check_text("user_id", user_id, max_len=MAX_USER_ID)
-            # A class call: TrackedJob has no __init__ (new_job() is the checked
-            # constructor), so this is a bare allocation.
-            job = TrackedJob()
-            # The stores of plain_job(), inlined: one frame less on the hot path.
-            job._tracker = self
-            job._job_type = job_type
-            job._user_id = user_id
-            job._queue = None
-            job._progress = 0
-            job._lock = None
-            job._state = 0
-            job._id = None
-            return job
+        # A class call: TrackedJob has no __init__ (new_job() is the checked
+        # constructor), so this is a bare allocation.
+        job = TrackedJob()
+        # The stores of plain_job(), inlined: one frame less on the hot path.
+        job._tracker = self
+        job._job_type = job_type
+        job._user_id = user_id
+        job._progress = 0
+        job._lock = None
+        job._state = 0
+        return job
+
+    def _track_checked(self, job_type: str, user_id: str | None,
+                       options: dict[str, Any]) -> TrackedJob:
+        """``track()`` with options, or a job type not checked yet."""
         check_option_names("track", options, _TRACK_OPTIONS)
         job = new_job(self, job_type, user_id, **options)
         if type(job_type) is str and len(_checked_types) < _MAX_CHECKED_TYPES:

@@ -197,10 +197,12 @@ class BatchProcessor:
         return self._spilled_jobs
 
     def _settle(self) -> None:
-        """Queue the inbox, so that the counters include every event handed over."""
-        if self._deferred:
-            with self._lock:
-                self._take_deferred()
+        """Queue the inbox if the lock is free, so that the counters include it.
+
+        Never waits for the lock: a counter may be read under it (a logging
+        handler of the processor's own warning), and the lock is not reentrant.
+        """
+        self._retake_deferred()
 
     @property
     def queued(self) -> int:
@@ -236,8 +238,9 @@ class BatchProcessor:
             self._retake_deferred()
 
     def _retake_deferred(self) -> None:
-        # Queue the inbox if the lock is free (if another thread holds it, that
-        # thread takes the inbox before it lets go: see _release()).
+        # Queue the inbox if the lock is free. If another thread holds it, the
+        # inbox waits for the next holder: the worker takes it before each batch
+        # and at least every _IDLE_POLL seconds, and a producer at its next event.
         lock = self._lock
         while self._deferred and lock.acquire(False):
             try:
@@ -352,6 +355,7 @@ class BatchProcessor:
             if job_id not in self._held:
                 self._last_sent.pop(job_id, None)
             closed = self._closed
+        self._retake_deferred()  # what arrived while the lock was held
         if self._hand_off is not None and not closed:
             self._hand_off(job_id)
 
