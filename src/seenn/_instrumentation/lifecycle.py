@@ -554,15 +554,14 @@ class JobCore:
             parent = self._parent
             # The active span: with none, this is two lookups (see current_context).
             span = current_context().get(SPAN_KEY)
-            trace_id: str | None = None
-            span_id: str | None = None
-            if span is not None and isinstance(span, Span):
-                span_context = span.get_span_context()
-                if span_context.is_valid:
-                    trace_id = format(span_context.trace_id, "032x")
-                    span_id = format(span_context.span_id, "016x")
             # make_event(), written out: plain slot stores on a builder (see EventBuilder).
             event: Any = EventBuilder()
+            if span is not None and isinstance(span, Span) and \
+                    (span_context := span.get_span_context()).is_valid:
+                event.trace_id = format(span_context.trace_id, "032x")
+                event.span_id = format(span_context.span_id, "016x")
+            else:
+                event.trace_id = event.span_id = None
             event.kind = kind
             event.job_id = job_id
             event.job_type = self._job_type
@@ -578,8 +577,6 @@ class JobCore:
             event.child_index = self._child_index
             event.sequence = seq
             event.timestamp = now
-            event.trace_id = trace_id
-            event.span_id = span_id
             if kind == "completed":
                 event.result = self._result
                 event.error = event.retryable = None
@@ -591,23 +588,23 @@ class JobCore:
                 event.result = event.error = event.retryable = None
                 if progress != self._eta_p:
                     # For eta (a running job's, so not on the terminal events): a
-                    # comparison per event, two stores per change, two appends per new
-                    # curve point (every 2 %). Until the job runs here, _eta_next is 0
-                    # and every change looks whether it does now.
+                    # comparison per event, two stores per change, one extend per new
+                    # curve point (every 2 %; (p | 1) + 1 is the next even percent
+                    # above p). Until the job runs here, _eta_next is 0 and every
+                    # change looks whether it does now.
                     self._eta_p = progress
                     self._eta_at = now
                     next_mark = self._eta_next
                     if progress >= next_mark:
                         if next_mark:
                             marks = self._eta_marks
-                            marks.append(progress)
-                            marks.append(now)
-                            self._eta_next = progress - progress % 2 + 2
+                            marks += (progress, now)
+                            self._eta_next = (progress | 1) + 1
                         elif self._state == 1 or self._state == 3:  # RUNNING, HANDED
                             self._eta_began = now
                             self._eta_base = progress
                             self._eta_marks = []
-                            self._eta_next = progress - progress % 2 + 2
+                            self._eta_next = (progress | 1) + 1
                         else:
                             self._eta_p = -1  # not running yet: look again at the next event
             event.__class__ = JobEvent
