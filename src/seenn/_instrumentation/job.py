@@ -487,14 +487,7 @@ def new_job(
                                 or not 0 < len(user_id) <= MAX_USER_ID
                                 or not user_id.isascii() or "\x00" in user_id):
         check_text("user_id", user_id, max_len=MAX_USER_ID)
-    # Keep these stores in step with plain_job() and Tracker.track().
-    job = TrackedJob()
-    job._tracker = tracker
-    job._job_type = job_type
-    job._user_id = user_id
-    job._progress = 0
-    job._lock = None
-    job._state = NEW
+    job = plain_job(tracker, job_type, user_id)
     if title is not None or metadata is not None or queue is not None or \
             stage is not None or stages is not None or job_id is not None or \
             retryable is not None:
@@ -508,7 +501,7 @@ def plain_job(tracker: ProcessorSource, job_type: str, user_id: str | None) -> T
     The per-call path of a ``@job`` with static options.
     """
     job = TrackedJob()
-    # Keep these stores in step with new_job().
+    # Keep these stores in step with Tracker.track(), which has them inline.
     job._tracker = tracker
     job._job_type = job_type
     job._user_id = user_id
