@@ -28,20 +28,18 @@ from seenn._core.validation import (
     coerce_result,
     fail,
 )
-from seenn._instrumentation.lifecycle import (
+from seenn._instrumentation.lifecycle import CURRENT_JOB, JobCore, ProcessorSource
+from seenn._instrumentation.outcomes import RetryRule, check_retry_rule, error_from_exception
+from seenn._instrumentation.plan import StagePlan, check_plan
+from seenn._instrumentation.states import (
     COMPLETED,
-    CURRENT_JOB,
     HANDED,
     NEW,
     NEW_WITH_QUEUE,
     QUEUED,
     RUNNING,
     STATUS,
-    JobCore,
-    ProcessorSource,
 )
-from seenn._instrumentation.outcomes import RetryRule, check_retry_rule, error_from_exception
-from seenn._instrumentation.plan import StagePlan, check_plan
 from seenn._instrumentation.wrapping import wrap_stage
 
 if TYPE_CHECKING:

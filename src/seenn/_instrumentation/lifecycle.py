@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from seenn._core.eta_live import estimate_run, prior
 from seenn._core.events import SPAN_KEY, EventBuilder, EventKind, JobEvent, Span, current_context
-from seenn._core.models import JobError, JobResult, JobStatus, Queue, Stage
+from seenn._core.models import JobError, JobResult, Queue, Stage
 from seenn._core.pipeline import internal_error, is_strict, logger
 from seenn._instrumentation.ids import new_job_id
 from seenn._instrumentation.outcomes import (
@@ -31,6 +31,16 @@ from seenn._instrumentation.outcomes import (
     retryable_for,
 )
 from seenn._instrumentation.plan import Plan, resolve_stage, stage_share
+from seenn._instrumentation.states import (
+    COMPLETED,
+    FAILED,
+    HANDED,
+    HANDED_QUEUED,
+    NEW_QUEUED,
+    QUEUED,
+    RUNNING,
+    STATUS,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -40,30 +50,8 @@ if TYPE_CHECKING:
     from seenn._core.eta import Eta
     from seenn._core.pipeline import Processor
 
-__all__ = ["CURRENT_JOB", "NEW_WITH_QUEUE", "STATUS", "JobCore", "ProcessorSource"]
+__all__ = ["CURRENT_JOB", "JobCore", "ProcessorSource"]
 
-# A job's state is one small int, and its status is read off it (STATUS): the
-# unconfigured path then stores one attribute per transition, not two. The
-# numbering makes each question one comparison:
-#   not started: state <= 0   live here: 0 < state < 3   handed off: 2 < state < 5
-#   ended: state >= 5
-# and a job that is not NEW has a queue or has started (the one test __enter__ makes).
-NEW = 0  # made without a queue, not started: "pending"
-RUNNING = 1
-QUEUED = 2  # started, and the last update gave a queue
-HANDED = 3  # running, but continued elsewhere: leaving the block does not complete it
-HANDED_QUEUED = 4
-COMPLETED = 5
-FAILED = 6
-NEW_QUEUED = -1  # not started, but set_progress(queue=...) said it waits in a queue
-NEW_WITH_QUEUE = -2  # made with a queue (track(queue=...)), not started: "pending"
-
-STATUS: tuple[JobStatus, ...] = (
-    "pending", "running", "queued", "running", "queued", "completed", "failed",
-    "pending",  # STATUS[-2]: NEW_WITH_QUEUE
-    "queued",  # STATUS[-1]: NEW_QUEUED
-)
-"""The status of each state, by index."""
 
 CURRENT_JOB: ContextVar[JobCore | None] = ContextVar("seenn.current_job", default=None)
 """The ambient job: the one ContextVar of seenn (every value in it is a ``TrackedJob``)."""

@@ -178,7 +178,7 @@ class BatchProcessor:
     @property
     def coalesced(self) -> int:
         """Progress events replaced by a newer event of the same job before export."""
-        self._settle()
+        self._retake_deferred()  # count the inbox too
         return self._coalesced
 
     @property
@@ -187,22 +187,14 @@ class BatchProcessor:
 
         A drop makes the next ``force_flush()`` return ``False``.
         """
-        self._settle()
+        self._retake_deferred()  # count the inbox too
         return self._dropped
 
     @property
     def spilled(self) -> int:
         """Jobs the queue had no room for, left to the exporter's outbox (not lost)."""
-        self._settle()
+        self._retake_deferred()  # count the inbox too
         return self._spilled_jobs
-
-    def _settle(self) -> None:
-        """Queue the inbox if the lock is free, so that the counters include it.
-
-        Never waits for the lock: a counter may be read under it (a logging
-        handler of the processor's own warning), and the lock is not reentrant.
-        """
-        self._retake_deferred()
 
     @property
     def queued(self) -> int:
@@ -241,6 +233,8 @@ class BatchProcessor:
         # Queue the inbox if the lock is free. If another thread holds it, the
         # inbox waits for the next holder: the worker takes it before each batch
         # and at least every _IDLE_POLL seconds, and a producer at its next event.
+        # Never waits for the lock: the counters call this, and may be read under
+        # the lock (by a logging handler of the processor's own warning).
         lock = self._lock
         while self._deferred and lock.acquire(False):
             try:
@@ -318,8 +312,7 @@ class BatchProcessor:
                 taken += 1
         finally:
             self._enqueued += taken
-        if self._worker_idle or (self._collecting and len(ready) >= self._max_batch):
-            self._wake_worker()
+        self._poke_worker()
 
     def _overflow(self, job_id: str) -> None:
         """No room for a new job; the caller holds the lock (the queue is full, so not hot)."""
@@ -371,11 +364,9 @@ class BatchProcessor:
         if saved is False and event.kind == "started":
             self._unsaved.add(event.job_id)
 
-    def _append(self, event: JobEvent) -> None:
-        ready = self._ready
-        ready.append(event)
-        self._enqueued += 1
-        if self._worker_idle or (self._collecting and len(ready) >= self._max_batch):
+    def _poke_worker(self) -> None:
+        """Wake the worker if it waits for events or for a batch now full (lock held)."""
+        if self._worker_idle or (self._collecting and len(self._ready) >= self._max_batch):
             self._wake_worker()
 
     def _wake_worker(self) -> None:
@@ -389,7 +380,9 @@ class BatchProcessor:
 
     def _release(self, job_id: str, event: JobEvent, now: float) -> None:
         self._last_sent[job_id] = now
-        self._append(event)
+        self._ready.append(event)
+        self._enqueued += 1
+        self._poke_worker()
 
     def _release_due(self, now: float) -> None:
         slots = self._slots

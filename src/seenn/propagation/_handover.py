@@ -27,7 +27,7 @@ from seenn._core.models import JobError, Queue
 from seenn._core.validation import MAX_JOB_TYPE, MAX_MESSAGE, check_text
 from seenn._instrumentation.decorator import JobSpec, job_spec
 from seenn._instrumentation.job import TrackedJob, plain_job
-from seenn._instrumentation.lifecycle import HANDED, NEW_WITH_QUEUE
+from seenn._instrumentation.states import HANDED, NEW_WITH_QUEUE
 from seenn.propagation._carrier import CARRIER_KEY, JobContext, encode_job, extract
 from seenn.propagation._resume import ResumeScope, resumed_job, resumed_sequence
 
