@@ -20,6 +20,10 @@ It prints a table of four measurements:
 4. One job with 1,000,000 ``set_progress`` calls through a ``BatchProcessor``:
    how many events reached the exporter (progress is coalesced per job).
 
+The first line says which hot path ran: the compiled one
+(``seenn._core._speedups``) or pure Python; ``SEENN_NO_EXTENSIONS=1`` measures
+the latter where the extension is built.
+
 Each figure is the best of ``--repeat`` runs of ``--number`` iterations. A
 figure and its baseline are measured in alternating runs, so that a noisy
 neighbour (this machine is a shared VM) slows both alike instead of skewing
@@ -184,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f"{elapsed:.2f} s, {elapsed / args.updates * 1e6:.2f} us/call"))
     seenn.shutdown()
 
+    from seenn._core.accel import speedups
+
+    print("hot path:", "compiled (seenn._core._speedups)" if speedups is not None else
+          "pure Python (no C extension, or SEENN_NO_EXTENSIONS set)")
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     header = ("measurement", "seenn", "baseline", "result")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import trace as _otel_trace
 from opentelemetry.trace import Span
 
+from seenn._core.accel import speedups
 from seenn._core.models import JobError, JobResult, JobStatus, Queue, Stage
 
 __all__ = [
@@ -44,15 +45,22 @@ _FIELDS = ("kind", "job_id", "job_type", "user_id", "title", "status", "progress
            "child_index", "sequence", "timestamp", "trace_id", "span_id")
 
 
-class _EventSlots:
-    """The storage of an event: one slot per field, shared by JobEvent and EventBuilder.
+if TYPE_CHECKING or speedups is None:
+    class _EventSlots:
+        """The storage of an event: one slot per field, shared by JobEvent and EventBuilder.
 
-    Both classes add no slots of their own, so giving a builder its real class
-    (see ``EventBuilder``) finds the two layouts identical by their common base
-    instead of comparing their twenty slot names.
-    """
+        Both classes add no slots of their own, so giving a builder its real class
+        (see ``EventBuilder``) finds the two layouts identical by their common base
+        instead of comparing their twenty slot names. With the compiled hot path,
+        the storage is ``seenn._core._speedups.EventSlots``: the same twenty
+        fields, which compiled code fills directly.
+        """
 
-    __slots__ = _FIELDS
+        __slots__ = _FIELDS
+else:
+    if speedups.EVENT_FIELDS != _FIELDS:  # pragma: no cover - a stale build
+        raise ImportError("seenn._core._speedups is out of date: rebuild seenn")
+    _EventSlots = speedups.EventSlots
 
 
 @dataclass(frozen=True)

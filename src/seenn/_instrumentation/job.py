@@ -28,7 +28,7 @@ from seenn._core.validation import (
     coerce_result,
     fail,
 )
-from seenn._instrumentation.lifecycle import CURRENT_JOB, JobCore, ProcessorSource
+from seenn._instrumentation.lifecycle import CURRENT_JOB, JobCore, ProcessorSource, use_compiled
 from seenn._instrumentation.outcomes import RetryRule, check_retry_rule, error_from_exception
 from seenn._instrumentation.plan import StagePlan, check_plan
 from seenn._instrumentation.states import (
@@ -455,6 +455,9 @@ class TrackedJob(JobCore):
             if self._state < HANDED:
                 self._state += HANDED - RUNNING  # RUNNING -> HANDED, QUEUED -> HANDED_QUEUED
         return codec[1](value, self)
+
+
+use_compiled(TrackedJob, {"set_progress": "_set_progress_full"})
 
 
 def new_job(

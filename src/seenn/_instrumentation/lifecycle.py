@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
+from seenn._core.accel import speedups
 from seenn._core.eta_live import estimate_run, prior
 from seenn._core.events import SPAN_KEY, EventBuilder, EventKind, JobEvent, Span, current_context
 from seenn._core.models import JobError, JobResult, Queue, Stage
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from seenn._core.eta import Eta
     from seenn._core.pipeline import Processor
 
-__all__ = ["CURRENT_JOB", "JobCore", "ProcessorSource"]
+__all__ = ["CURRENT_JOB", "JobCore", "ProcessorSource", "use_compiled"]
 
 
 CURRENT_JOB: ContextVar[JobCore | None] = ContextVar("seenn.current_job", default=None)
@@ -95,16 +96,46 @@ def _restore(token: Any) -> None:
         _set(None if old is token.MISSING else old)
 
 
-class JobCore:
+if TYPE_CHECKING or speedups is None:
+    class _JobSlots:
+        """The attributes a job reads on every call, in slots.
+
+        With the compiled hot path the base is ``seenn._core._speedups.JobSlots``
+        instead: the same fields, plus compiled twins of ``__enter__``,
+        ``__exit__``, ``set_progress`` and ``_emit`` (see ``_use_compiled``).
+        """
+
+        __slots__ = ("_eta_at", "_eta_base", "_eta_began", "_eta_marks", "_eta_next", "_eta_p",
+                     "_job_type", "_lock", "_procs", "_progress", "_seq", "_state", "_token",
+                     "_tracker", "_user_id")
+
+        # What an event reads besides: class attributes acting as defaults until
+        # a job sets its own (in JobCore's __dict__), so that making a job stores
+        # only what the caller gave. (The compiled JobSlots has fields for them,
+        # which start as None.)
+        _id: str | None = None
+        _queue: Queue | None = None
+        _title: str | None = None
+        _metadata: Mapping[str, Any] | None = None
+        _message: str | None = None
+        _stage: Stage | None = None
+        _result: JobResult | None = None
+        _error: JobError | None = None
+        _retryable: bool | None = None
+        _parent: JobCore | None = None
+        _child_index: int | None = None
+else:
+    _JobSlots = speedups.JobSlots
+
+
+class JobCore(_JobSlots):
     """The state machine of a tracked job; ``TrackedJob`` adds the public methods."""
 
-    # The attributes read on every call live in slots; the rest are class
-    # attributes acting as defaults until a job sets its own (in __dict__), so
-    # making a job stores only what the caller gave: the unconfigured path is
-    # mostly the cost of making the job.
-    __slots__ = ("__dict__", "__weakref__", "_eta_at", "_eta_base", "_eta_began", "_eta_marks",
-                 "_eta_next", "_eta_p", "_job_type", "_lock", "_procs", "_progress", "_seq",
-                 "_state", "_token", "_tracker", "_user_id")
+    # The attributes read on every call live in slots (the base class); the
+    # rest are class attributes acting as defaults until a job sets its own (in
+    # __dict__), so making a job stores only what the caller gave: the
+    # unconfigured path is mostly the cost of making the job.
+    __slots__ = ("__dict__", "__weakref__")
 
     _tracker: ProcessorSource
     _job_type: str
@@ -128,20 +159,9 @@ class JobCore:
     _eta_base: int
     _eta_marks: list[float]
     # Read on the unconfigured path only by properties (and the id made on first use).
-    _id: str | None = None
-    _queue: Queue | None = None
-    _title: str | None = None
-    _metadata: Mapping[str, Any] | None = None
     _plan: Plan = None
     _stage_count = 0
     _retry_rule: RetryRule = None
-    _message: str | None = None
-    _stage: Stage | None = None
-    _result: JobResult | None = None
-    _error: JobError | None = None
-    _retryable: bool | None = None
-    _parent: JobCore | None = None
-    _child_index: int | None = None
     _children = 0
     _warned = False
     # Set on a job that a queue integration (or a deferred call) runs: the first
@@ -610,3 +630,24 @@ class JobCore:
                 internal_error(f"processor {type(processor).__name__}", exc, (job_id,))
                 if is_strict():
                     raise
+
+
+def use_compiled(cls: type, methods: Mapping[str, str | None]) -> None:
+    """Let the compiled twins in ``_speedups.JobSlots`` answer ``methods`` of ``cls``.
+
+    Each Python method moves to the name given, where the compiled twin hands
+    every call it does not finish itself (or, for ``None``, it goes: the twin
+    does all of it). Without the compiled hot path this does nothing.
+    """
+    if speedups is None:
+        return
+    for name, fallback in methods.items():
+        method = cls.__dict__[name]
+        delattr(cls, name)
+        if fallback is not None:
+            setattr(cls, fallback, method)
+
+
+if speedups is not None:
+    speedups.bind(globals(), CURRENT_JOB, JobEvent)
+use_compiled(JobCore, {"__enter__": "_enter_full", "__exit__": "_exit_full", "_emit": None})

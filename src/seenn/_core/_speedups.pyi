@@ -1,0 +1,19 @@
+"""Types of the optional C extension (``_speedups.c``); see ``seenn._core.accel``."""
+
+from contextvars import ContextVar
+from typing import Any
+
+API_VERSION: int
+EVENT_FIELDS: tuple[str, ...]
+
+class EventSlots: ...
+
+class JobSlots:
+    def __enter__(self) -> Any: ...
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any, /) -> None: ...
+    def set_progress(self, progress: float, /, **options: Any) -> None: ...
+    def _emit(self, kind: str, /) -> None: ...
+
+def bind(
+    globals: dict[str, Any], current_job: ContextVar[Any], event_type: type[Any], /
+) -> None: ...

@@ -1,0 +1,37 @@
+"""Whether seenn runs its tracking hot path compiled: ``speedups`` is the module, or ``None``.
+
+``seenn._core._speedups`` is an optional C extension, built by ``pip install``
+when a C compiler is at hand. It holds a compiled twin of the few functions
+every job change runs (see ``_speedups.c``); everything else, and the whole
+reference behaviour, is Python. Without the extension (no compiler, another
+Python implementation, or ``SEENN_NO_EXTENSIONS=1`` in the environment) seenn
+runs the Python twins, which behave the same, only slower.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+__all__ = ["API_VERSION", "DISABLE_ENV", "speedups"]
+
+API_VERSION = 1
+"""The version of ``_speedups.c`` this Python matches (its ``API_VERSION``)."""
+
+DISABLE_ENV = "SEENN_NO_EXTENSIONS"
+"""Set to anything but ``""`` or ``"0"`` to run the pure-Python hot path."""
+
+
+def _load() -> ModuleType | None:
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from seenn._core import _speedups
+    except ImportError:
+        return None
+    # A module built from another version of _speedups.c (a stale build left
+    # beside the source) would not match the Python around it.
+    return _speedups if _speedups.API_VERSION == API_VERSION else None
+
+
+speedups = _load()
