@@ -16,6 +16,7 @@ import sys
 import sysconfig
 import textwrap
 import weakref
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,20 @@ def test_a_failed_compile_says_why_and_builds_nothing(tmp_path: Path) -> None:
     why = hook._compile(broken, target)  # type: ignore[attr-defined]
     assert why is not None and "failed" in why
     assert not target.exists()
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["compiled", "SEENN_NO_EXTENSIONS"])
+def test_a_wheel_carries_the_extension_unless_told_not_to(tmp_path: Path, pure: bool) -> None:
+    """A wheel holds the built module under a platform tag; with the variable, a pure wheel."""
+    done = _run(["-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                 "--wheel-dir", str(tmp_path), str(ROOT)], pure=pure)
+    assert done.returncode == 0, done.stderr
+    [wheel] = tmp_path.glob("seenn-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        built = [name for name in archive.namelist()
+                 if name.startswith("seenn/_core/_speedups") and name.endswith(".so")]
+    if pure or not _built():  # told not to, or no compiler here
+        assert built == [] and wheel.name.endswith("-py3-none-any.whl")
+    else:
+        assert built == ["seenn/_core/_speedups" + sysconfig.get_config_var("EXT_SUFFIX")]
+        assert not wheel.name.endswith("-none-any.whl")

@@ -48,45 +48,72 @@ typedef struct {
 
 static PyMemberDef event_members[N_EVENT_FIELDS + 1];
 
+/* Both types are a header and then object fields only: one traverse, clear
+ * and dealloc each, given how many fields there are. */
+#define FIELDS(self) ((PyObject **)((char *)(self) + sizeof(PyObject)))
+
 static int
-event_traverse(EventSlotsObject *self, visitproc visit, void *arg)
+traverse_fields(PyObject *self, int count, visitproc visit, void *arg)
 {
-    for (int i = 0; i < N_EVENT_FIELDS; i++) {
-        Py_VISIT(self->fields[i]);
+    for (int i = 0; i < count; i++) {
+        Py_VISIT(FIELDS(self)[i]);
     }
     return 0;
 }
 
 static int
-event_clear(EventSlotsObject *self)
+clear_fields(PyObject *self, int count)
 {
-    for (int i = 0; i < N_EVENT_FIELDS; i++) {
-        Py_CLEAR(self->fields[i]);
+    for (int i = 0; i < count; i++) {
+        Py_CLEAR(FIELDS(self)[i]);
     }
     return 0;
 }
 
 static void
-event_dealloc(EventSlotsObject *self)
+dealloc_fields(PyObject *self, int count)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
-    event_clear(self);
-    tp->tp_free((PyObject *)self);
+    clear_fields(self, count);
+    tp->tp_free(self);
 }
 
-static PyTypeObject EventSlotsType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "seenn._core._speedups.EventSlots",
-    .tp_doc = PyDoc_STR("The storage of an event: one slot per JobEvent field."),
-    .tp_basicsize = sizeof(EventSlotsObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_new = PyType_GenericNew,
-    .tp_dealloc = (destructor)event_dealloc,
-    .tp_traverse = (traverseproc)event_traverse,
-    .tp_clear = (inquiry)event_clear,
-    .tp_members = event_members,
-};
+/* A type's traverse, clear and dealloc, for ``count`` fields. */
+#define FIELD_HOOKS(prefix, count)                                       \
+    static int prefix##_traverse(PyObject *self, visitproc visit, void *arg) \
+    {                                                                    \
+        return traverse_fields(self, (count), visit, arg);               \
+    }                                                                    \
+    static int prefix##_clear(PyObject *self)                            \
+    {                                                                    \
+        return clear_fields(self, (count));                              \
+    }                                                                    \
+    static void prefix##_dealloc(PyObject *self)                         \
+    {                                                                    \
+        dealloc_fields(self, (count));                                   \
+    }
+
+FIELD_HOOKS(event, N_EVENT_FIELDS)
+
+/* A type of object fields only, made to be subclassed in Python. */
+#define FIELDS_TYPE(name, doc, object, new, prefix, methods) {          \
+    PyVarObject_HEAD_INIT(NULL, 0)                                       \
+    .tp_name = "seenn._core._speedups." name,                           \
+    .tp_doc = PyDoc_STR(doc),                                            \
+    .tp_basicsize = sizeof(object),                                      \
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, \
+    .tp_new = new,                                                       \
+    .tp_dealloc = prefix##_dealloc,                                      \
+    .tp_traverse = prefix##_traverse,                                    \
+    .tp_clear = prefix##_clear,                                          \
+    .tp_members = prefix##_members,                                      \
+    .tp_methods = methods,                                               \
+}
+
+static PyTypeObject EventSlotsType = FIELDS_TYPE(
+    "EventSlots", "The storage of an event: one slot per JobEvent field.",
+    EventSlotsObject, PyType_GenericNew, event, NULL);
 
 /* ------------------------------------------------------------------------ */
 /* JobSlots                                                                 */
@@ -155,32 +182,18 @@ static PyMemberDef job_members[] = {
     {NULL, 0, 0, 0, NULL},
 };
 
-#define JOB_FIELD_COUNT 26
+#define JOB_FIELD_COUNT 26  /* the fields, in this order, are all the struct holds */
 #define JOB_FIRST_DEFAULT 15  /* the fields from _id on start as None */
 
-static PyObject **
-job_field(JobSlotsObject *self, int i)
-{
-    return (PyObject **)((char *)self + job_members[i].offset);
-}
+_Static_assert(sizeof(JobSlotsObject) == sizeof(PyObject) + JOB_FIELD_COUNT * sizeof(PyObject *),
+               "JobSlotsObject must hold object fields only");
+_Static_assert(offsetof(JobSlotsObject, id) == sizeof(PyObject)
+                                              + JOB_FIRST_DEFAULT * sizeof(PyObject *),
+               "the fields that start as None must come last");
+_Static_assert(sizeof(EventSlotsObject) == sizeof(PyObject) + N_EVENT_FIELDS * sizeof(PyObject *),
+               "EventSlotsObject must hold object fields only");
 
-static int
-job_traverse(JobSlotsObject *self, visitproc visit, void *arg)
-{
-    for (int i = 0; i < JOB_FIELD_COUNT; i++) {
-        Py_VISIT(*job_field(self, i));
-    }
-    return 0;
-}
-
-static int
-job_clear(JobSlotsObject *self)
-{
-    for (int i = 0; i < JOB_FIELD_COUNT; i++) {
-        Py_CLEAR(*job_field(self, i));
-    }
-    return 0;
-}
+FIELD_HOOKS(job, JOB_FIELD_COUNT)
 
 static PyObject *
 job_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -189,19 +202,10 @@ job_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     if (self != NULL) {
         for (int i = JOB_FIRST_DEFAULT; i < JOB_FIELD_COUNT; i++) {
             Py_INCREF(Py_None);
-            *job_field((JobSlotsObject *)self, i) = Py_None;
+            FIELDS(self)[i] = Py_None;
         }
     }
     return self;
-}
-
-static void
-job_dealloc(JobSlotsObject *self)
-{
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    job_clear(self);
-    tp->tp_free((PyObject *)self);
 }
 
 /* What bind() gave, and names made once. The lifecycle module's globals are
@@ -214,7 +218,7 @@ static PyObject *b_span_key, *b_status;
 
 static PyObject *s_enter_full, *s_exit_full, *s_set_progress_full, *s_processors, *s_on_event,
     *s_get, *s_get_span_context, *s_is_valid, *s_trace_id, *s_span_id, *s_id, *s_fmt_trace,
-    *s_fmt_span, *s_started, *s_progress, *s_completed, *s_failed, *s_acquire, *s_release, *s_building, *s_dash,
+    *s_fmt_span, *s_adopt, *s_started, *s_progress, *s_completed, *s_failed, *s_acquire, *s_release, *s_building, *s_dash,
     *g_time, *g_new_job_id, *g_current_context, *g_span_key, *g_span, *g_status,
     *g_internal_error, *g_is_strict, *g_restore, *g_lock,
     *d_id, *d_parent, *d_title, *d_message, *d_stage, *d_queue, *d_metadata, *d_child_index,
@@ -754,6 +758,41 @@ call_lock(PyObject *lock, PyObject *name)
     return 0;
 }
 
+static int
+running_here(long state)
+{
+    return 0 < state && state < S_HANDED;  /* RUNNING or QUEUED */
+}
+
+static int
+not_ended(long state)
+{
+    return state != LONG_MIN && state < S_COMPLETED;
+}
+
+/* Take the job's lock if, under it, the state passes ``ok``. Returns the
+ * lock (a new reference, held), or NULL: without an error set when the
+ * caller should hand the call to its Python twin (the lock could not be
+ * taken, or the state did not pass; nothing changed), with one if releasing
+ * the lock failed. */
+static PyObject *
+lock_when(JobSlotsObject *self, int (*ok)(long))
+{
+    PyObject *lock = self->lock;
+    Py_INCREF(lock);
+    if (call_lock(lock, s_acquire) < 0) {
+        Py_DECREF(lock);
+        PyErr_Clear();  /* the Python twin meets the same error in its place */
+        return NULL;
+    }
+    if (ok(small_value(self->state))) {
+        return lock;
+    }
+    call_lock(lock, s_release);
+    Py_DECREF(lock);
+    return NULL;
+}
+
 /* Run _emit(kind) under the job's lock, as ``with self._lock:`` would around
  * the stores the caller made under it: returns None, or NULL with the error.
  * The lock is released either way. */
@@ -810,8 +849,8 @@ reset_token(JobSlotsObject *self)
 static PyObject *
 job_enter(JobSlotsObject *self, PyObject *Py_UNUSED(ignored))
 {
-    /* A new job (not made with a queue) with no ambient job: JobCore's
-     * __enter__ for that case, written out. Anything else is _enter_full's. */
+    /* A new job (not made with a queue): JobCore's __enter__ for that case,
+     * written out. Anything else is _enter_full's. */
     if (check_bound() < 0) {
         return NULL;
     }
@@ -822,11 +861,23 @@ job_enter(JobSlotsObject *self, PyObject *Py_UNUSED(ignored))
     if (PyContextVar_Get(g_current_job, NULL, &parent) < 0) {
         return NULL;
     }
-    int no_parent = parent == Py_None;
-    Py_XDECREF(parent);
-    if (!no_parent) {
-        goto full;
+    if (parent == NULL) {
+        goto full;  /* no value and no default: not the ContextVar bind() checked */
     }
+    if (parent != Py_None) {
+        /* A child of the ambient job: JobCore._adopt() as the twin calls it. */
+        PyObject *adopted = PyObject_CallMethodOneArg((PyObject *)self, s_adopt, parent);
+        Py_DECREF(parent);
+        if (adopted == NULL) {
+            return NULL;
+        }
+        Py_DECREF(adopted);
+    }
+    else {
+        Py_DECREF(parent);
+    }
+    Py_INCREF(small_one);
+    Py_XSETREF(self->state, small_one);  /* RUNNING */
     PyObject *tracker = self->tracker;
     Py_INCREF(tracker);
     PyObject *procs = PyObject_GetAttr(tracker, s_processors);
@@ -834,11 +885,8 @@ job_enter(JobSlotsObject *self, PyObject *Py_UNUSED(ignored))
     int configured = procs == NULL ? -1 : PyObject_IsTrue(procs);
     if (configured < 0) {
         Py_XDECREF(procs);
-        PyErr_Clear();  /* the Python twin raises it again, in its place */
-        goto full;
+        return NULL;  /* as the twin, which reads them after the same stores */
     }
-    Py_INCREF(small_one);
-    Py_XSETREF(self->state, small_one);  /* RUNNING */
     if (configured) {
         Py_XSETREF(self->procs, procs);
         procs = NULL;
@@ -900,18 +948,10 @@ job_exit(JobSlotsObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     if (state <= 0 || state >= S_HANDED) {
         goto full;
     }
-    PyObject *lock = self->lock;
-    Py_INCREF(lock);
-    if (call_lock(lock, s_acquire) < 0) {
-        Py_DECREF(lock);
-        PyErr_Clear();  /* the Python twin meets the same error in its place */
-        goto full;
-    }
-    state = small_value(self->state);
-    if (state <= 0 || state >= S_HANDED) {  /* another thread ended or handed it meanwhile */
-        int released = call_lock(lock, s_release);
-        Py_DECREF(lock);
-        if (released < 0) {
+    /* Under the lock, unless another thread ended or handed it meanwhile. */
+    PyObject *lock = lock_when(self, running_here);
+    if (lock == NULL) {
+        if (PyErr_Occurred()) {
             return NULL;
         }
         goto full;
@@ -980,24 +1020,16 @@ job_set_progress(JobSlotsObject *self, PyObject *const *args, Py_ssize_t nargs,
         /* Nothing would change: no event. */
         Py_RETURN_NONE;
     }
-    PyObject *lock = self->lock;
-    Py_INCREF(lock);
-    if (call_lock(lock, s_acquire) < 0) {
-        Py_DECREF(lock);
-        PyErr_Clear();  /* the Python twin meets the same error in its place */
-        goto full;
-    }
-    state = small_value(self->state);
-    if (state == LONG_MIN || state >= S_COMPLETED) {
-        /* Ended meanwhile (the twin logs that it is ignored), or not a state
-         * this knows: nothing changed, the Python twin takes it from the top. */
-        int released = call_lock(lock, s_release);
-        Py_DECREF(lock);
-        if (released < 0) {
+    /* Under the lock, unless it ended meanwhile (the twin logs that the
+     * update is ignored). */
+    PyObject *lock = lock_when(self, not_ended);
+    if (lock == NULL) {
+        if (PyErr_Occurred()) {
             return NULL;
         }
         goto full;
     }
+    state = small_value(self->state);
     Py_INCREF(progress);
     Py_XSETREF(self->progress, progress);
     if (state == S_QUEUED) {
@@ -1031,19 +1063,9 @@ static PyMethodDef job_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject JobSlotsType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "seenn._core._speedups.JobSlots",
-    .tp_doc = PyDoc_STR("The hot fields of a tracked job, and its compiled hot path."),
-    .tp_basicsize = sizeof(JobSlotsObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_new = job_new,
-    .tp_dealloc = (destructor)job_dealloc,
-    .tp_traverse = (traverseproc)job_traverse,
-    .tp_clear = (inquiry)job_clear,
-    .tp_members = job_members,
-    .tp_methods = job_methods,
-};
+static PyTypeObject JobSlotsType = FIELDS_TYPE(
+    "JobSlots", "The hot fields of a tracked job, and its compiled hot path.",
+    JobSlotsObject, job_new, job, job_methods);
 
 /* ------------------------------------------------------------------------ */
 /* Module                                                                   */
@@ -1130,7 +1152,7 @@ PyInit__speedups(void)
             || intern(&s_is_valid, "is_valid") < 0 || intern(&s_trace_id, "trace_id") < 0
             || intern(&s_span_id, "span_id") < 0 || intern(&s_id, "id") < 0
             || intern(&s_fmt_trace, "032x") < 0 || intern(&s_fmt_span, "016x") < 0
-            || intern(&s_started, "started") < 0 || intern(&s_progress, "progress") < 0
+            || intern(&s_adopt, "_adopt") < 0 || intern(&s_started, "started") < 0 || intern(&s_progress, "progress") < 0
             || intern(&s_acquire, "acquire") < 0 || intern(&s_release, "release") < 0
             || intern(&g_lock, "_Lock") < 0
             || intern(&s_completed, "completed") < 0 || intern(&s_failed, "failed") < 0
