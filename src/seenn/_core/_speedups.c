@@ -16,8 +16,14 @@
  *
  * The Python side calls bind() once at import with what these functions read:
  * the lifecycle module's globals (looked up at each call, as Python does, so a
- * patched global is seen), the ambient-job ContextVar and the JobEvent class.
- * Setting SEENN_NO_EXTENSIONS=1 makes seenn ignore this module.
+ * patched global is seen; SPAN_KEY, STATUS and the type of _Lock() are taken
+ * once), the ambient-job ContextVar and the JobEvent class. Two things the
+ * twins go through are used directly instead: the ContextVar's own get, set
+ * and reset (lifecycle's _get, _set and _reset are those bound methods), and
+ * _emit (the compiled methods call the compiled _emit; a subclass of
+ * TrackedJob that overrides _emit is not supported). Setting
+ * SEENN_NO_EXTENSIONS=1 makes seenn ignore this module, and so does a
+ * sub-interpreter (bound state is per process).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -70,13 +76,18 @@ clear_fields(PyObject *self, int count)
     return 0;
 }
 
-static void
-dealloc_fields(PyObject *self, int count)
+
+/* An empty instance. Arguments are refused unless an __init__ takes them, as
+ * object() does for the Python twins (classes with __slots__). */
+static PyObject *
+fields_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    PyObject_GC_UnTrack(self);
-    clear_fields(self, count);
-    tp->tp_free(self);
+    if ((PyTuple_GET_SIZE(args) || (kwargs != NULL && PyDict_GET_SIZE(kwargs)))
+            && type->tp_init == PyBaseObject_Type.tp_init) {
+        PyErr_Format(PyExc_TypeError, "%.200s() takes no arguments", type->tp_name);
+        return NULL;
+    }
+    return type->tp_alloc(type, 0);
 }
 
 /* A type's traverse, clear and dealloc, for ``count`` fields. */
@@ -89,9 +100,15 @@ dealloc_fields(PyObject *self, int count)
     {                                                                    \
         return clear_fields(self, (count));                              \
     }                                                                    \
+    /* The trashcan: freeing a long chain (a job's parent's parent ...) */ \
+    /* must not recurse as deep as the chain. */                         \
     static void prefix##_dealloc(PyObject *self)                         \
     {                                                                    \
-        dealloc_fields(self, (count));                                   \
+        PyObject_GC_UnTrack(self);                                       \
+        Py_TRASHCAN_BEGIN(self, prefix##_dealloc)                        \
+        clear_fields(self, (count));                                     \
+        Py_TYPE(self)->tp_free(self);                                    \
+        Py_TRASHCAN_END                                                  \
     }
 
 FIELD_HOOKS(event, N_EVENT_FIELDS)
@@ -113,7 +130,7 @@ FIELD_HOOKS(event, N_EVENT_FIELDS)
 
 static PyTypeObject EventSlotsType = FIELDS_TYPE(
     "EventSlots", "The storage of an event: one slot per JobEvent field.",
-    EventSlotsObject, PyType_GenericNew, event, NULL);
+    EventSlotsObject, fields_new, event, NULL);
 
 /* ------------------------------------------------------------------------ */
 /* JobSlots                                                                 */
@@ -198,7 +215,7 @@ FIELD_HOOKS(job, JOB_FIELD_COUNT)
 static PyObject *
 job_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    PyObject *self = type->tp_alloc(type, 0);
+    PyObject *self = fields_new(type, args, kwargs);
     if (self != NULL) {
         for (int i = JOB_FIRST_DEFAULT; i < JOB_FIELD_COUNT; i++) {
             Py_INCREF(Py_None);
@@ -215,6 +232,7 @@ static PyObject *g_globals;
 static PyObject *g_current_job;  /* the ambient-job ContextVar */
 static PyTypeObject *g_event_type;  /* JobEvent */
 static PyObject *b_span_key, *b_status;
+static PyTypeObject *g_lock_type;  /* the type of what _Lock() makes */
 
 static PyObject *s_enter_full, *s_exit_full, *s_set_progress_full, *s_processors, *s_on_event,
     *s_get, *s_get_span_context, *s_is_valid, *s_trace_id, *s_span_id, *s_id, *s_fmt_trace,
@@ -281,6 +299,46 @@ call_global(PyObject *name, PyObject *const *args, size_t nargs)
     PyObject *result = PyObject_Vectorcall(callable, args, nargs, NULL);
     Py_DECREF(callable);
     return result;
+}
+
+/* An error raised while another one was being handled: as Python does, the
+ * new one (set) gets the old one (type, value, tb; references taken) as its
+ * __context__. */
+static void
+chain_context(PyObject *type, PyObject *value, PyObject *tb)
+{
+    if (type == NULL) {
+        return;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    PyObject *new_type, *new_value, *new_tb;
+    PyErr_Fetch(&new_type, &new_value, &new_tb);
+    PyErr_NormalizeException(&new_type, &new_value, &new_tb);
+    if (new_value != NULL && value != NULL) {
+        /* No cycle: the new error must not already be in the old one's chain. */
+        int seen = 0;
+        PyObject *link = value;
+        for (int depth = 0; link != NULL && depth < 1000; depth++) {
+            if (link == new_value) {
+                seen = 1;
+                break;
+            }
+            PyObject *next = PyException_GetContext(link);
+            Py_XDECREF(next);  /* kept alive by link */
+            link = next;
+        }
+        if (!seen) {
+            PyException_SetContext(new_value, value);  /* steals the reference */
+            value = NULL;
+        }
+    }
+    PyErr_Restore(new_type, new_value, new_tb);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
 }
 
 /* Hand the whole call to the Python twin, ``self.<name>(*args, **kwargs)``. */
@@ -376,6 +434,10 @@ report_internal(PyObject *what, PyObject *job_id)
             }
         }
     }
+    if (result == NULL) {
+        chain_context(type, value, tb);
+        return NULL;
+    }
     Py_XDECREF(type);
     Py_XDECREF(value);
     Py_XDECREF(tb);
@@ -459,7 +521,10 @@ record_eta(JobSlotsObject *self, PyObject *progress, PyObject *now)
         PyErr_SetString(PyExc_AttributeError, "_eta_p");
         return -1;
     }
-    int changed = PyObject_RichCompareBool(progress, self->eta_p, Py_NE);
+    PyObject *last = self->eta_p;
+    Py_INCREF(last);  /* the comparison may run code that replaces it */
+    int changed = PyObject_RichCompareBool(progress, last, Py_NE);
+    Py_DECREF(last);
     if (changed <= 0) {
         return changed;
     }
@@ -668,9 +733,7 @@ job_emit(JobSlotsObject *self, PyObject *kind)
         int truthy = id == NULL ? -1 : PyObject_IsTrue(id);
         if (truthy < 0) {
             Py_XDECREF(id);
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(tb);
+            chain_context(type, value, tb);
             return NULL;
         }
         if (!truthy) {
@@ -712,9 +775,7 @@ job_emit(JobSlotsObject *self, PyObject *kind)
         Py_XDECREF(name);
         Py_DECREF(processor);
         if (what == NULL) {
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(tb);
+            chain_context(type, value, tb);
         }
         else {
             PyErr_Restore(type, value, tb);
@@ -770,11 +831,12 @@ not_ended(long state)
     return state != LONG_MIN && state < S_COMPLETED;
 }
 
-/* Take the job's lock if, under it, the state passes ``ok``. Returns the
- * lock (a new reference, held), or NULL: without an error set when the
- * caller should hand the call to its Python twin (the lock could not be
- * taken, or the state did not pass; nothing changed), with one if releasing
- * the lock failed. */
+/* Take the job's lock (a lock of _Lock's type: the caller checked) if,
+ * under it, the state passes ``ok``. Returns the lock (a new reference,
+ * held), or NULL: without an error set when the state did not pass (nothing
+ * changed: the caller hands the call to its Python twin), with one if taking
+ * or releasing the lock failed (a KeyboardInterrupt while waiting, say), as
+ * ``with lock:`` would raise it. */
 static PyObject *
 lock_when(JobSlotsObject *self, int (*ok)(long))
 {
@@ -782,7 +844,6 @@ lock_when(JobSlotsObject *self, int (*ok)(long))
     Py_INCREF(lock);
     if (call_lock(lock, s_acquire) < 0) {
         Py_DECREF(lock);
-        PyErr_Clear();  /* the Python twin meets the same error in its place */
         return NULL;
     }
     if (ok(small_value(self->state))) {
@@ -804,9 +865,7 @@ emit_and_release(JobSlotsObject *self, PyObject *lock, PyObject *kind)
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         if (call_lock(lock, s_release) < 0) {
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(tb);
+            chain_context(type, value, tb);
         }
         else {
             PyErr_Restore(type, value, tb);
@@ -826,6 +885,10 @@ static int
 reset_token(JobSlotsObject *self)
 {
     PyObject *token = self->token;
+    if (token == NULL) {  /* deleted by a processor meanwhile: as the twin reads it */
+        PyErr_SetString(PyExc_AttributeError, "_token");
+        return -1;
+    }
     Py_INCREF(token);
     if (PyContextVar_Reset(g_current_job, token) < 0) {
         if (!PyErr_ExceptionMatches(PyExc_ValueError)) {
@@ -879,6 +942,10 @@ job_enter(JobSlotsObject *self, PyObject *Py_UNUSED(ignored))
     Py_INCREF(small_one);
     Py_XSETREF(self->state, small_one);  /* RUNNING */
     PyObject *tracker = self->tracker;
+    if (tracker == NULL) {  /* deleted by _adopt(): as the twin reads it */
+        PyErr_SetString(PyExc_AttributeError, "_tracker");
+        return NULL;
+    }
     Py_INCREF(tracker);
     PyObject *procs = PyObject_GetAttr(tracker, s_processors);
     Py_DECREF(tracker);
@@ -919,6 +986,33 @@ full:
     return PyObject_CallMethodNoArgs((PyObject *)self, s_enter_full);
 }
 
+/* As __exit__ does when ending the job raised (the error is set): put the
+ * ambient job back, forget the token, and let the error through. */
+static PyObject *
+exit_failed(JobSlotsObject *self)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *token = self->token;
+    if (token == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_token");
+        chain_context(type, value, tb);
+        return NULL;
+    }
+    Py_INCREF(token);
+    PyObject *restored = call_global(g_restore, &token, 1);
+    Py_DECREF(token);
+    if (restored == NULL) {
+        chain_context(type, value, tb);
+        return NULL;
+    }
+    Py_DECREF(restored);
+    Py_INCREF(Py_None);
+    Py_XSETREF(self->token, Py_None);
+    PyErr_Restore(type, value, tb);
+    return NULL;
+}
+
 static PyObject *
 job_exit(JobSlotsObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -945,14 +1039,14 @@ job_exit(JobSlotsObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         }
         Py_RETURN_NONE;
     }
-    if (state <= 0 || state >= S_HANDED) {
+    if (state <= 0 || state >= S_HANDED || !Py_IS_TYPE(self->lock, g_lock_type)) {
         goto full;
     }
     /* Under the lock, unless another thread ended or handed it meanwhile. */
     PyObject *lock = lock_when(self, running_here);
     if (lock == NULL) {
         if (PyErr_Occurred()) {
-            return NULL;
+            return exit_failed(self);
         }
         goto full;
     }
@@ -963,25 +1057,7 @@ job_exit(JobSlotsObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     PyObject *done = emit_and_release(self, lock, s_completed);
     Py_DECREF(lock);
     if (done == NULL) {
-        /* As __exit__ does when ending the job raises: put the ambient job
-         * back, then let the error through. */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyObject *token = self->token;
-        Py_INCREF(token);
-        PyObject *restored = call_global(g_restore, &token, 1);
-        Py_DECREF(token);
-        if (restored == NULL) {
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(tb);
-            return NULL;
-        }
-        Py_DECREF(restored);
-        Py_INCREF(Py_None);
-        Py_XSETREF(self->token, Py_None);
-        PyErr_Restore(type, value, tb);
-        return NULL;
+        return exit_failed(self);
     }
     Py_DECREF(done);
     if (reset_token(self) < 0) {
@@ -1016,7 +1092,11 @@ job_set_progress(JobSlotsObject *self, PyObject *const *args, Py_ssize_t nargs,
         }
         goto full;
     }
-    if (value == small_value(self->progress) && (state == S_RUNNING || state == S_HANDED)) {
+    long current = small_value(self->progress);
+    if (current == LONG_MIN || !Py_IS_TYPE(self->lock, g_lock_type)) {
+        goto full;  /* not what this path compares, or not a lock it knows */
+    }
+    if (value == current && (state == S_RUNNING || state == S_HANDED)) {
         /* Nothing would change: no event. */
         Py_RETURN_NONE;
     }
@@ -1071,11 +1151,24 @@ static PyTypeObject JobSlotsType = FIELDS_TYPE(
 /* Module                                                                   */
 
 static PyObject *
+speedups_usable(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    /* The bound state is per process (static), so only the main interpreter
+     * uses it; a sub-interpreter (mod_wsgi's, say) runs the Python twins. */
+    return PyBool_FromLong(PyInterpreterState_Get() == PyInterpreterState_Main());
+}
+
+static PyObject *
 speedups_bind(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *globals, *current_job, *event_type;
     if (!PyArg_ParseTuple(args, "O!OO!:bind", &PyDict_Type, &globals, &current_job,
                           &PyType_Type, &event_type)) {
+        return NULL;
+    }
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_RuntimeError, "seenn._core._speedups binds only in the main "
+                        "interpreter");
         return NULL;
     }
     PyTypeObject *tp = (PyTypeObject *)event_type;
@@ -1096,6 +1189,18 @@ speedups_bind(PyObject *Py_UNUSED(module), PyObject *args)
         }
         return NULL;
     }
+    PyObject *make_lock = PyDict_GetItemWithError(globals, g_lock);
+    PyObject *probe = make_lock == NULL ? NULL : PyObject_CallNoArgs(make_lock);
+    if (probe == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_KeyError, "_Lock must be bound");
+        }
+        return NULL;
+    }
+    PyTypeObject *lock_type = Py_TYPE(probe);
+    Py_INCREF(lock_type);
+    Py_DECREF(probe);
+    Py_XSETREF(g_lock_type, lock_type);
     Py_INCREF(span_key);
     Py_XSETREF(b_span_key, span_key);
     Py_INCREF(status);
@@ -1110,6 +1215,9 @@ speedups_bind(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 static PyMethodDef speedups_methods[] = {
+    {"usable", speedups_usable, METH_NOARGS,
+     PyDoc_STR("usable($module, /)\n--\n\n"
+               "Whether this interpreter may use the module (only the main one may).")},
     {"bind", speedups_bind, METH_VARARGS,
      PyDoc_STR("bind($module, globals, current_job, event_type, /)\n--\n\n"
                "Give the compiled hot path the lifecycle module's globals, the ambient-job "

@@ -5,7 +5,8 @@ when a C compiler is at hand. It holds a compiled twin of the few functions
 every job change runs (see ``_speedups.c``); everything else, and the whole
 reference behaviour, is Python. Without the extension (no compiler, another
 Python implementation, or ``SEENN_NO_EXTENSIONS=1`` in the environment) seenn
-runs the Python twins, which behave the same, only slower.
+runs the Python twins, which behave the same, only slower. A sub-interpreter
+runs them too.
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def _load() -> ModuleType | None:
         return None
     # A module built from another version of _speedups.c (a stale build left
     # beside the source) would not match the Python around it.
-    return _speedups if _speedups.API_VERSION == API_VERSION else None
+    # The module's bound state is per process: a sub-interpreter runs the Python twins.
+    if _speedups.API_VERSION != API_VERSION or not _speedups.usable():
+        return None
+    return _speedups
 
 
 speedups = _load()

@@ -318,7 +318,11 @@ class JobCore(_JobSlots):
                         self._result = result
                     self._emit("completed")
                     return
-        elif HANDED <= self._state < COMPLETED:
+            # Another thread ended the job or handed it off meanwhile: decide again
+            # (a handed-off job is left to the process that goes on with it).
+            self._succeed(result)
+            return
+        if HANDED <= self._state < COMPLETED:
             self._leave_handed_off()
             return
         self._finish("completed", result, None, None, None, warn=False)
