@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import sys
+from collections import UserString
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from typing import Any
@@ -38,6 +39,24 @@ def configured_block(tracker: seenn.Tracker) -> None:
     with tracker.track("t", user_id="u") as job:
         for value in (0, 10, 10, 11, 50, 50, 99, 100):
             job.set_progress(value)
+
+
+@scenario
+def track_arguments(tracker: seenn.Tracker) -> None:
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        (("t",), {"user_id": "new-user"}), (("t",), {"user_id": "new-user"}),
+        (("another type",), {}), (("t",), {"user_id": None}), (("t",), {"title": "x"}),
+        (("t",), {"user_id": UserString("u")}), (("t",), {"user_id": ""}), ((5,), {}),
+        (("",), {}), (("t",), {"colour": 1}), ((), {"job_type": "t"}), (("t", "u"), {}),
+        (("t",), {"user_id": "u\x00"}), ((UserString("t"),), {}),
+    ]
+    for args, kwargs in calls:
+        try:
+            with tracker.track(*args, **kwargs) as job:
+                job.set_progress(1)
+            print(json.dumps({"made": [job.job_type, job.user_id, job.title]}))
+        except (seenn.ValidationError, TypeError) as exc:
+            print(json.dumps({"refused": f"{type(exc).__name__}: {exc}"}))
 
 
 @scenario

@@ -51,7 +51,7 @@ def _built() -> bool:
 
 
 def test_the_compiled_hot_path_answers_when_built() -> None:
-    """With the extension built and not turned off, TrackedJob's hot methods are compiled."""
+    """With the extension built and not turned off, the hot methods are compiled."""
     from seenn._instrumentation.job import TrackedJob
 
     compiled = accel.speedups is not None
@@ -60,6 +60,8 @@ def test_the_compiled_hot_path_answers_when_built() -> None:
         assert (type(getattr(TrackedJob, name)).__name__ == "method_descriptor") == compiled
     fallbacks = ("_enter_full", "_exit_full", "_set_progress_full")
     assert all(hasattr(TrackedJob, name) for name in fallbacks) == compiled
+    assert (type(seenn.Tracker.track).__name__ == "method_descriptor") == compiled
+    assert hasattr(seenn.Tracker, "_track_full") == compiled
 
 
 def test_the_environment_variable_turns_it_off() -> None:

@@ -243,6 +243,7 @@ static PyObject *s_enter_full, *s_exit_full, *s_set_progress_full, *s_processors
     *d_result, *d_error, *d_retryable;
 
 static PyObject *small_minus_one, *small_zero, *small_one, *small_five, *small_hundred;
+static PyObject *g_empty_tuple;
 
 /* Read-only state numbers (see seenn._instrumentation.states). */
 enum { S_RUNNING = 1, S_QUEUED = 2, S_HANDED = 3, S_COMPLETED = 5 };
@@ -1148,6 +1149,128 @@ static PyTypeObject JobSlotsType = FIELDS_TYPE(
     JobSlotsObject, job_new, job, job_methods);
 
 /* ------------------------------------------------------------------------ */
+/* TrackerBase                                                              */
+
+/* What bind_tracker() gave: the tracker module's globals (its caches of
+ * checked job types and user ids are looked up at each call, as Python does)
+ * and the class of the jobs it makes. */
+static PyObject *g_tracker_globals;
+static PyTypeObject *g_job_class;
+static PyObject *s_user_id, *s_track_full, *g_checked_types, *g_checked_users;
+
+/* Whether ``key`` (an exact str) is in the tracker module's dict ``name``: 1,
+ * 0 (not there, or not a plain dict: the twin decides), or -1 with an error. */
+static int
+in_cache(PyObject *name, PyObject *key)
+{
+    PyObject *cache = PyDict_GetItemWithError(g_tracker_globals, name);
+    if (cache == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    if (!PyDict_CheckExact(cache)) {
+        return 0;
+    }
+    return PyDict_Contains(cache, key);
+}
+
+static PyObject *
+tracker_track(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    /* The common call, a job type and a user id both seen (checked) before:
+     * Tracker.track's fast path, written out. Anything else is _track_full's. */
+    if (g_tracker_globals == NULL || nargs != 1) {
+        goto full;
+    }
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nkw > 1 || (nkw == 1 && !str_equals(PyTuple_GET_ITEM(kwnames, 0), s_user_id))) {
+        goto full;
+    }
+    PyObject *job_type = args[0];
+    PyObject *user_id = nkw == 1 ? args[1] : Py_None;
+    if (!PyUnicode_CheckExact(job_type)) {
+        goto full;
+    }
+    int seen = in_cache(g_checked_types, job_type);
+    if (seen > 0 && user_id != Py_None) {
+        seen = PyUnicode_CheckExact(user_id) ? in_cache(g_checked_users, user_id) : 0;
+    }
+    if (seen < 0) {
+        return NULL;
+    }
+    if (seen == 0) {
+        goto full;
+    }
+    /* TrackedJob() (it has no __init__: an allocation) and the stores of the twin. */
+    PyObject *job = job_new(g_job_class, g_empty_tuple, NULL);
+    if (job == NULL) {
+        return NULL;
+    }
+    JobSlotsObject *made = (JobSlotsObject *)job;
+    Py_INCREF(self);
+    made->tracker = self;
+    Py_INCREF(job_type);
+    made->job_type = job_type;
+    Py_INCREF(user_id);
+    made->user_id = user_id;
+    Py_INCREF(small_zero);
+    made->progress = small_zero;
+    Py_INCREF(Py_None);
+    made->lock = Py_None;
+    Py_INCREF(small_zero);
+    made->state = small_zero;
+    return job;
+
+full:
+    return delegate(self, s_track_full, args, nargs, kwnames);
+}
+
+static PyMethodDef tracker_methods[] = {
+    {"track", (PyCFunction)(void (*)(void))tracker_track, METH_FASTCALL | METH_KEYWORDS,
+     PyDoc_STR("track($self, job_type, /, *, user_id=None, **options)\n--\n\n"
+               "Make a job to run as a with (or async with) block.\n\n"
+               "Options: title, metadata, queue, stage, stages, job_id, retryable.\n"
+               "Raises ValidationError for a bad argument. (The compiled twin of the\n"
+               "documented Tracker.track.)")},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TrackerBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "seenn._core._speedups.TrackerBase",
+    .tp_doc = PyDoc_STR("The compiled fast path of Tracker.track."),
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = PyType_GenericNew,
+    .tp_methods = tracker_methods,
+};
+
+static PyObject *
+speedups_bind_tracker(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *globals, *job_class;
+    if (!PyArg_ParseTuple(args, "O!O!:bind_tracker", &PyDict_Type, &globals, &PyType_Type,
+                          &job_class)) {
+        return NULL;
+    }
+    PyTypeObject *tp = (PyTypeObject *)job_class;
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_RuntimeError, "seenn._core._speedups binds only in the main "
+                        "interpreter");
+        return NULL;
+    }
+    if (!PyType_IsSubtype(tp, &JobSlotsType) || tp->tp_init != PyBaseObject_Type.tp_init
+            || tp->tp_new != JobSlotsType.tp_new) {
+        PyErr_SetString(PyExc_TypeError, "the job class must be a JobSlots with no __init__");
+        return NULL;
+    }
+    Py_INCREF(globals);
+    Py_XSETREF(g_tracker_globals, globals);
+    Py_INCREF(job_class);
+    Py_XSETREF(g_job_class, tp);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------ */
 /* Module                                                                   */
 
 static PyObject *
@@ -1215,6 +1338,10 @@ speedups_bind(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 static PyMethodDef speedups_methods[] = {
+    {"bind_tracker", speedups_bind_tracker, METH_VARARGS,
+     PyDoc_STR("bind_tracker($module, globals, job_class, /)\n--\n\n"
+               "Give Tracker.track's compiled twin the tracker module's globals and "
+               "the class of the jobs it makes.")},
     {"usable", speedups_usable, METH_NOARGS,
      PyDoc_STR("usable($module, /)\n--\n\n"
                "Whether this interpreter may use the module (only the main one may).")},
@@ -1250,7 +1377,8 @@ PyInit__speedups(void)
         event_members[i].flags = 0;
         event_members[i].doc = NULL;
     }
-    if (PyType_Ready(&EventSlotsType) < 0 || PyType_Ready(&JobSlotsType) < 0) {
+    if (PyType_Ready(&EventSlotsType) < 0 || PyType_Ready(&JobSlotsType) < 0
+            || PyType_Ready(&TrackerBaseType) < 0) {
         return NULL;
     }
     if (intern(&s_enter_full, "_enter_full") < 0 || intern(&s_exit_full, "_exit_full") < 0
@@ -1260,6 +1388,9 @@ PyInit__speedups(void)
             || intern(&s_is_valid, "is_valid") < 0 || intern(&s_trace_id, "trace_id") < 0
             || intern(&s_span_id, "span_id") < 0 || intern(&s_id, "id") < 0
             || intern(&s_fmt_trace, "032x") < 0 || intern(&s_fmt_span, "016x") < 0
+            || intern(&s_user_id, "user_id") < 0 || intern(&s_track_full, "_track_full") < 0
+            || intern(&g_checked_types, "_checked_types") < 0
+            || intern(&g_checked_users, "_checked_users") < 0
             || intern(&s_adopt, "_adopt") < 0 || intern(&s_started, "started") < 0 || intern(&s_progress, "progress") < 0
             || intern(&s_acquire, "acquire") < 0 || intern(&s_release, "release") < 0
             || intern(&g_lock, "_Lock") < 0
@@ -1283,8 +1414,9 @@ PyInit__speedups(void)
     small_one = PyLong_FromLong(1);
     small_five = PyLong_FromLong(5);
     small_hundred = PyLong_FromLong(100);
+    g_empty_tuple = PyTuple_New(0);
     if (small_minus_one == NULL || small_zero == NULL || small_one == NULL || small_five == NULL
-            || small_hundred == NULL) {
+            || small_hundred == NULL || g_empty_tuple == NULL) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&speedups_module);
@@ -1305,7 +1437,7 @@ PyInit__speedups(void)
         }
         PyTuple_SET_ITEM(fields, i, name);
     }
-    if (PyModule_AddIntConstant(module, "API_VERSION", 1) < 0) {
+    if (PyModule_AddIntConstant(module, "API_VERSION", 2) < 0) {
         Py_DECREF(fields);
         Py_DECREF(module);
         return NULL;
@@ -1324,6 +1456,12 @@ PyInit__speedups(void)
     Py_INCREF(&JobSlotsType);
     if (PyModule_AddObject(module, "JobSlots", (PyObject *)&JobSlotsType) < 0) {
         Py_DECREF(&JobSlotsType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&TrackerBaseType);
+    if (PyModule_AddObject(module, "TrackerBase", (PyObject *)&TrackerBaseType) < 0) {
+        Py_DECREF(&TrackerBaseType);
         Py_DECREF(module);
         return NULL;
     }

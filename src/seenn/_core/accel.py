@@ -16,7 +16,7 @@ from types import ModuleType
 
 __all__ = ["API_VERSION", "DISABLE_ENV", "speedups"]
 
-API_VERSION = 1
+API_VERSION = 2
 """The version of ``_speedups.c`` this Python matches (its ``API_VERSION``)."""
 
 DISABLE_ENV = "SEENN_NO_EXTENSIONS"

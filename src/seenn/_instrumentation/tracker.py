@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
+from seenn._core.accel import speedups
 from seenn._core.models import Queue, Stage
 from seenn._core.pipeline import internal_error, is_strict
 from seenn._core.validation import MAX_JOB_TYPE, MAX_USER_ID, check_option_names, check_text
@@ -18,6 +19,7 @@ from seenn._instrumentation.context import with_current_job as _with_current_job
 from seenn._instrumentation.decorator import ResultMapper, job_decorator
 from seenn._instrumentation.iteration import iterate as _iterate
 from seenn._instrumentation.job import StageScope, TrackedJob, new_job
+from seenn._instrumentation.lifecycle import use_compiled
 from seenn._instrumentation.outcomes import RetryRule
 from seenn._instrumentation.plan import StagePlan
 
@@ -82,7 +84,18 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE
 
 
-class Tracker:
+if TYPE_CHECKING or speedups is None:
+    class _TrackerBase:
+        """The base of ``Tracker``: nothing here, or with the compiled hot path
+        ``seenn._core._speedups.TrackerBase``, whose ``track`` makes the common
+        job (see ``use_compiled`` at the end of this module)."""
+
+        __slots__ = ()
+else:
+    _TrackerBase = speedups.TrackerBase
+
+
+class Tracker(_TrackerBase):
     """Makes tracked jobs and owns the processors their events go to.
 
     ``seenn.track``, ``seenn.job``, ``seenn.configure`` and the other facade
@@ -414,3 +427,8 @@ class Tracker:
                 internal_error(f"{type(processor).__name__}.shutdown()", exc, ())
                 if is_strict():
                     raise
+
+
+use_compiled(Tracker, {"track": "_track_full"})
+if speedups is not None:
+    speedups.bind_tracker(globals(), TrackedJob)
