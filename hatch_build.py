@@ -26,7 +26,7 @@ SOURCE = Path("src/seenn/_core/_speedups.c")
 PACKAGE_DIR = "seenn/_core"
 
 
-def _compile(source: Path, target: Path) -> str | None:
+def _compile(source: Path, target: Path, timeout: float = 300) -> str | None:
     """Compile ``source`` into the extension module ``target``; return why not, or ``None``."""
     if platform.python_implementation() != "CPython":
         return f"{platform.python_implementation()} runs the pure-Python code"
@@ -36,9 +36,12 @@ def _compile(source: Path, target: Path) -> str | None:
         return "this Python does not say how to build extensions"
     command = [*shlex.split(link), "-O2", "-fPIC", f"-I{include}", str(source), "-o", str(target)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              check=False)
     except OSError as exc:
         return f"{command[0]}: {exc}"
+    except subprocess.TimeoutExpired:
+        return f"{command[0]} took more than {timeout:g} s"
     if done.returncode != 0:
         return f"{' '.join(command)} failed:\n{done.stderr.strip()}"
     return None

@@ -149,6 +149,20 @@ def test_the_build_compiles_the_extension(tmp_path: Path) -> None:
     assert done.stdout.split() == [str(accel.API_VERSION), "20"]
 
 
+def test_a_compiler_that_never_ends_is_given_up(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hung compiler does not hang the install: it is stopped and the build goes on."""
+    hook = _build_hook()
+    real = sysconfig.get_config_var
+
+    def hung(name: str) -> object:  # a "compiler" that waits forever
+        return "sh -c 'exec tail -f /dev/null' --" if name == "LDSHARED" else real(name)
+
+    monkeypatch.setattr(sysconfig, "get_config_var", hung)
+    why = hook._compile(SOURCE, tmp_path / "x.so", timeout=0.5)  # type: ignore[attr-defined]
+    assert why is not None and "took more than 0.5 s" in why
+
+
 def test_a_failed_compile_says_why_and_builds_nothing(tmp_path: Path) -> None:
     """Without a working compile the build goes on (pure Python), with the reason."""
     hook = _build_hook()
