@@ -60,6 +60,25 @@ def track_arguments(tracker: seenn.Tracker) -> None:
 
 
 @scenario
+def deleted_fields(tracker: seenn.Tracker) -> None:
+    # A job's own value deleted: its events carry the default (None) again.
+    with tracker.track("t") as job:
+        job.set_progress(1, message="m")
+        job._title = "title"
+        del job._title, job._message
+        job.set_progress(2)
+    with tracker.track("t") as job:  # without a sequence no event is made: logged
+        del job._seq
+        job.set_progress(3)
+    try:  # without processors to hand it to, the event's change raises
+        with tracker.track("t") as job:
+            del job._procs
+            job.set_progress(3)
+    except AttributeError as exc:
+        print(json.dumps({"raised": str(exc)}))
+
+
+@scenario
 def options_and_odd_values(tracker: seenn.Tracker) -> None:
     with tracker.track("t") as job:
         job.set_progress(12.9)

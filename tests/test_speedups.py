@@ -107,6 +107,22 @@ def test_the_pure_python_twin_passes_the_tracking_tests() -> None:
     assert " passed" in done.stdout and "skipped" not in done.stdout
 
 
+def test_track_makes_the_class_the_module_names_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """track()'s common call makes whatever TrackedJob the tracker module holds, as its twin."""
+    from seenn._instrumentation import tracker as tracker_module
+
+    class Special(seenn.TrackedJob):
+        pass
+
+    monkeypatch.setattr(tracker_module, "TrackedJob", Special)
+    tracker = seenn.Tracker()
+    for _ in range(2):  # the first checks the type, the second the user id: both cached
+        tracker.track("special-type", user_id="special-user")
+    from seenn._instrumentation.tracker import _checked_types, _checked_users
+    assert "special-type" in _checked_types and "special-user" in _checked_users
+    assert type(tracker.track("special-type", user_id="special-user")) is Special
+
+
 def test_jobs_and_events_in_a_cycle_are_collected() -> None:
     """A finished job in a reference cycle through its own fields, and its events, are freed."""
     exporter = InMemoryExporter()

@@ -238,9 +238,7 @@ static PyObject *s_enter_full, *s_exit_full, *s_set_progress_full, *s_processors
     *s_get, *s_get_span_context, *s_is_valid, *s_trace_id, *s_span_id, *s_id, *s_fmt_trace,
     *s_fmt_span, *s_adopt, *s_started, *s_progress, *s_completed, *s_failed, *s_acquire, *s_release, *s_building, *s_dash,
     *g_time, *g_new_job_id, *g_current_context, *g_span_key, *g_span, *g_status,
-    *g_internal_error, *g_is_strict, *g_restore, *g_lock,
-    *d_id, *d_parent, *d_title, *d_message, *d_stage, *d_queue, *d_metadata, *d_child_index,
-    *d_result, *d_error, *d_retryable;
+    *g_internal_error, *g_is_strict, *g_restore, *g_lock;
 
 static PyObject *small_minus_one, *small_zero, *small_one, *small_five, *small_hundred;
 static PyObject *g_empty_tuple;
@@ -311,12 +309,14 @@ chain_context(PyObject *type, PyObject *value, PyObject *tb)
     if (type == NULL) {
         return;
     }
+    /* The new error is taken out first: normalizing the old one may call its
+     * class, which must not run with an error set. */
+    PyObject *new_type, *new_value, *new_tb;
+    PyErr_Fetch(&new_type, &new_value, &new_tb);
     PyErr_NormalizeException(&type, &value, &tb);
     if (value != NULL && tb != NULL) {
         PyException_SetTraceback(value, tb);
     }
-    PyObject *new_type, *new_value, *new_tb;
-    PyErr_Fetch(&new_type, &new_value, &new_tb);
     PyErr_NormalizeException(&new_type, &new_value, &new_tb);
     if (new_value != NULL && value != NULL) {
         /* No cycle: the new error must not already be in the old one's chain. */
@@ -376,15 +376,21 @@ store(PyObject **slot, PyObject *value)
     return 0;
 }
 
-/* ``self.<name>``, kept in ``field``: a new reference, or AttributeError if
- * it was deleted (as reading a deleted slot raises). */
-static PyObject *
-job_attr(JobSlotsObject *self, PyObject *field, PyObject *name)
+/* The AttributeError Python raises for a field read after it was deleted. */
+static int
+missing(JobSlotsObject *self, const char *name)
 {
-    if (field == NULL) {
-        PyErr_SetObject(PyExc_AttributeError, name);
-        return NULL;
-    }
+    PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute '%s'",
+                 Py_TYPE(self)->tp_name, name);
+    return -1;
+}
+
+/* ``self.<name>`` for a field whose Python twin is a class default of None
+ * (deleting the job's own value brings the default back): a new reference. */
+static PyObject *
+job_attr(PyObject *field)
+{
+    field = field == NULL ? Py_None : field;
     Py_INCREF(field);
     return field;
 }
@@ -519,7 +525,7 @@ static int
 record_eta(JobSlotsObject *self, PyObject *progress, PyObject *now)
 {
     if (self->eta_p == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_eta_p");
+        missing(self, "_eta_p");
         return -1;
     }
     PyObject *last = self->eta_p;
@@ -535,7 +541,7 @@ record_eta(JobSlotsObject *self, PyObject *progress, PyObject *now)
     Py_XSETREF(self->eta_at, now);
     PyObject *next_mark = self->eta_next;
     if (next_mark == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_eta_next");
+        missing(self, "_eta_next");
         return -1;
     }
     Py_INCREF(next_mark);
@@ -554,7 +560,7 @@ record_eta(JobSlotsObject *self, PyObject *progress, PyObject *now)
     if (started) {
         PyObject *marks = self->eta_marks;
         if (marks == NULL) {
-            PyErr_SetString(PyExc_AttributeError, "_eta_marks");
+            missing(self, "_eta_marks");
             return -1;
         }
         if (PyList_CheckExact(marks)) {
@@ -597,7 +603,7 @@ build_event(JobSlotsObject *self, PyObject *kind, PyObject **job_id_out)
     EventSlotsObject *event = NULL;
 
     if (self->seq == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_seq");
+        missing(self, "_seq");
         return NULL;
     }
     PyObject *seq = self->seq;
@@ -610,7 +616,7 @@ build_event(JobSlotsObject *self, PyObject *kind, PyObject **job_id_out)
     if (now == NULL) {
         goto error;
     }
-    if ((job_id = job_attr(self, self->id, d_id)) == NULL) {
+    if ((job_id = job_attr(self->id)) == NULL) {
         goto error;
     }
     if (job_id == Py_None) {
@@ -621,7 +627,7 @@ build_event(JobSlotsObject *self, PyObject *kind, PyObject **job_id_out)
         Py_INCREF(job_id);
         Py_XSETREF(self->id, job_id);
     }
-    parent = job_attr(self, self->parent, d_parent);
+    parent = job_attr(self->parent);
     if (parent == NULL) {
         goto error;
     }
@@ -634,16 +640,17 @@ build_event(JobSlotsObject *self, PyObject *kind, PyObject **job_id_out)
     f[EV_KIND] = kind;
     Py_INCREF(job_id);
     f[EV_JOB_ID] = job_id;
-    if (self->job_type == NULL || self->user_id == NULL || self->state == NULL
-            || self->progress == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "a job field is missing");
+    if ((self->job_type == NULL && missing(self, "_job_type") < 0)
+            || (self->user_id == NULL && missing(self, "_user_id") < 0)
+            || (self->state == NULL && missing(self, "_state") < 0)
+            || (self->progress == NULL && missing(self, "_progress") < 0)) {
         goto error;
     }
     Py_INCREF(self->job_type);
     f[EV_JOB_TYPE] = self->job_type;
     Py_INCREF(self->user_id);
     f[EV_USER_ID] = self->user_id;
-    if ((f[EV_TITLE] = job_attr(self, self->title, d_title)) == NULL) {
+    if ((f[EV_TITLE] = job_attr(self->title)) == NULL) {
         goto error;
     }
     if ((f[EV_STATUS] = PyObject_GetItem(b_status, self->state)) == NULL) {
@@ -652,10 +659,10 @@ build_event(JobSlotsObject *self, PyObject *kind, PyObject **job_id_out)
     PyObject *progress = self->progress;
     Py_INCREF(progress);
     f[EV_PROGRESS] = progress;
-    if ((f[EV_MESSAGE] = job_attr(self, self->message, d_message)) == NULL
-            || (f[EV_STAGE] = job_attr(self, self->stage, d_stage)) == NULL
-            || (f[EV_QUEUE] = job_attr(self, self->queue, d_queue)) == NULL
-            || (f[EV_METADATA] = job_attr(self, self->metadata, d_metadata)) == NULL) {
+    if ((f[EV_MESSAGE] = job_attr(self->message)) == NULL
+            || (f[EV_STAGE] = job_attr(self->stage)) == NULL
+            || (f[EV_QUEUE] = job_attr(self->queue)) == NULL
+            || (f[EV_METADATA] = job_attr(self->metadata)) == NULL) {
         goto error;
     }
     if (parent == Py_None) {
@@ -665,7 +672,7 @@ build_event(JobSlotsObject *self, PyObject *kind, PyObject **job_id_out)
     else if ((f[EV_PARENT_ID] = PyObject_GetAttr(parent, s_id)) == NULL) {
         goto error;
     }
-    if ((f[EV_CHILD_INDEX] = job_attr(self, self->child_index, d_child_index)) == NULL) {
+    if ((f[EV_CHILD_INDEX] = job_attr(self->child_index)) == NULL) {
         goto error;
     }
     f[EV_SEQUENCE] = seq;
@@ -673,7 +680,7 @@ build_event(JobSlotsObject *self, PyObject *kind, PyObject **job_id_out)
     Py_INCREF(now);
     f[EV_TIMESTAMP] = now;
     if (str_equals(kind, s_completed)) {
-        if ((f[EV_RESULT] = job_attr(self, self->result, d_result)) == NULL) {
+        if ((f[EV_RESULT] = job_attr(self->result)) == NULL) {
             goto error;
         }
         Py_INCREF(Py_None);
@@ -684,8 +691,8 @@ build_event(JobSlotsObject *self, PyObject *kind, PyObject **job_id_out)
     else if (str_equals(kind, s_failed)) {
         Py_INCREF(Py_None);
         f[EV_RESULT] = Py_None;
-        if ((f[EV_ERROR] = job_attr(self, self->error, d_error)) == NULL
-                || (f[EV_RETRYABLE] = job_attr(self, self->retryable, d_retryable)) == NULL) {
+        if ((f[EV_ERROR] = job_attr(self->error)) == NULL
+                || (f[EV_RETRYABLE] = job_attr(self->retryable)) == NULL) {
             goto error;
         }
     }
@@ -730,7 +737,7 @@ job_emit(JobSlotsObject *self, PyObject *kind)
          * exporter would. */
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
-        PyObject *id = job_attr(self, self->id, d_id);
+        PyObject *id = job_attr(self->id);
         int truthy = id == NULL ? -1 : PyObject_IsTrue(id);
         if (truthy < 0) {
             Py_XDECREF(id);
@@ -747,7 +754,7 @@ job_emit(JobSlotsObject *self, PyObject *kind)
     }
     PyObject *procs = self->procs;
     if (procs == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_procs");
+        missing(self, "_procs");
         goto fail;
     }
     Py_INCREF(procs);
@@ -887,7 +894,7 @@ reset_token(JobSlotsObject *self)
 {
     PyObject *token = self->token;
     if (token == NULL) {  /* deleted by a processor meanwhile: as the twin reads it */
-        PyErr_SetString(PyExc_AttributeError, "_token");
+        missing(self, "_token");
         return -1;
     }
     Py_INCREF(token);
@@ -944,7 +951,7 @@ job_enter(JobSlotsObject *self, PyObject *Py_UNUSED(ignored))
     Py_XSETREF(self->state, small_one);  /* RUNNING */
     PyObject *tracker = self->tracker;
     if (tracker == NULL) {  /* deleted by _adopt(): as the twin reads it */
-        PyErr_SetString(PyExc_AttributeError, "_tracker");
+        missing(self, "_tracker");
         return NULL;
     }
     Py_INCREF(tracker);
@@ -996,7 +1003,7 @@ exit_failed(JobSlotsObject *self)
     PyErr_Fetch(&type, &value, &tb);
     PyObject *token = self->token;
     if (token == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_token");
+        missing(self, "_token");
         chain_context(type, value, tb);
         return NULL;
     }
@@ -1156,7 +1163,7 @@ static PyTypeObject JobSlotsType = FIELDS_TYPE(
  * and the class of the jobs it makes. */
 static PyObject *g_tracker_globals;
 static PyTypeObject *g_job_class;
-static PyObject *s_user_id, *s_track_full, *g_checked_types, *g_checked_users;
+static PyObject *s_user_id, *s_track_full, *s_tracked_job, *g_checked_types, *g_checked_users;
 
 /* Whether ``key`` (an exact str) is in the tracker module's dict ``name``: 1,
  * 0 (not there, or not a plain dict: the twin decides), or -1 with an error. */
@@ -1170,7 +1177,10 @@ in_cache(PyObject *name, PyObject *key)
     if (!PyDict_CheckExact(cache)) {
         return 0;
     }
-    return PyDict_Contains(cache, key);
+    Py_INCREF(cache);  /* held: a lookup may run code (keys of other types) */
+    int found = PyDict_Contains(cache, key);
+    Py_DECREF(cache);
+    return found;
 }
 
 static PyObject *
@@ -1200,7 +1210,17 @@ tracker_track(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (seen == 0) {
         goto full;
     }
-    /* TrackedJob() (it has no __init__: an allocation) and the stores of the twin. */
+    /* TrackedJob() (it has no __init__: an allocation) and the stores of the
+     * twin; unless the module's TrackedJob is another class now, or has an
+     * __init__ or __new__ of its own. */
+    PyObject *job_class = PyDict_GetItemWithError(g_tracker_globals, s_tracked_job);
+    if (job_class == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (job_class != (PyObject *)g_job_class || g_job_class->tp_new != job_new
+            || g_job_class->tp_init != PyBaseObject_Type.tp_init) {
+        goto full;
+    }
     PyObject *job = job_new(g_job_class, g_empty_tuple, NULL);
     if (job == NULL) {
         return NULL;
@@ -1312,21 +1332,25 @@ speedups_bind(PyObject *Py_UNUSED(module), PyObject *args)
         }
         return NULL;
     }
+    Py_INCREF(span_key);
+    Py_INCREF(status);
     PyObject *make_lock = PyDict_GetItemWithError(globals, g_lock);
+    Py_XINCREF(make_lock);  /* held while it runs, as the two above */
     PyObject *probe = make_lock == NULL ? NULL : PyObject_CallNoArgs(make_lock);
+    Py_XDECREF(make_lock);
     if (probe == NULL) {
         if (!PyErr_Occurred()) {
             PyErr_SetString(PyExc_KeyError, "_Lock must be bound");
         }
+        Py_DECREF(span_key);
+        Py_DECREF(status);
         return NULL;
     }
     PyTypeObject *lock_type = Py_TYPE(probe);
     Py_INCREF(lock_type);
     Py_DECREF(probe);
     Py_XSETREF(g_lock_type, lock_type);
-    Py_INCREF(span_key);
     Py_XSETREF(b_span_key, span_key);
-    Py_INCREF(status);
     Py_XSETREF(b_status, status);
     Py_INCREF(globals);
     Py_XSETREF(g_globals, globals);
@@ -1388,7 +1412,7 @@ PyInit__speedups(void)
             || intern(&s_is_valid, "is_valid") < 0 || intern(&s_trace_id, "trace_id") < 0
             || intern(&s_span_id, "span_id") < 0 || intern(&s_id, "id") < 0
             || intern(&s_fmt_trace, "032x") < 0 || intern(&s_fmt_span, "016x") < 0
-            || intern(&s_user_id, "user_id") < 0 || intern(&s_track_full, "_track_full") < 0
+            || intern(&s_user_id, "user_id") < 0 || intern(&s_tracked_job, "TrackedJob") < 0 || intern(&s_track_full, "_track_full") < 0
             || intern(&g_checked_types, "_checked_types") < 0
             || intern(&g_checked_users, "_checked_users") < 0
             || intern(&s_adopt, "_adopt") < 0 || intern(&s_started, "started") < 0 || intern(&s_progress, "progress") < 0
@@ -1400,13 +1424,7 @@ PyInit__speedups(void)
             || intern(&g_current_context, "current_context") < 0
             || intern(&g_span_key, "SPAN_KEY") < 0 || intern(&g_span, "Span") < 0
             || intern(&g_status, "STATUS") < 0 || intern(&g_internal_error, "internal_error") < 0
-            || intern(&g_is_strict, "is_strict") < 0 || intern(&g_restore, "_restore") < 0
-            || intern(&d_id, "_id") < 0 || intern(&d_parent, "_parent") < 0
-            || intern(&d_title, "_title") < 0 || intern(&d_message, "_message") < 0
-            || intern(&d_stage, "_stage") < 0 || intern(&d_queue, "_queue") < 0
-            || intern(&d_metadata, "_metadata") < 0 || intern(&d_child_index, "_child_index") < 0
-            || intern(&d_result, "_result") < 0 || intern(&d_error, "_error") < 0
-            || intern(&d_retryable, "_retryable") < 0) {
+            || intern(&g_is_strict, "is_strict") < 0 || intern(&g_restore, "_restore") < 0) {
         return NULL;
     }
     small_minus_one = PyLong_FromLong(-1);
