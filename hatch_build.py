@@ -1,8 +1,9 @@
 """Build the optional C extension ``seenn._core._speedups`` when a C compiler is at hand.
 
-Hatchling runs this for wheels and editable installs. The extension is one C
-file with no dependency but Python's headers, so it is compiled directly with
-the compiler and flags Python was built with (``sysconfig``). Whatever goes
+Hatchling runs this for wheels and editable installs. The extension is a few C
+files (``src/seenn/_core/_speedups_src/``) with no dependency but Python's
+headers, so they are compiled directly with the compiler and flags Python was
+built with (``sysconfig``). Whatever goes
 wrong (no compiler, no headers, another Python implementation), the build goes
 on without it and seenn runs its pure-Python twin: the extension only makes
 tracking cheaper. ``SEENN_NO_EXTENSIONS=1`` skips it.
@@ -22,19 +23,24 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-SOURCE = Path("src/seenn/_core/_speedups.c")
+SOURCES = Path("src/seenn/_core/_speedups_src")
 PACKAGE_DIR = "seenn/_core"
 
 
-def _compile(source: Path, target: Path, timeout: float = 300) -> str | None:
-    """Compile ``source`` into the extension module ``target``; return why not, or ``None``."""
+def _compile(sources: Path, target: Path, timeout: float = 300) -> str | None:
+    """Compile the C files in ``sources`` into the module ``target``; say why not, or ``None``."""
     if platform.python_implementation() != "CPython":
         return f"{platform.python_implementation()} runs the pure-Python code"
     link = sysconfig.get_config_var("LDSHARED")
     include = sysconfig.get_paths().get("include")
     if not link or not include:
         return "this Python does not say how to build extensions"
-    command = [*shlex.split(link), "-O2", "-fPIC", f"-I{include}", str(source), "-o", str(target)]
+    files = sorted(str(path) for path in sources.glob("*.c"))
+    if not files:
+        return f"no C files in {sources}"
+    # Only PyInit__speedups is exported: the rest are the module's own names.
+    command = [*shlex.split(link), "-O2", "-fPIC", "-fvisibility=hidden", f"-I{include}",
+               *files, "-o", str(target)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                               check=False)
@@ -48,7 +54,7 @@ def _compile(source: Path, target: Path, timeout: float = 300) -> str | None:
 
 
 class SpeedupsBuildHook(BuildHookInterface):  # type: ignore[misc]
-    """Compile ``_speedups.c`` into the wheel, or next to the source for an editable install."""
+    """Compile ``_speedups_src/`` into the wheel, or beside the sources for an editable install."""
 
     PLUGIN_NAME = "custom"
 
@@ -66,7 +72,7 @@ class SpeedupsBuildHook(BuildHookInterface):  # type: ignore[misc]
             target = root / "src" / PACKAGE_DIR / name
         else:
             target = Path(tempfile.mkdtemp(prefix="seenn-build-")) / name
-        why_not = _compile(root / SOURCE, target)
+        why_not = _compile(root / SOURCES, target)
         if why_not is not None:
             print(f"seenn: the C extension was not built; tracking runs in pure Python "
                   f"({why_not})", file=sys.stderr)

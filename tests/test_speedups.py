@@ -27,7 +27,7 @@ from seenn.exporters import SimpleProcessor
 from seenn.testing import InMemoryExporter
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "src" / "seenn" / "_core" / "_speedups.c"
+SOURCES = ROOT / "src" / "seenn" / "_core" / "_speedups_src"
 TRACKING_TESTS = ["test_track.py", "test_processors.py", "test_job_states.py",
                   "test_job_decorator.py", "test_eta_local.py", "test_stage_message.py",
                   "test_otel.py", "test_testing.py", "test_propagation.py"]
@@ -152,7 +152,7 @@ def test_the_build_compiles_the_extension(tmp_path: Path) -> None:
     """hatch_build.py's compiler call makes a module that imports and runs a job."""
     hook = _build_hook()
     target = tmp_path / ("_speedups" + sysconfig.get_config_var("EXT_SUFFIX"))
-    assert hook._compile(SOURCE, target) is None  # type: ignore[attr-defined]
+    assert hook._compile(SOURCES, target) is None  # type: ignore[attr-defined]
     script = textwrap.dedent(f"""
         import importlib.util
         spec = importlib.util.spec_from_file_location("seenn._core._speedups", {str(target)!r})
@@ -175,17 +175,16 @@ def test_a_compiler_that_never_ends_is_given_up(tmp_path: Path,
         return "sh -c 'exec tail -f /dev/null' --" if name == "LDSHARED" else real(name)
 
     monkeypatch.setattr(sysconfig, "get_config_var", hung)
-    why = hook._compile(SOURCE, tmp_path / "x.so", timeout=0.5)  # type: ignore[attr-defined]
+    why = hook._compile(SOURCES, tmp_path / "x.so", timeout=0.5)  # type: ignore[attr-defined]
     assert why is not None and "took more than 0.5 s" in why
 
 
 def test_a_failed_compile_says_why_and_builds_nothing(tmp_path: Path) -> None:
     """Without a working compile the build goes on (pure Python), with the reason."""
     hook = _build_hook()
-    broken = tmp_path / "broken.c"
-    broken.write_text("this is not C\n")
+    (tmp_path / "broken.c").write_text("this is not C\n")
     target = tmp_path / "broken.so"
-    why = hook._compile(broken, target)  # type: ignore[attr-defined]
+    why = hook._compile(tmp_path, target)  # type: ignore[attr-defined]
     assert why is not None and "failed" in why
     assert not target.exists()
 

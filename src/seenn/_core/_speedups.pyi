@@ -1,4 +1,4 @@
-"""Types of the optional C extension (``_speedups.c``); see ``seenn._core.accel``."""
+"""Types of the optional C extension (``_speedups_src/``); see ``seenn._core.accel``."""
 
 from contextvars import ContextVar
 from typing import Any

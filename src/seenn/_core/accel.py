@@ -2,7 +2,7 @@
 
 ``seenn._core._speedups`` is an optional C extension, built by ``pip install``
 when a C compiler is at hand. It holds a compiled twin of the few functions
-every job change runs (see ``_speedups.c``); everything else, and the whole
+every job change runs (see ``_speedups_src/speedups.h``); everything else, and the whole
 reference behaviour, is Python. Without the extension (no compiler, another
 Python implementation, or ``SEENN_NO_EXTENSIONS=1`` in the environment) seenn
 runs the Python twins, which behave the same, only slower. A sub-interpreter
@@ -17,7 +17,7 @@ from types import ModuleType
 __all__ = ["API_VERSION", "DISABLE_ENV", "speedups"]
 
 API_VERSION = 2
-"""The version of ``_speedups.c`` this Python matches (its ``API_VERSION``)."""
+"""The version of ``_speedups_src/`` this Python matches (its ``API_VERSION``)."""
 
 DISABLE_ENV = "SEENN_NO_EXTENSIONS"
 """Set to anything but ``""`` or ``"0"`` to run the pure-Python hot path."""
@@ -30,7 +30,7 @@ def _load() -> ModuleType | None:
         from seenn._core import _speedups
     except ImportError:
         return None
-    # A module built from another version of _speedups.c (a stale build left
+    # A module built from another version of _speedups_src/ (a stale build left
     # beside the source) would not match the Python around it.
     # The module's bound state is per process: a sub-interpreter runs the Python twins.
     if _speedups.API_VERSION != API_VERSION or not _speedups.usable():
