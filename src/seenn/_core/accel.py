@@ -12,9 +12,10 @@ runs them too.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from types import ModuleType
 
-__all__ = ["API_VERSION", "DISABLE_ENV", "speedups"]
+__all__ = ["API_VERSION", "DISABLE_ENV", "speedups", "use_compiled"]
 
 API_VERSION = 2
 """The version of ``_speedups_src/`` this Python matches (its ``API_VERSION``)."""
@@ -39,3 +40,19 @@ def _load() -> ModuleType | None:
 
 
 speedups = _load()
+
+
+def use_compiled(cls: type, methods: Mapping[str, str | None]) -> None:
+    """Let the compiled twins, on a base class of ``cls``, answer ``methods`` of ``cls``.
+
+    Each Python method moves to the name given, where the compiled twin hands
+    every call it does not finish itself (or, for ``None``, it goes: the twin
+    does all of it). Without the compiled hot path this does nothing.
+    """
+    if speedups is None:
+        return
+    for name, fallback in methods.items():
+        method = cls.__dict__[name]
+        delattr(cls, name)
+        if fallback is not None:
+            setattr(cls, fallback, method)

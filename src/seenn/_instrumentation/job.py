@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from seenn._core.accel import use_compiled
 from seenn._core.models import JobError, JobResult, JobStatus, Queue, Stage
 from seenn._core.validation import (
     MAX_JOB_TYPE,
@@ -28,7 +29,7 @@ from seenn._core.validation import (
     coerce_result,
     fail,
 )
-from seenn._instrumentation.lifecycle import CURRENT_JOB, JobCore, ProcessorSource, use_compiled
+from seenn._instrumentation.lifecycle import CURRENT_JOB, JobCore, ProcessorSource
 from seenn._instrumentation.outcomes import RetryRule, check_retry_rule, error_from_exception
 from seenn._instrumentation.plan import StagePlan, check_plan
 from seenn._instrumentation.states import (

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
-from seenn._core.accel import speedups
+from seenn._core.accel import speedups, use_compiled
 from seenn._core.eta_live import estimate_run, prior
 from seenn._core.events import SPAN_KEY, EventBuilder, EventKind, JobEvent, Span, current_context
 from seenn._core.models import JobError, JobResult, Queue, Stage
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from seenn._core.eta import Eta
     from seenn._core.pipeline import Processor
 
-__all__ = ["CURRENT_JOB", "JobCore", "ProcessorSource", "use_compiled"]
+__all__ = ["CURRENT_JOB", "JobCore", "ProcessorSource"]
 
 
 CURRENT_JOB: ContextVar[JobCore | None] = ContextVar("seenn.current_job", default=None)
@@ -102,7 +102,7 @@ if TYPE_CHECKING or speedups is None:
 
         With the compiled hot path the base is ``seenn._core._speedups.JobSlots``
         instead: the same fields, plus compiled twins of ``__enter__``,
-        ``__exit__``, ``set_progress`` and ``_emit`` (see ``_use_compiled``).
+        ``__exit__``, ``set_progress`` and ``_emit`` (see ``seenn._core.accel.use_compiled``).
         """
 
         __slots__ = ("_eta_at", "_eta_base", "_eta_began", "_eta_marks", "_eta_next", "_eta_p",
@@ -634,22 +634,6 @@ class JobCore(_JobSlots):
                 internal_error(f"processor {type(processor).__name__}", exc, (job_id,))
                 if is_strict():
                     raise
-
-
-def use_compiled(cls: type, methods: Mapping[str, str | None]) -> None:
-    """Let the compiled twins in ``_speedups.JobSlots`` answer ``methods`` of ``cls``.
-
-    Each Python method moves to the name given, where the compiled twin hands
-    every call it does not finish itself (or, for ``None``, it goes: the twin
-    does all of it). Without the compiled hot path this does nothing.
-    """
-    if speedups is None:
-        return
-    for name, fallback in methods.items():
-        method = cls.__dict__[name]
-        delattr(cls, name)
-        if fallback is not None:
-            setattr(cls, fallback, method)
 
 
 if speedups is not None:

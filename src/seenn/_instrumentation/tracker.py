@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from typing_extensions import ParamSpec
 
-from seenn._core.accel import speedups
+from seenn._core.accel import speedups, use_compiled
 from seenn._core.models import Queue, Stage
 from seenn._core.pipeline import internal_error, is_strict
 from seenn._core.validation import MAX_JOB_TYPE, MAX_USER_ID, check_option_names, check_text
@@ -19,7 +19,6 @@ from seenn._instrumentation.context import with_current_job as _with_current_job
 from seenn._instrumentation.decorator import ResultMapper, job_decorator
 from seenn._instrumentation.iteration import iterate as _iterate
 from seenn._instrumentation.job import StageScope, TrackedJob, new_job
-from seenn._instrumentation.lifecycle import use_compiled
 from seenn._instrumentation.outcomes import RetryRule
 from seenn._instrumentation.plan import StagePlan
 
